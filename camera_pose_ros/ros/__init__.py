@@ -1,0 +1,1 @@
+"""ROS 2 layer: the only code that imports rclpy or message packages."""

@@ -1,0 +1,1 @@
+"""Runtime: numpy image -> pose estimate, tracking, map snapping. No ROS."""

@@ -1,0 +1,43 @@
+"""Start relocalization_node with a checkpoint on a camera topic.
+
+    ros2 launch camera_pose_ros relocalization.launch.py model:=/path/model.pt \
+        camera_topic:=/camera/image_raw
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Launch description: one node, configured by launch arguments."""
+    default_config = os.path.join(
+        get_package_share_directory("camera_pose_ros"), "config", "relocalization.yaml")
+    args = [
+        DeclareLaunchArgument("model", default_value="", description="checkpoint (model.pt)"),
+        DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
+                              description="sensor_msgs/Image topic"),
+        DeclareLaunchArgument("config", default_value=default_config,
+                              description="parameter file"),
+        DeclareLaunchArgument("use_sim_time", default_value="false"),
+        DeclareLaunchArgument("namespace", default_value=""),
+    ]
+    node = Node(
+        package="camera_pose_ros",
+        executable="relocalization_node",
+        name="relocalization",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[
+            LaunchConfiguration("config"),
+            {"model_path": LaunchConfiguration("model"),
+             "use_sim_time": LaunchConfiguration("use_sim_time")},
+        ],
+        remappings=[("image", LaunchConfiguration("camera_topic"))],
+        output="screen",
+    )
+    return LaunchDescription([*args, node])

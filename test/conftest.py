@@ -1,0 +1,125 @@
+"""Shared fixtures: an isolated ROS 2 domain per test session, rclpy contexts, helpers.
+
+Every pytest session takes a ROS_DOMAIN_ID that no other session on this machine holds (an
+exclusive lock file per domain), and keeps DDS discovery on localhost, so parallel runs do
+not see each other's topics. Subprocesses started by tests inherit both settings.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _claim_domain() -> tuple[int, object]:
+    lock_dir = Path(tempfile.gettempdir()) / "camera_pose_ros-domains"
+    lock_dir.mkdir(exist_ok=True)
+    candidates = list(range(1, 101))
+    random.Random(os.getpid()).shuffle(candidates)
+    for domain in candidates:
+        fh = open(lock_dir / f"{domain}.lock", "w")  # noqa: SIM115 -- held for the session
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        return domain, fh
+    raise RuntimeError("no free ROS_DOMAIN_ID in 1..100 on this machine")
+
+
+_DOMAIN, _DOMAIN_LOCK = _claim_domain()
+os.environ["ROS_DOMAIN_ID"] = str(_DOMAIN)
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy; conflicts with the above
+os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "1")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, period: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="session")
+def ros_domain_id() -> int:
+    """The ROS_DOMAIN_ID this session holds."""
+    return _DOMAIN
+
+
+@pytest.fixture
+def ros_context() -> Iterator[object]:
+    """A fresh rclpy context for one test (init/shutdown), not the global default."""
+    rclpy = pytest.importorskip("rclpy")
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+class Spinner:
+    """Spins nodes on a multi-threaded executor in a background thread."""
+
+    def __init__(self, context: object) -> None:
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.executor = MultiThreadedExecutor(context=context, num_threads=4)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._stop = threading.Event()
+        self._nodes: list = []
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.executor.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def add(self, node: object) -> object:
+        """Add a node and return it."""
+        self.executor.add_node(node)
+        self._nodes.append(node)
+        return node
+
+    def start(self) -> Spinner:
+        """Start spinning."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop spinning and destroy the nodes."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for node in self._nodes:
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown(timeout_sec=1)
+
+
+@pytest.fixture
+def spinner(ros_context: object) -> Iterator[Spinner]:
+    """A running :class:`Spinner` on the test's rclpy context."""
+    sp = Spinner(ros_context).start()
+    try:
+        yield sp
+    finally:
+        sp.stop()
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    """The bin folder of the Python running the tests (its console scripts live there)."""
+    return Path(sys.executable).parent

@@ -1,0 +1,143 @@
+"""Poses, quaternions, Sim(3) alignment and pose errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from camera_pose_ros.errors import AlignmentError
+from camera_pose_ros.geometry import (
+    PinholeCamera,
+    Sim3,
+    canonical_quat_wxyz,
+    fit_sim3_robust,
+    invert_pose,
+    look_at_rotation,
+    pose_matrix,
+    quat_wxyz_from_rotmat,
+    quat_wxyz_to_xyzw,
+    quat_xyzw_to_wxyz,
+    rotation_errors_deg,
+    rotmat_from_quat_wxyz,
+    umeyama_sim3,
+)
+
+
+def random_sim3(rng: np.random.Generator) -> Sim3:
+    return Sim3(float(rng.uniform(0.2, 5.0)), Rotation.random(random_state=rng).as_matrix(),
+                rng.normal(0, 10, 3))
+
+
+def test_quaternion_orders_round_trip():
+    q_wxyz = np.array([0.9, 0.1, -0.3, 0.2])
+    assert np.allclose(quat_wxyz_to_xyzw(q_wxyz), [0.1, -0.3, 0.2, 0.9])
+    assert np.allclose(quat_xyzw_to_wxyz(quat_wxyz_to_xyzw(q_wxyz)), q_wxyz)
+
+
+def test_rotation_matrix_round_trip_and_sign():
+    rng = np.random.default_rng(1)
+    rot = Rotation.random(5, random_state=rng).as_matrix()
+    q = quat_wxyz_from_rotmat(rot)
+    assert np.all(q[:, 0] >= 0)
+    assert np.allclose(rotmat_from_quat_wxyz(q), rot)
+    assert np.allclose(rotmat_from_quat_wxyz(-q), rot)  # q and -q: one rotation
+    assert np.allclose(canonical_quat_wxyz(-2 * q), q)
+
+
+def test_rotation_error_ignores_quaternion_sign():
+    q = quat_wxyz_from_rotmat(Rotation.from_euler("z", 30, degrees=True).as_matrix())
+    ident = np.array([1.0, 0, 0, 0])
+    assert rotation_errors_deg(q, ident) == pytest.approx(30.0)
+    assert rotation_errors_deg(-q, ident) == pytest.approx(30.0)
+    assert rotation_errors_deg(q, q) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_invert_pose():
+    rng = np.random.default_rng(2)
+    pose = pose_matrix(Rotation.random(random_state=rng).as_matrix(), rng.normal(size=3))
+    assert np.allclose(invert_pose(pose) @ pose, np.eye(4))
+
+
+def test_look_at_is_optical_frame():
+    rot = look_at_rotation([1.0, 0.0, 0.0])
+    assert np.allclose(rot[:, 2], [1, 0, 0])  # z forward
+    assert np.allclose(rot[:, 1], [0, 0, -1])  # y down
+    assert np.allclose(rot[:, 0], [0, -1, 0])  # x right of the view
+    assert np.linalg.det(rot) == pytest.approx(1.0)
+
+
+def test_umeyama_exact_recovery():
+    rng = np.random.default_rng(3)
+    truth = random_sim3(rng)
+    src = rng.normal(0, 3, (6, 3))
+    est = umeyama_sim3(src, truth.apply(src))
+    assert est.scale == pytest.approx(truth.scale, rel=1e-9)
+    assert np.allclose(est.rotation, truth.rotation, atol=1e-9)
+    assert np.allclose(est.translation, truth.translation, atol=1e-8)
+
+
+def test_umeyama_with_noise_is_close():
+    rng = np.random.default_rng(4)
+    truth = random_sim3(rng)
+    src = rng.normal(0, 5, (30, 3))
+    dst = truth.apply(src) + rng.normal(0, 0.01, (30, 3))
+    est = umeyama_sim3(src, dst)
+    res = np.linalg.norm(est.apply(src) - dst, axis=1)
+    assert np.sqrt(np.mean(res**2)) < 0.02
+    assert est.scale == pytest.approx(truth.scale, rel=0.01)
+
+
+def test_robust_fit_rejects_one_bad_point():
+    rng = np.random.default_rng(5)
+    truth = random_sim3(rng)
+    src = rng.normal(0, 4, (6, 3))
+    dst = truth.apply(src) + rng.normal(0, 0.01, (6, 3))
+    dst[2] += [2.0, -1.5, 0.5]  # a control point measured at the wrong place
+    plain = umeyama_sim3(src, dst)
+    est, inliers = fit_sim3_robust(src, dst, inlier_threshold=0.1)
+    assert inliers.tolist() == [True, True, False, True, True, True]
+    good = np.flatnonzero(inliers)
+    res = np.linalg.norm(est.apply(src[good]) - dst[good], axis=1)
+    res_plain = np.linalg.norm(plain.apply(src[good]) - dst[good], axis=1)
+    assert res.max() < 0.05 < res_plain.max()
+
+
+def test_robust_fit_without_outliers_keeps_all():
+    rng = np.random.default_rng(6)
+    truth = random_sim3(rng)
+    src = rng.normal(0, 4, (5, 3))
+    _, inliers = fit_sim3_robust(src, truth.apply(src))
+    assert inliers.all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_too_few_points_is_an_error(n):
+    pts = np.random.default_rng(0).normal(size=(n, 3))
+    with pytest.raises(AlignmentError, match="at least 3"):
+        umeyama_sim3(pts, pts)
+
+
+def test_collinear_points_are_an_error():
+    t = np.linspace(0, 5, 6)[:, None]
+    line = t * np.array([[1.0, 2.0, 0.5]]) + 3.0
+    with pytest.raises(AlignmentError, match="collinear"):
+        umeyama_sim3(line, line * 2)
+
+
+def test_sim3_transform_pose_and_dict_round_trip():
+    rng = np.random.default_rng(7)
+    sim = random_sim3(rng)
+    pose = pose_matrix(Rotation.random(random_state=rng).as_matrix(), rng.normal(size=3))
+    out = sim.transform_pose(pose)
+    assert np.allclose(out[:3, 3], sim.apply(pose[:3, 3]))
+    assert np.allclose(out[:3, :3], sim.rotation @ pose[:3, :3])
+    back = Sim3.from_dict(sim.to_dict())
+    assert np.allclose(back.apply(pose[:3, 3]), out[:3, 3])
+
+
+def test_pinhole_colmap_convention_and_scaling():
+    cam = PinholeCamera(640, 480, 500.0, 500.0, 319.5, 239.5)
+    assert cam.colmap_params() == [500.0, 500.0, 320.0, 240.0]
+    half = cam.scaled(320, 240)
+    assert (half.fx, half.cx, half.cy) == (250.0, 159.5, 119.5)
