@@ -71,6 +71,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
     return write_synthetic_building(
         args.out, seed=args.seed, frames=args.frames, query_frames=args.query_frames,
         width=args.width, height=args.height, scale=args.scale, rate_hz=args.rate,
+        loops=args.loops,
         control_points=args.control_points, control_point_noise=args.control_point_noise,
         bad_control_points=args.bad_control_points, storage=args.storage,
         progress=not args.quiet,
@@ -83,7 +84,8 @@ def _cmd_dataset(args: argparse.Namespace) -> Path:
     cfg = _dataset_configs(args)
     return build_dataset(
         _source(args), args.control_points, args.out, floorplan=args.floorplan,
-        test_poses=args.test_poses, overwrite=args.overwrite, progress=not args.quiet, **cfg,
+        test_poses=args.test_poses, ground_truth=args.ground_truth, overwrite=args.overwrite,
+        progress=not args.quiet, **cfg,
     )
 
 
@@ -140,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--scale", type=float, default=1.0, help="building size factor (1: 16x10 m)")
     p.add_argument("--rate", type=float, default=10.0, help="frame rate of the bags, Hz")
+    p.add_argument("--loops", type=float, default=2.0, help="corridor loops of the mapping walk")
     p.add_argument("--control-points", type=int, default=6)
-    p.add_argument("--control-point-noise", type=float, default=0.02, help="metres")
+    p.add_argument("--control-point-noise", type=float, default=0.01,
+                   help="metres (std. dev. per axis) of the simulated survey error")
     p.add_argument("--bad-control-points", type=int, default=0)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.set_defaults(func=_cmd_synth)
@@ -159,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--floorplan", type=Path, help="map_server YAML drawn under trajectory.png")
     p.add_argument("--test-poses", type=Path,
                    help="another session's poses.csv to use as the test split")
+    p.add_argument("--ground-truth", type=Path,
+                   help="pose CSV of the same frames (synthetic data): report pose errors")
     p.add_argument("--max-frames", type=int)
     p.add_argument("--min-time-step", type=float)
     p.add_argument("--matcher", choices=("auto", "sequential", "exhaustive"))

@@ -1,0 +1,64 @@
+"""`make bench`: run every benchmark and write one JSON plus a Markdown table.
+
+    python -m benchmarks.run_all [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import socket
+
+from benchmarks import bench_dataset
+from benchmarks.common import RESULTS, machine
+
+
+def _markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"Measured {results['date']} on {m.get('cpu')} ({m.get('cores')} cores, "
+             f"{m.get('memory_gib')} GiB), torch {m.get('torch')}, GPU: {m.get('cuda')}", ""]
+    d = results.get("dataset")
+    if d:
+        s = d["size"]
+        lines += [
+            "| dataset benchmark | value |", "|---|---|",
+            f"| size | {s['frames']} frames, {s['width']}x{s['height']} |",
+            f"| whole `camera-pose dataset` | {d['dataset_s']:.0f} s "
+            f"({d['dataset_frames_per_s']:.2f} frames/s) |",
+            "| stages (s) | " + ", ".join(f"{k} {v:.0f}" for k, v in d["stages_s"].items())
+            + " |",
+            f"| baseline: decode the bag | {d['decode_baseline_s']:.1f} s |",
+            f"| ratio dataset / decode | {d['ratio_dataset_over_decode']:.0f}x |",
+            f"| synthetic rendering | {d['synth_ms_per_frame']:.0f} ms/frame |",
+            f"| registered | {d['registration_rate']:.1%} |",
+            f"| alignment RMS | {d['alignment_rms_m'] * 100:.1f} cm |",
+        ]
+        e = d.get("pose_error_vs_ground_truth") or {}
+        if e:
+            lines.append(f"| camera poses vs ground truth (median) | "
+                         f"{e['median_position_m'] * 100:.1f} cm, "
+                         f"{e['median_rotation_deg']:.2f} deg |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmarks and write results/<date>-<machine>.json and .md."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    args = p.parse_args(argv)
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    results = {"date": date, "machine": machine()}
+    results["dataset"] = (bench_dataset.run(80, 320, 240) if args.quick
+                          else bench_dataset.run(300, 640, 480))
+    host = socket.gethostname().split(".")[0][:20] or "machine"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = RESULTS / f"{date}-{host}"
+    base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    base.with_suffix(".md").write_text(_markdown(results))
+    print(_markdown(results))
+    print(f"written {base}.json and {base}.md")
+
+
+if __name__ == "__main__":
+    main()

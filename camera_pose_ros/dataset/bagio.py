@@ -1,0 +1,213 @@
+"""ROS 2 bags (MCAP or sqlite3) through rosbags: no ROS installation needed.
+
+Readers decode image messages with :mod:`camera_pose_ros.dataset.imagecodec`; writers take
+numpy images and write ``sensor_msgs/Image`` and ``CameraInfo``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from camera_pose_ros.dataset.imagecodec import decode_compressed, decode_raw, encode_raw
+from camera_pose_ros.errors import BagError, ImageDecodeError
+from camera_pose_ros.geometry import PinholeCamera
+
+__all__ = [
+    "TYPESTORE",
+    "IMAGE_TYPES",
+    "BagFrame",
+    "BagImageWriter",
+    "camera_info_topic_for",
+    "list_topics",
+    "iter_bag_images",
+    "read_camera_info",
+]
+
+log = logging.getLogger(__name__)
+
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+_Image = TYPESTORE.types["sensor_msgs/msg/Image"]
+_CameraInfo = TYPESTORE.types["sensor_msgs/msg/CameraInfo"]
+_Header = TYPESTORE.types["std_msgs/msg/Header"]
+_Time = TYPESTORE.types["builtin_interfaces/msg/Time"]
+_RegionOfInterest = TYPESTORE.types["sensor_msgs/msg/RegionOfInterest"]
+
+
+@dataclass
+class BagFrame:
+    """One decoded image from a bag. ``stamp_ns`` is the header stamp (bag time if zero)."""
+
+    stamp_ns: int
+    image_rgb: np.ndarray
+
+    @property
+    def stamp(self) -> float:
+        """Float seconds."""
+        return self.stamp_ns / 1e9
+
+
+def camera_info_topic_for(image_topic: str) -> str:
+    """The camera_info topic beside an image topic (``/cam/image_raw`` -> ``/cam/camera_info``)."""
+    base = image_topic.rstrip("/")
+    if base.endswith("/compressed"):
+        base = base[: -len("/compressed")]
+    return base.rsplit("/", 1)[0] + "/camera_info"
+
+
+def _open(path: str | os.PathLike) -> AnyReader:
+    bag = Path(path)
+    if not bag.exists():
+        raise BagError(f"bag not found: {bag}")
+    try:
+        reader = AnyReader([bag], default_typestore=TYPESTORE)
+        reader.open()
+    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+        raise BagError(f"cannot read bag {bag}: {exc}") from exc
+    return reader
+
+
+def list_topics(path: str | os.PathLike) -> dict[str, str]:
+    """Topic name -> message type of a bag."""
+    reader = _open(path)
+    try:
+        return {c.topic: c.msgtype for c in reader.connections}
+    finally:
+        reader.close()
+
+
+def _stamp_of(msg: object, log_time_ns: int) -> int:
+    st = msg.header.stamp
+    ns = int(st.sec) * 1_000_000_000 + int(st.nanosec)
+    return ns if ns > 0 else int(log_time_ns)
+
+
+def iter_bag_images(
+    path: str | os.PathLike, topic: str = "/camera/image_raw", *, skip_bad: bool = True
+) -> Iterator[BagFrame]:
+    """Decoded RGB frames of ``topic`` in bag order.
+
+    Args:
+        path: bag folder (or a single .mcap/.db3 file).
+        topic: an Image or CompressedImage topic.
+        skip_bad: log and skip undecodable frames (True) or raise :class:`ImageDecodeError`.
+
+    Raises:
+        BagError: missing bag, unreadable bag, or no such image topic (the message lists the
+            image topics the bag has).
+    """
+    reader = _open(path)
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            images = sorted(c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES)
+            raise BagError(
+                f"bag {path} has no topic '{topic}'; image topics in it: "
+                + (", ".join(images) if images else "none")
+            )
+        if conns[0].msgtype not in IMAGE_TYPES:
+            raise BagError(f"topic '{topic}' in {path} is {conns[0].msgtype}, not an image")
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+                if conn.msgtype.endswith("CompressedImage"):
+                    rgb = decode_compressed(msg.data, msg.format)
+                else:
+                    rgb = decode_raw(msg.data, width=msg.width, height=msg.height,
+                                     encoding=msg.encoding, step=msg.step)
+            except ImageDecodeError as exc:
+                if not skip_bad:
+                    raise
+                log.warning("skipping frame at %.3f s on %s: %s", log_ns / 1e9, topic, exc)
+                continue
+            yield BagFrame(_stamp_of(msg, log_ns), rgb)
+    finally:
+        reader.close()
+
+
+def read_camera_info(path: str | os.PathLike, topic: str) -> PinholeCamera | None:
+    """Intrinsics from the first CameraInfo on ``topic``, or None when the bag has none."""
+    reader = _open(path)
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            k = np.asarray(msg.k, dtype=float).reshape(3, 3)
+            if k[0, 0] <= 0 or k[1, 1] <= 0:
+                log.warning("CameraInfo on %s has no focal length; ignoring it", topic)
+                return None
+            return PinholeCamera(int(msg.width), int(msg.height), k[0, 0], k[1, 1],
+                                 k[0, 2], k[1, 2])
+        return None
+    finally:
+        reader.close()
+
+
+def _header(stamp_ns: int, frame_id: str) -> object:
+    return _Header(stamp=_Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+                   frame_id=frame_id)
+
+
+class BagImageWriter:
+    """Write RGB frames (and their CameraInfo) to a new ROS 2 bag.
+
+    Used as a context manager; the bag's metadata is written on exit, so a bag is complete
+    only once the ``with`` block ends.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, image_topic: str = "/camera/image_raw",
+        camera_info_topic: str | None = None, frame_id: str = "camera_optical_frame",
+        storage: str = "mcap", encoding: str = "rgb8",
+    ) -> None:
+        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
+        if plugin is None:
+            raise BagError(f"unknown bag storage '{storage}'; use mcap or sqlite3")
+        self._writer = Writer(Path(path), version=9, storage_plugin=plugin)
+        self._image_topic = image_topic
+        self._info_topic = camera_info_topic or camera_info_topic_for(image_topic)
+        self._frame_id = frame_id
+        self._encoding = encoding
+
+    def __enter__(self) -> BagImageWriter:
+        self._writer.open()
+        self._img_conn = self._writer.add_connection(
+            self._image_topic, _Image.__msgtype__, typestore=TYPESTORE)
+        self._info_conn = self._writer.add_connection(
+            self._info_topic, _CameraInfo.__msgtype__, typestore=TYPESTORE)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._writer.close()
+
+    def write(self, stamp_ns: int, image_rgb: np.ndarray, camera: PinholeCamera) -> None:
+        """Write one frame and its CameraInfo, both stamped ``stamp_ns``."""
+        data, step = encode_raw(image_rgb, self._encoding)
+        h, w = image_rgb.shape[:2]
+        header = _header(stamp_ns, self._frame_id)
+        img = _Image(header=header, height=h, width=w, encoding=self._encoding, is_bigendian=0,
+                     step=step, data=np.frombuffer(data, np.uint8))
+        self._writer.write(self._img_conn, stamp_ns,
+                           TYPESTORE.serialize_cdr(img, _Image.__msgtype__))
+        k = camera.matrix()
+        p = np.zeros((3, 4))
+        p[:3, :3] = k
+        info = _CameraInfo(
+            header=header, height=h, width=w, distortion_model="plumb_bob",
+            d=np.zeros(5), k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
+            binning_x=0, binning_y=0,
+            roi=_RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+        )
+        self._writer.write(self._info_conn, stamp_ns,
+                           TYPESTORE.serialize_cdr(info, _CameraInfo.__msgtype__))

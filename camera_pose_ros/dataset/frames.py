@@ -1,0 +1,259 @@
+"""Stage 1: frames from a bag, a video or an image folder, with keyframe selection.
+
+Keyframe selection keeps SfM small and sharp: a frame is skipped when it is blurred
+(sharpness well below that of its recent neighbours), closer than ``min_time_step`` to the
+last kept frame, or too similar to it (mean absolute change of a grey thumbnail).
+Writes ``DATA/images/`` and ``DATA/frames.csv`` (``image,stamp``), plus ``DATA/camera.json``
+when the source carries intrinsics (CameraInfo).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from camera_pose_ros.dataset.bagio import camera_info_topic_for, iter_bag_images, read_camera_info
+from camera_pose_ros.dataset.posecsv import format_stamp, parse_stamp, seconds_to_ns
+from camera_pose_ros.errors import ConfigError, InputDataError
+from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
+from camera_pose_ros.geometry import PinholeCamera
+
+__all__ = [
+    "KeyframeConfig",
+    "FrameSource",
+    "KeyframeSelector",
+    "sharpness",
+    "iter_video",
+    "iter_image_folder",
+    "extract_frames",
+    "read_frames_csv",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class KeyframeConfig:
+    """Keyframe selection settings.
+
+    Attributes:
+        min_time_step: seconds between kept frames at least (0 keeps every rate).
+        min_change: mean absolute grey-level change (0-255) of a 80x60 thumbnail against the
+            last kept frame below which a frame is a near-duplicate.
+        blur_ratio: a frame whose sharpness (variance of the Laplacian) is below this share
+            of the median of the last ``blur_window`` frames is blurred.
+        blur_window: frames in that running median.
+        max_frames: stop after this many kept frames (0: no limit).
+        max_width: downscale wider frames to this width (0: keep the size).
+        jpeg_quality: frames are stored as JPEG of this quality (100: PNG, lossless).
+    """
+
+    min_time_step: float = 0.09
+    min_change: float = 1.5
+    blur_ratio: float = 0.5
+    blur_window: int = 15
+    max_frames: int = 0
+    max_width: int = 0
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.min_time_step < 0 or self.min_change < 0 or not 0 <= self.blur_ratio < 1:
+            raise ConfigError("keyframe settings must be >= 0 (blur_ratio in [0, 1))")
+        if not 50 <= self.jpeg_quality <= 100:
+            raise ConfigError("jpeg_quality must be in [50, 100]")
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where frames come from: exactly one of ``bag``, ``video``, ``images``."""
+
+    bag: Path | None = None
+    topic: str = "/camera/image_raw"
+    video: Path | None = None
+    images: Path | None = None
+    camera_info_topic: str | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.bag, self.video, self.images)) != 1:
+            raise ConfigError("give exactly one frame source: a bag, a video or an image folder")
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(stamp_ns, rgb)`` pairs in source order."""
+        if self.bag is not None:
+            return ((f.stamp_ns, f.image_rgb) for f in iter_bag_images(self.bag, self.topic))
+        if self.video is not None:
+            return ((seconds_to_ns(s), rgb) for s, rgb in iter_video(self.video))
+        return ((seconds_to_ns(s), rgb) for s, rgb in iter_image_folder(self.images))
+
+    def camera(self) -> PinholeCamera | None:
+        """Intrinsics carried by the source (CameraInfo in a bag), else None."""
+        if self.bag is None:
+            return None
+        return read_camera_info(self.bag, self.camera_info_topic or
+                                camera_info_topic_for(self.topic))
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the Laplacian: high for sharp images, low for blurred ones."""
+    return float(cv2.Laplacian(gray, cv2.CV_32F).var())
+
+
+def iter_video(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
+    """``(stamp, rgb)`` of a video file; stamps are the video's own time in seconds."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"video not found: {path}")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InputDataError(f"cannot open video {path} (unknown container or codec)")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    index = 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            msec = cap.get(cv2.CAP_PROP_POS_MSEC)
+            stamp = msec / 1000.0 if msec > 0 or index == 0 else index / fps
+            yield stamp, np.ascontiguousarray(bgr[:, :, ::-1])
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        raise InputDataError(f"video {path} has no readable frames")
+
+
+def iter_image_folder(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
+    """``(stamp, rgb)`` of the images in a folder, sorted by name.
+
+    A file named after a number (``1700000000.123.png``) takes it as its stamp; otherwise
+    the stamp is the image's index.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputDataError(f"image folder not found: {path}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    for i, f in enumerate(files):
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if bgr is None:
+            log.warning("skipping unreadable image %s", f)
+            continue
+        stem_num = re.fullmatch(r"\d+(\.\d+)?", f.stem)
+        yield (float(f.stem) if stem_num else float(i)), np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+class KeyframeSelector:
+    """Stateful keyframe test applied to frames in time order."""
+
+    def __init__(self, config: KeyframeConfig) -> None:
+        self.config = config
+        self._recent = collections.deque(maxlen=max(1, config.blur_window))
+        self._last_stamp: float | None = None
+        self._last_thumb: np.ndarray | None = None
+        self.skipped = collections.Counter()
+
+    def accept(self, stamp: float, rgb: np.ndarray) -> bool:
+        """True when the frame is a keyframe; counts the reason otherwise."""
+        cfg = self.config
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        sharp = sharpness(gray)
+        self._recent.append(sharp)
+        if len(self._recent) >= 3 and sharp < cfg.blur_ratio * float(np.median(self._recent)):
+            self.skipped["blurred"] += 1
+            return False
+        if self._last_stamp is not None and stamp - self._last_stamp < cfg.min_time_step:
+            self.skipped["time_step"] += 1
+            return False
+        thumb = cv2.resize(gray, (80, 60), interpolation=cv2.INTER_AREA).astype(np.float32)
+        if self._last_thumb is not None and (
+            float(np.abs(thumb - self._last_thumb).mean()) < cfg.min_change
+        ):
+            self.skipped["duplicate"] += 1
+            return False
+        self._last_stamp, self._last_thumb = stamp, thumb
+        return True
+
+
+def extract_frames(
+    source: FrameSource, out: str | os.PathLike, config: KeyframeConfig = KeyframeConfig(),
+    *, overwrite: bool = False, progress: bool = True,
+) -> Path:
+    """Select keyframes from ``source`` into dataset folder ``out``; return ``frames.csv``.
+
+    Skips the work when ``frames.csv`` exists, unless ``overwrite``.
+    """
+    out = Path(out)
+    csv_path = out / "frames.csv"
+    if csv_path.exists() and not overwrite:
+        log.info("frames: %s exists, skipping (use overwrite to redo)", csv_path)
+        return csv_path
+    out.mkdir(parents=True, exist_ok=True)
+    selector = KeyframeSelector(config)
+    rows: list[tuple[str, int]] = []
+    seen = 0
+    camera = source.camera()
+    size: tuple[int, int] | None = None
+    ext = ".png" if config.jpeg_quality >= 100 else ".jpg"
+    params = [] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
+    with atomic_dir(out / "images") as tmp:
+        bar = tqdm(source.frames(), desc="frames", unit="frame", disable=not progress)
+        for stamp_ns, rgb in bar:
+            seen += 1
+            if rows and stamp_ns <= rows[-1][1]:
+                log.warning("frame at %s s is not after the previous one; skipped",
+                            format_stamp(stamp_ns))
+                continue
+            if not selector.accept(stamp_ns / 1e9, rgb):
+                continue
+            if config.max_width and rgb.shape[1] > config.max_width:
+                h = int(round(rgb.shape[0] * config.max_width / rgb.shape[1]))
+                rgb = cv2.resize(rgb, (config.max_width, h), interpolation=cv2.INTER_AREA)
+            if size is None:
+                size = (rgb.shape[1], rgb.shape[0])
+            name = f"{len(rows):06d}{ext}"
+            if not cv2.imwrite(str(tmp / name), rgb[:, :, ::-1], params):
+                raise InputDataError(f"could not write frame {tmp / name}")
+            rows.append((name, stamp_ns))
+            bar.set_postfix(kept=len(rows))
+            if config.max_frames and len(rows) >= config.max_frames:
+                break
+        if not rows:
+            raise InputDataError(f"no usable frames in the source ({seen} read)")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "stamp"])
+    w.writerows((name, format_stamp(stamp_ns)) for name, stamp_ns in rows)
+    if camera is not None and size is not None:
+        write_json_atomic(out / "camera.json", camera.scaled(*size).to_dict())
+    write_text_atomic(csv_path, buf.getvalue())
+    log.info("frames: kept %d of %d (skipped: %s)", len(rows), seen, dict(selector.skipped))
+    return csv_path
+
+
+def read_frames_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Image names and int64 nanosecond stamps of a ``frames.csv``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{path} not found: run `camera-pose frames` first")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"image", "stamp"} <= set(reader.fieldnames or []):
+            raise InputDataError(f"{path}: expected columns image,stamp")
+        rows = list(reader)
+    return [r["image"] for r in rows], np.array([parse_stamp(r["stamp"]) for r in rows],
+                                                 dtype=np.int64)

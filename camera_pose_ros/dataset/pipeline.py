@@ -1,0 +1,114 @@
+"""``camera-pose dataset``: frames -> SfM -> alignment -> splits, then a report and a plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from camera_pose_ros.dataset.align import AlignConfig, align_dataset
+from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
+from camera_pose_ros.dataset.maps import FloorPlan
+from camera_pose_ros.dataset.plots import plot_trajectories
+from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
+from camera_pose_ros.dataset.split import SPLITS, SplitConfig, split_dataset
+from camera_pose_ros.fileio import write_json_atomic
+from camera_pose_ros.metrics import error_summary, match_by_stamp
+
+__all__ = ["build_dataset", "write_report"]
+
+log = logging.getLogger(__name__)
+
+
+def _with_breaks(stamps: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Positions with a NaN row wherever time jumps, so a plot does not join split blocks."""
+    if len(stamps) < 3:
+        return xyz
+    dt = np.diff(stamps)
+    gaps = np.flatnonzero(dt > 3 * np.median(dt)) + 1
+    return np.insert(xyz.astype(float), gaps, np.nan, axis=0)
+
+
+def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None = None,
+                 timings: dict[str, float] | None = None,
+                 ground_truth: str | os.PathLike | None = None) -> Path:
+    """Write ``report.json`` and ``trajectory.png`` for a dataset whose stages have run.
+
+    With ``ground_truth`` (a pose CSV of the same frames, e.g. from ``camera-pose synth``) the
+    report adds the error of the recovered camera poses against it.
+    """
+    data = Path(data)
+    sfm = json.loads((data / "sfm" / "summary.json").read_text())
+    alignment = json.loads((data / "alignment.json").read_text())
+    sizes = {name: len(read_poses(data / f"{name}.csv")) for name in SPLITS
+             if (data / f"{name}.csv").exists()}
+    report = {
+        "frames": sfm["frames"],
+        "registered": sfm["registered"],
+        "registration_rate": sfm["registered_ratio"],
+        "reprojection_error_px": sfm["mean_reprojection_error_px"],
+        "points3D": sfm["points3D"],
+        "alignment_rms_m": alignment["rms_m"],
+        "alignment_scale": alignment["map_from_sfm"]["scale"],
+        "control_points_used": alignment["inliers"],
+        "control_points": len(alignment["control_points"]),
+        "control_point_residuals_m": [cp["residual_m"] for cp in alignment["control_points"]],
+        "splits": sizes,
+        "timings_s": timings or {},
+    }
+    if ground_truth is not None:
+        poses = read_poses(data / "poses.csv")
+        gt = read_poses(ground_truth)
+        ip, ig = match_by_stamp(poses.stamps, gt.stamps, max_dt=1e-3)
+        report["pose_error_vs_ground_truth"] = error_summary(
+            poses.positions_N3[ip], poses.quats_wxyz_N4[ip], gt.positions_N3[ig],
+            gt.quats_wxyz_N4[ig])
+    plan = FloorPlan.load(floorplan) if floorplan else None
+    tables = {name: read_poses(data / f"{name}.csv") for name in SPLITS
+              if (data / f"{name}.csv").exists()} or {"registered": read_poses(data / "poses.csv")}
+    tracks = {name: _with_breaks(t.stamps, t.positions_N3) for name, t in tables.items()}
+    cps = np.array([cp["xyz"] for cp in alignment["control_points"]]).reshape(-1, 3)
+    plot_trajectories(
+        data / "trajectory.png", tracks, floorplan=plan, points={"control points": cps},
+        title=f"{sfm['registered']}/{sfm['frames']} frames registered, "
+              f"alignment RMS {alignment['rms_m'] * 100:.1f} cm",
+    )
+    return write_json_atomic(data / "report.json", report)
+
+
+def build_dataset(
+    source: FrameSource, control_points: str | os.PathLike, out: str | os.PathLike, *,
+    floorplan: str | os.PathLike | None = None, keyframes: KeyframeConfig = KeyframeConfig(),
+    sfm: SfMConfig = SfMConfig(), align: AlignConfig = AlignConfig(),
+    split: SplitConfig = SplitConfig(), test_poses: str | os.PathLike | None = None,
+    ground_truth: str | os.PathLike | None = None, overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run every dataset stage into ``out`` and return ``out/report.json``.
+
+    Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment and
+    splits are cheap and always recomputed, so new control points take effect.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    stages = [
+        ("frames", lambda: extract_frames(source, out, keyframes, overwrite=overwrite,
+                                          progress=progress)),
+        ("sfm", lambda: run_sfm(out, sfm, overwrite=overwrite)),
+        ("align", lambda: align_dataset(out, control_points, align)),
+        ("split", lambda: split_dataset(out, split, test_poses=test_poses)),
+    ]
+    bar = tqdm(stages, desc="dataset", unit="stage", disable=not progress)
+    for name, run in bar:
+        bar.set_postfix(stage=name)
+        t0 = time.perf_counter()
+        run()
+        timings[name] = time.perf_counter() - t0
+    return write_report(out, floorplan=floorplan, timings=timings, ground_truth=ground_truth)

@@ -1,0 +1,481 @@
+"""Synthetic building: a textured indoor floor rendered with exact camera poses.
+
+The floor is a corridor loop around a central block of rooms, with pillars, under a ceiling.
+Walls are axis-aligned vertical rectangles; floor and ceiling are horizontal planes. Every
+surface carries its own procedurally drawn texture (noise, posters, signs with text,
+doors, tiles), so SfM finds distinctive features everywhere and no two places look alike.
+
+Rendering is per-pixel ray casting against the few planes (numpy), then one bilinear
+``cv2.remap`` from a texture atlas, with a pre-blurred copy used for distant surfaces (a
+two-level mipmap against aliasing). A 640x480 frame takes tens of milliseconds on a CPU.
+
+``write_synthetic_building`` writes the layout of ARCHITECTURE.md's ``synth`` command: mapping
+and query bags, ground-truth CSVs, control points, and the floor plan.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from camera_pose_ros.dataset.bagio import BagImageWriter
+from camera_pose_ros.dataset.maps import FloorPlan
+from camera_pose_ros.dataset.posecsv import PoseTable, format_stamp, write_poses
+from camera_pose_ros.errors import ConfigError
+from camera_pose_ros.fileio import atomic_dir, write_text_atomic
+from camera_pose_ros.geometry import PinholeCamera, look_at_rotation, quat_wxyz_from_rotmat
+
+__all__ = [
+    "BuildingSpec",
+    "Building",
+    "Renderer",
+    "walk_trajectory",
+    "write_synthetic_building",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildingSpec:
+    """Size and look of the synthetic floor; all lengths in metres.
+
+    Attributes:
+        scale: multiplies every horizontal length (1.0: a 16 m x 10 m floor).
+        wall_height: floor to ceiling.
+        texels_per_metre: texture resolution of walls (floor and ceiling use half).
+        seed: drives every texture and every random choice.
+    """
+
+    scale: float = 1.0
+    wall_height: float = 2.8
+    texels_per_metre: int = 160
+    seed: int = 0
+
+
+@dataclass
+class _Wall:
+    """Vertical rectangle: ``axis`` 0 means the plane x = c, 1 means y = c."""
+
+    axis: int
+    c: float
+    lo: float
+    hi: float
+    atlas_u0: float
+    atlas_v0: float
+    brightness: float
+
+
+class Building:
+    """Geometry, textures and floor plan of one synthetic floor."""
+
+    def __init__(self, spec: BuildingSpec = BuildingSpec()) -> None:
+        if spec.scale <= 0.3 or spec.scale > 10:
+            raise ConfigError(f"building scale must be in (0.3, 10], got {spec.scale}")
+        self.spec = spec
+        s = spec.scale
+        self.width, self.depth, self.height = 16.0 * s, 10.0 * s, spec.wall_height
+        #: boxes that block walking and sight: (xmin, ymin, xmax, ymax)
+        self.blocks = [
+            (4.0 * s, 3.5 * s, 12.0 * s, 6.5 * s),  # central block of rooms
+            (0.6 * s, 5.7 * s, 1.2 * s, 6.3 * s),  # pillar in the left corridor
+            (14.8 * s, 3.7 * s, 15.4 * s, 4.3 * s),  # pillar in the right corridor
+        ]
+        #: rectangles of floor that are not walkable but do not block sight (a low planter)
+        self.no_walk = [(7.0 * s, 0.2 * s, 9.0 * s, 0.8 * s)]
+        self._rng = np.random.default_rng(spec.seed)
+        self._build_walls()
+        self._build_atlas()
+
+    # -- geometry -------------------------------------------------------------------------
+    def _build_walls(self) -> None:
+        w, d = self.width, self.depth
+        faces = [(0, 0.0, 0.0, d), (0, w, 0.0, d), (1, 0.0, 0.0, w), (1, d, 0.0, w)]
+        for x0, y0, x1, y1 in self.blocks:
+            faces += [(0, x0, y0, y1), (0, x1, y0, y1), (1, y0, x0, x1), (1, y1, x0, x1)]
+        self.walls = [
+            _Wall(a, c, lo, hi, 0.0, 0.0, float(self._rng.uniform(0.8, 1.1)))
+            for a, c, lo, hi in faces
+        ]
+
+    # -- textures -------------------------------------------------------------------------
+    def _texture(self, w_px: int, h_px: int, kind: str) -> np.ndarray:
+        """Draw one surface's texture (RGB uint8): distinct content at several scales."""
+        rng = self._rng
+        base = rng.uniform(90, 200, size=3)
+        # low-frequency colour variation
+        coarse = rng.normal(0, 18, size=(max(2, h_px // 40), max(2, w_px // 40), 3))
+        tex = base + cv2.resize(coarse, (w_px, h_px), interpolation=cv2.INTER_CUBIC)
+        # fine grain (plaster, carpet)
+        grain = cv2.GaussianBlur(rng.normal(0, 14, size=(h_px, w_px)), (0, 0), 1.2)
+        tex = np.clip(tex + grain[:, :, None], 0, 255).astype(np.uint8)
+        tex = np.ascontiguousarray(tex)
+        area_m2 = w_px * h_px / self.spec.texels_per_metre**2
+        n_shapes = int(rng.poisson(28 * area_m2 if kind == "wall" else 10 * area_m2)) + 4
+        for _ in range(n_shapes):
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            x, y = int(rng.integers(0, w_px)), int(rng.integers(0, h_px))
+            r = int(rng.integers(4, max(6, h_px // 6)))
+            shape = rng.integers(0, 5)
+            if shape == 0:
+                cv2.circle(tex, (x, y), r, color, -1, cv2.LINE_AA)
+            elif shape == 1:
+                x2 = x + int(rng.integers(-2 * r, 2 * r))
+                y2 = y + int(rng.integers(-2 * r, 2 * r))
+                cv2.rectangle(tex, (x, y), (x2, y2), color, -1, cv2.LINE_AA)
+            elif shape == 2:
+                pts = (rng.normal(0, r, size=(int(rng.integers(3, 7)), 2)) + (x, y)).astype(
+                    np.int32)
+                cv2.fillPoly(tex, [pts], color, cv2.LINE_AA)
+            elif shape == 3:
+                x2, y2 = x + int(rng.integers(-3 * r, 3 * r)), y + int(rng.integers(-r, r))
+                cv2.line(tex, (x, y), (x2, y2), color, int(rng.integers(2, 6)), cv2.LINE_AA)
+            else:
+                text = "".join(rng.choice(list(string.ascii_uppercase + string.digits),
+                                          int(rng.integers(2, 7))))
+                scale = float(rng.uniform(0.6, 2.2))
+                cv2.putText(tex, text, (x, y), int(rng.integers(0, 8)), scale, color,
+                            int(rng.integers(1, 4)), cv2.LINE_AA)
+        if kind == "wall":  # posters with a frame: large, well localised corners
+            n_posters = int(rng.poisson(0.6 * w_px / self.spec.texels_per_metre)) + 1
+            for _ in range(n_posters):
+                pw = int(rng.integers(h_px // 6, h_px // 2))
+                ph = int(pw * rng.uniform(0.7, 1.5))
+                x = int(rng.integers(0, max(1, w_px - pw)))
+                y = int(rng.integers(h_px // 8, max(h_px // 8 + 1, h_px - ph - h_px // 4)))
+                sub = rng.integers(0, 256, size=(max(2, ph // 12), max(2, pw // 12), 3))
+                poster = cv2.resize(sub.astype(np.uint8), (pw, ph),
+                                    interpolation=cv2.INTER_NEAREST)
+                y1, x1 = min(h_px, y + ph), min(w_px, x + pw)
+                tex[y:y1, x:x1] = poster[: y1 - y, : x1 - x]
+                cv2.rectangle(tex, (x, y), (x1 - 1, y1 - 1), (20, 20, 20), 3)
+            # skirting board: a cue for the floor line, as in real corridors
+            tex[-max(2, h_px // 28):] = (tex[-max(2, h_px // 28):] * 0.4).astype(np.uint8)
+        elif kind == "floor":  # tiles with a grout line every 0.5 m
+            step = self.spec.texels_per_metre // 4
+            tex[::step] = (tex[::step] * 0.55).astype(np.uint8)
+            tex[:, ::step] = (tex[:, ::step] * 0.55).astype(np.uint8)
+        else:  # ceiling panels and lights
+            step = int(self.spec.texels_per_metre * 0.3)
+            tex[::step] = 60
+            tex[:, ::step] = 60
+        return tex
+
+    def _build_atlas(self) -> None:
+        """Pack every surface's texture into one atlas (remap needs < 32767 px a side)."""
+        ppm = self.spec.texels_per_metre
+        h_wall = int(np.ceil(self.height * ppm))
+        row_width = 8192
+        x, y = 0, 0
+        placements = []
+        for wall in self.walls:
+            w_px = int(np.ceil((wall.hi - wall.lo) * ppm)) + 2
+            if x + w_px > row_width:
+                x, y = 0, y + h_wall + 2
+            placements.append((x, y, w_px))
+            x += w_px + 2
+        floor_ppm = ppm // 2
+        fw = int(np.ceil(self.width * floor_ppm)) + 2
+        fh = int(np.ceil(self.depth * floor_ppm)) + 2
+        floor_y = y + h_wall + 2
+        atlas_w = max(row_width, 2 * fw + 4)
+        atlas_h = floor_y + fh + 2
+        if atlas_w >= 32767 or atlas_h >= 32767:
+            raise ConfigError("building too large for the texture atlas; lower scale or "
+                              "texels_per_metre")
+        atlas = np.zeros((atlas_h, atlas_w, 3), np.uint8)
+        for wall, (ax, ay, w_px) in zip(self.walls, placements, strict=True):
+            tex = self._texture(w_px, h_wall, "wall")
+            atlas[ay:ay + h_wall, ax:ax + w_px] = (tex * wall.brightness).clip(0, 255)
+            wall.atlas_u0, wall.atlas_v0 = float(ax), float(ay)
+        atlas[floor_y:floor_y + fh, :fw] = self._texture(fw, fh, "floor")
+        atlas[floor_y:floor_y + fh, fw + 2:2 * fw + 2] = (
+            self._texture(fw, fh, "ceiling") * 1.15).clip(0, 255)
+        self.floor_origin = (0.0, float(floor_y))
+        self.ceiling_origin = (float(fw + 2), float(floor_y))
+        self.floor_ppm = float(floor_ppm)
+        self.atlas = atlas
+        # pre-blurred copy for distant surfaces (texture minified more than ~1.5x)
+        self.atlas_far = cv2.GaussianBlur(atlas, (0, 0), 1.6)
+
+    # -- floor plan -----------------------------------------------------------------------
+    def floor_plan(self, resolution: float = 0.05, margin: float = 1.0) -> FloorPlan:
+        """map_server occupancy grid: walls and blocks occupied, walkable floor free."""
+        w_cells = int(np.ceil((self.width + 2 * margin) / resolution))
+        h_cells = int(np.ceil((self.depth + 2 * margin) / resolution))
+        origin = (-margin, -margin)
+        # row 0 of the array is y = origin_y (flipped to the PGM's top-down order on write)
+        occ = np.full((h_cells, w_cells), -1, np.int8)
+        xs = origin[0] + (np.arange(w_cells) + 0.5) * resolution
+        ys = origin[1] + (np.arange(h_cells) + 0.5) * resolution
+        gx, gy = np.meshgrid(xs, ys)
+        inside = (gx > 0) & (gx < self.width) & (gy > 0) & (gy < self.depth)
+        occ[inside] = 0
+        wall_t = 0.1
+        near_outer = inside & ((gx < wall_t) | (gx > self.width - wall_t) | (gy < wall_t)
+                               | (gy > self.depth - wall_t))
+        occ[near_outer] = 100
+        outer_wall = ~inside & (gx > -wall_t) & (gx < self.width + wall_t) & (
+            gy > -wall_t) & (gy < self.depth + wall_t)
+        occ[outer_wall] = 100
+        for x0, y0, x1, y1 in self.blocks + self.no_walk:
+            occ[(gx >= x0) & (gx <= x1) & (gy >= y0) & (gy <= y1)] = 100
+        return FloorPlan(occ, resolution, origin)
+
+
+class Renderer:
+    """Ray-casting renderer of a :class:`Building` for a pinhole camera."""
+
+    def __init__(self, building: Building, camera: PinholeCamera) -> None:
+        self.building = building
+        self.camera = camera
+        u, v = np.meshgrid(np.arange(camera.width, dtype=np.float32),
+                           np.arange(camera.height, dtype=np.float32))
+        # ray directions in the camera optical frame, one per pixel centre, as contiguous
+        # rows (3, N): row-wise float32 arithmetic is several times faster than columns
+        self._rays_cam_3N = np.stack(
+            [(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones_like(u)]
+        ).reshape(3, -1).astype(np.float32)
+
+    def _visible_walls(self, map_from_cam: np.ndarray) -> list[int]:
+        """Walls not entirely behind the camera (a cheap, conservative cull)."""
+        b = self.building
+        cam_from_map = np.linalg.inv(map_from_cam)
+        keep = []
+        for i, w in enumerate(b.walls):
+            corners = np.zeros((4, 3))
+            corners[:, w.axis] = w.c
+            corners[:, 1 - w.axis] = [w.lo, w.hi, w.lo, w.hi]
+            corners[:, 2] = [0.0, 0.0, b.height, b.height]
+            z_cam = corners @ cam_from_map[2, :3] + cam_from_map[2, 3]
+            if (z_cam > 1e-3).any():
+                keep.append(i)
+        return keep
+
+    def render(self, map_from_cam: np.ndarray, *, noise_sigma: float = 0.0,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+        """RGB uint8 image seen by a camera at ``map_from_cam`` (4x4)."""
+        b = self.building
+        cam = self.camera
+        rot = map_from_cam[:3, :3].astype(np.float32)
+        o = map_from_cam[:3, 3].astype(np.float32)
+        dx, dy, dz = rot @ self._rays_cam_3N  # ray directions in the map frame
+        d = (dx, dy)
+        n = dx.shape[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_dz = np.float32(1.0) / dz
+            t_floor = np.where(dz < 0, -o[2] * inv_dz, np.inf).astype(np.float32)
+            t_ceil = np.where(dz > 0, (b.height - o[2]) * inv_dz, np.inf).astype(np.float32)
+            t_best = np.minimum(t_floor, t_ceil)
+            surf = np.where(t_floor <= t_ceil, -1, -2).astype(np.int16)
+            for i in self._visible_walls(map_from_cam):
+                wall = b.walls[i]
+                a, other = wall.axis, 1 - wall.axis
+                t = (wall.c - o[a]) / d[a]
+                ok = (t > 1e-4) & (t < t_best)
+                hit_o = o[other] + t * d[other]
+                ok &= (hit_o >= wall.lo) & (hit_o <= wall.hi)
+                z = o[2] + t * dz
+                ok &= (z >= 0) & (z <= b.height)
+                np.copyto(t_best, t, where=ok)
+                surf[ok] = i
+        hx, hy, hz = o[0] + t_best * dx, o[1] + t_best * dy, o[2] + t_best * dz
+        hit_h = (hx, hy)
+        ppm = np.float32(b.spec.texels_per_metre)
+        map_u = np.empty(n, np.float32)
+        map_v = np.empty(n, np.float32)
+        texel_scale = np.empty(n, np.float32)  # texels per metre of the hit surface
+        for i, wall in enumerate(b.walls):
+            m = surf == i
+            if not m.any():
+                continue
+            map_u[m] = wall.atlas_u0 + 1 + (hit_h[1 - wall.axis][m] - wall.lo) * ppm
+            map_v[m] = wall.atlas_v0 + (b.height - hz[m]) * ppm
+            texel_scale[m] = ppm
+        for code, origin in ((-1, b.floor_origin), (-2, b.ceiling_origin)):
+            m = surf == code
+            map_u[m] = origin[0] + 1 + hx[m] * b.floor_ppm
+            map_v[m] = origin[1] + 1 + hy[m] * b.floor_ppm
+            texel_scale[m] = b.floor_ppm
+        shape = (cam.height, cam.width)
+        map_u, map_v = map_u.reshape(shape), map_v.reshape(shape)
+        near = cv2.remap(b.atlas, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        far = cv2.remap(b.atlas_far, map_u, map_v, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT)
+        t_img = t_best.reshape(shape)
+        footprint = t_img * texel_scale.reshape(shape) / np.float32(cam.fx)  # texels per pixel
+        w_far = np.clip((footprint - 1.0) / 1.5, 0.0, 1.0)
+        # light falls off a little with distance, as under ceiling lights
+        shade = 1.0 / (1.0 + 0.02 * t_img)
+        img = cv2.blendLinear(far.astype(np.float32), near.astype(np.float32), w_far,
+                              1.0 - w_far)
+        img *= shade[:, :, None]
+        if noise_sigma > 0:
+            rng = rng or np.random.default_rng()
+            img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise_sigma)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _loop_path(building: Building, offset: float,
+               spacing: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Closed path along the corridor loop's centre line, moved ``offset`` metres outwards,
+    with rounded corners, resampled every ``spacing`` metres.
+
+    Returns:
+        Points (M, 2) travelled counter-clockwise, and their arc length from the start.
+    """
+    s = building.spec.scale
+    x0, x1 = 2.0 * s - offset, 14.0 * s + offset
+    y0, y1 = 1.75 * s - offset, 8.25 * s + offset
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    r = 1.2 * s
+    pts = []
+    for k in range(4):
+        a, b_, c = corners[k - 1], corners[k], corners[(k + 1) % 4]
+        u_in, _u_out = (b_ - a) / np.linalg.norm(b_ - a), (c - b_) / np.linalg.norm(c - b_)
+        p0 = b_ - r * u_in
+        center = p0 + r * np.array([-u_in[1], u_in[0]])  # left normal (counter-clockwise)
+        a0 = np.arctan2(*(p0 - center)[::-1])
+        arc = np.linspace(a0, a0 + np.pi / 2, 32)
+        pts.append(center + r * np.stack([np.cos(arc), np.sin(arc)], 1))
+    poly = np.concatenate(pts + [pts[0][:1]])  # straight segments join consecutive arcs
+    seg = np.linalg.norm(np.diff(poly, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    s_new = np.arange(0.0, cum[-1], spacing)
+    path = np.stack([np.interp(s_new, cum, poly[:, 0]), np.interp(s_new, cum, poly[:, 1])], 1)
+    return path, s_new
+
+
+def walk_trajectory(
+    building: Building, n_frames: int, *, loops: float = 2.0, offsets: tuple[float, ...] = (0.0,),
+    height: float = 1.5, yaw_amplitude_deg: float = 18.0, pitch_amplitude_deg: float = 5.0,
+    phase: float = 0.0, start_fraction: float = 0.0,
+) -> list[np.ndarray]:
+    """``map_from_cam`` poses of a walk around the corridor loop.
+
+    The camera looks along the direction of travel, swinging its yaw and pitch slowly (a
+    hand-held or head camera), so the frames see the walls from varied angles. Each loop
+    uses the next lateral offset in ``offsets`` (cycling), so repeated loops see new views.
+    """
+    if n_frames < 1:
+        raise ConfigError(f"need at least 1 frame, got {n_frames}")
+    poses = []
+    paths = [_loop_path(building, off * building.spec.scale) for off in offsets]
+    for i in range(n_frames):
+        f = start_fraction + loops * i / n_frames  # loops travelled so far
+        frac = f % 1.0
+        this, nxt = paths[int(np.floor(f)) % len(paths)][0], paths[int(np.floor(f) + 1) %
+                                                                    len(paths)][0]
+        # change lanes gently over the last 15% of a loop (no sideways jump between frames)
+        w = float(np.clip((frac - 0.85) / 0.15, 0.0, 1.0))
+        w = w * w * (3 - 2 * w)
+
+        def at(path: np.ndarray, fraction: float) -> np.ndarray:
+            return path[int(round(fraction * len(path))) % len(path)]
+
+        pos2 = (1 - w) * at(this, frac) + w * at(nxt, frac)
+        look = frac + 0.8 / (len(this) * 0.02)  # look 0.8 m ahead: smooth heading
+        ahead = (1 - w) * at(this, look) + w * at(nxt, look) - pos2
+        yaw = np.arctan2(ahead[1], ahead[0])
+        yaw += np.radians(yaw_amplitude_deg) * np.sin(2 * np.pi * (f * 5.0 + phase))
+        pitch = np.radians(pitch_amplitude_deg) * np.sin(2 * np.pi * (f * 3.0 + phase + 0.3))
+        forward = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch),
+                            np.sin(pitch)])
+        z = height + 0.03 * np.sin(2 * np.pi * f * 40)  # footsteps
+        pose = np.eye(4)
+        pose[:3, :3] = look_at_rotation(forward)
+        pose[:3, 3] = [pos2[0], pos2[1], z]
+        poses.append(pose)
+    return poses
+
+
+def _pose_table(stamps_ns: list[int], poses: list[np.ndarray]) -> PoseTable:
+    return PoseTable(
+        np.array(stamps_ns, dtype=np.int64),
+        np.array([p[:3, 3] for p in poses]),
+        np.array([quat_wxyz_from_rotmat(p[:3, :3]) for p in poses]),
+    )
+
+
+def write_synthetic_building(
+    out: str | os.PathLike, *, seed: int = 0, frames: int = 300, query_frames: int = 100,
+    width: int = 640, height: int = 480, rate_hz: float = 10.0, scale: float = 1.0,
+    loops: float = 2.0,
+    control_points: int = 6, control_point_noise: float = 0.01, bad_control_points: int = 0,
+    noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
+    progress: bool = True,
+) -> Path:
+    """Render a synthetic building and write it as ARCHITECTURE.md's ``synth`` layout.
+
+    Writes ``mapping/`` and ``query/`` bags, ``gt_mapping.csv``, ``gt_query.csv``,
+    ``control_points.csv`` (``stamp,x,y,z`` of mapping frames, with ``control_point_noise``
+    metres of Gaussian error and ``bad_control_points`` grossly wrong ones), and
+    ``floorplan.yaml`` + ``floorplan.pgm``. The mapping walk goes ``loops`` times round the
+    corridor loop, alternately on either side of its centre line. Returns ``out``.
+    """
+    if frames < 10 or query_frames < 1:
+        raise ConfigError("need at least 10 mapping frames and 1 query frame")
+    if width < 64 or height < 48:
+        raise ConfigError(f"image size {width}x{height} is too small (min 64x48)")
+    if control_points < 3 or control_points > frames:
+        raise ConfigError(f"control_points must be in [3, frames], got {control_points}")
+    rng = np.random.default_rng(seed)
+    building = Building(BuildingSpec(scale=scale, seed=seed))
+    f = 0.82 * width
+    camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5)
+    renderer = Renderer(building, camera)
+    # mapping: two loops on either side of the corridor centre; query: one loop in between,
+    # lower and with another head motion -- a path never walked while mapping
+    mapping = walk_trajectory(building, frames, loops=loops, offsets=(0.35, -0.35))
+    query = walk_trajectory(building, query_frames, loops=1.0, offsets=(0.0,), height=1.4,
+                            yaw_amplitude_deg=12.0, phase=0.37, start_fraction=0.05)
+    t0_ns = 1_700_000_000_000_000_000 + seed * 1_000_000_000
+    period_ns = int(round(1e9 / rate_hz))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gts = {}
+    for name, poses, start_ns in (
+        ("mapping", mapping, t0_ns),
+        ("query", query, t0_ns + (frames + 100) * period_ns),
+    ):
+        stamps = [start_ns + i * period_ns + int(rng.integers(-2_000_000, 2_000_000))
+                  for i in range(len(poses))]
+        with atomic_dir(out / name) as tmp:
+            bag_dir = tmp / "bag"
+            with BagImageWriter(bag_dir, image_topic=image_topic, storage=storage) as writer:
+                for stamp, pose in tqdm(list(zip(stamps, poses, strict=True)),
+                                        desc=f"render {name}", disable=not progress,
+                                        unit="frame"):
+                    img = renderer.render(pose, noise_sigma=noise_sigma, rng=rng)
+                    writer.write(stamp, img, camera)
+            for item in bag_dir.iterdir():
+                item.rename(tmp / item.name)
+            bag_dir.rmdir()
+        table = _pose_table(stamps, poses)
+        write_poses(out / f"gt_{name}.csv", table)
+        gts[name] = table
+    # control points: evenly spread mapping frames, each measured with a little error
+    gt = gts["mapping"]
+    idx = np.linspace(frames * 0.05, frames * 0.95, control_points).astype(int)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["stamp", "x", "y", "z"])
+    bad = set(rng.choice(len(idx), size=min(bad_control_points, len(idx)), replace=False))
+    for j, i in enumerate(idx):
+        p = gt.positions_N3[i] + rng.normal(0, control_point_noise, 3)
+        if j in bad:
+            p = p + rng.uniform(1.5, 3.0, 3) * rng.choice([-1, 1], 3)
+        w.writerow([format_stamp(gt.stamps_ns[i]), *(f"{v:.4f}" for v in p)])
+    write_text_atomic(out / "control_points.csv", buf.getvalue())
+    building.floor_plan().save(out / "floorplan.yaml")
+    log.info("synthetic building written to %s", out)
+    return out

@@ -1,0 +1,203 @@
+"""Control points, alignment of an SfM model to the map, splits, pose CSVs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from camera_pose_ros.dataset import align as align_mod
+from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
+from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
+from camera_pose_ros.dataset.sfm import SfMModel
+from camera_pose_ros.dataset.split import SplitConfig, assign_blocks, split_dataset
+from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError, SplitError
+from camera_pose_ros.geometry import Sim3, look_at_rotation, pose_matrix, quat_wxyz_from_rotmat
+
+
+def _walk(n: int = 40) -> np.ndarray:
+    """map_from_cam poses along an L-shaped walk."""
+    poses = []
+    for i in range(n):
+        x, y = (i * 0.2, 0.0) if i < n // 2 else ((n // 2) * 0.2, (i - n // 2) * 0.2)
+        poses.append(pose_matrix(look_at_rotation([1.0, 0.3, 0.0]), [x, y, 1.5]))
+    return np.array(poses)
+
+
+@pytest.fixture
+def fake_dataset(tmp_path, monkeypatch):
+    """A dataset folder with frames.csv and an SfM model that is a known Sim(3) of the walk."""
+    map_from_cam = _walk()
+    sfm_from_map = Sim3(0.37, Rotation.from_euler("xyz", [20, -40, 75], degrees=True)
+                        .as_matrix(), np.array([3.0, -1.0, 2.0]))
+    sfm_from_cam = np.array([sfm_from_map.transform_pose(p) for p in map_from_cam])
+    names = [f"{i:06d}.jpg" for i in range(len(map_from_cam))]
+    stamps = 100.0 + 0.1 * np.arange(len(names))
+    (tmp_path / "frames.csv").write_text(
+        "image,stamp\n" + "".join(f"{n},{s:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+    model = SfMModel(names, sfm_from_cam, np.zeros((0, 3)))
+    monkeypatch.setattr(align_mod, "load_sfm_model", lambda data: model)
+    return tmp_path, map_from_cam, stamps
+
+
+def _write_cps(path, rows, header="stamp,x,y,z"):
+    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def test_alignment_recovers_map_poses(fake_dataset):
+    data, map_from_cam, stamps = fake_dataset
+    idx = [2, 12, 25, 37]
+    cps = _write_cps(data / "cp.csv", [(stamps[i] + 0.0005, *map_from_cam[i, :3, 3])
+                                       for i in idx])  # within 1 ms: snaps to the frame
+    align_dataset(data, cps)
+    poses = read_poses(data / "poses.csv")
+    assert np.allclose(poses.positions_N3, map_from_cam[:, :3, 3], atol=1e-6)
+    assert np.allclose(poses.quats_wxyz_N4, quat_wxyz_from_rotmat(map_from_cam[:, :3, :3]),
+                       atol=1e-6)
+    assert poses.images[0] == "000000.jpg"
+
+
+def test_alignment_rejects_one_bad_control_point(fake_dataset):
+    data, map_from_cam, stamps = fake_dataset
+    rows = [(stamps[i], *map_from_cam[i, :3, 3]) for i in (2, 12, 20, 30, 37)]
+    rows[1] = (rows[1][0], rows[1][1] + 2.0, rows[1][2] - 1.0, rows[1][3])
+    align_dataset(data, _write_cps(data / "cp.csv", rows))
+    import json
+    report = json.loads((data / "alignment.json").read_text())
+    assert [cp["inlier"] for cp in report["control_points"]] == [True, False, True, True, True]
+    assert report["rms_m"] < 1e-6
+    poses = read_poses(data / "poses.csv")
+    assert np.allclose(poses.positions_N3, map_from_cam[:, :3, 3], atol=1e-6)
+
+
+def test_control_points_by_image_name(fake_dataset):
+    data, map_from_cam, _ = fake_dataset
+    rows = [(f"{i:06d}.jpg", *map_from_cam[i, :3, 3]) for i in (3, 15, 33)]
+    align_dataset(data, _write_cps(data / "cp.csv", rows, "image,x,y,z"))
+    assert np.allclose(read_poses(data / "poses.csv").positions_N3, map_from_cam[:, :3, 3],
+                       atol=1e-6)
+
+
+def test_too_few_collinear_or_unmatched_control_points(fake_dataset):
+    data, map_from_cam, stamps = fake_dataset
+    two = _write_cps(data / "two.csv", [(stamps[i], *map_from_cam[i, :3, 3]) for i in (1, 9)])
+    with pytest.raises(AlignmentError, match="at least 3"):
+        align_dataset(data, two)
+    line = _write_cps(data / "line.csv", [(stamps[i], *map_from_cam[i, :3, 3]) for i in (1, 5, 9)])
+    with pytest.raises(AlignmentError, match="collinear"):
+        align_dataset(data, line)
+    far = _write_cps(data / "far.csv", [(stamps[i] + (50 if i == 30 else 0),
+                                         *map_from_cam[i, :3, 3]) for i in (1, 25, 30)])
+    with pytest.raises(AlignmentError, match="no registered frame within"):
+        align_dataset(data, far)
+    assert not (data / "poses.csv").exists()  # nothing written by a failed alignment
+
+
+def test_control_point_file_errors(tmp_path):
+    with pytest.raises(InputDataError, match="not found"):
+        read_control_points(tmp_path / "none.csv")
+    (tmp_path / "bad.csv").write_text("t,x,y\n1,2,3\n")
+    with pytest.raises(InputDataError, match="expected columns"):
+        read_control_points(tmp_path / "bad.csv")
+    cps = _write_cps(tmp_path / "cp.csv", [(1, 0, 0, 0), (2, 1, 0, 0), (3, 0, 1, 0)])
+    with pytest.raises(InputDataError, match="run `camera-pose frames` first"):
+        align_dataset(tmp_path, cps)  # a folder that is no dataset yet
+    with pytest.raises(ConfigError):
+        AlignConfig(max_rms=-1)
+
+
+def test_block_assignment_is_contiguous_and_spread():
+    labels = assign_blocks(20, (0.7, 0.15, 0.15))
+    assert np.bincount(labels, minlength=3).tolist() == [14, 3, 3]
+    assert labels[0] == 0
+    # validation and test blocks are spread along the walk, not bunched at the end
+    assert np.flatnonzero(labels == 2).max() - np.flatnonzero(labels == 2).min() >= 8
+
+
+def _poses_csv(data, n=300, rate=10.0):
+    rot = quat_wxyz_from_rotmat(np.repeat(np.eye(3)[None], n, 0))
+    table = PoseTable(10**12 + np.arange(n) * int(1e9 / rate),
+                      np.c_[np.arange(n) * 0.1, np.zeros((n, 2))],
+                      rot, [f"{i:06d}.jpg" for i in range(n)])
+    write_poses(data / "poses.csv", table)
+    return table
+
+
+def test_splits_are_blocks_never_interleaved(tmp_path):
+    _poses_csv(tmp_path)
+    split_dataset(tmp_path, SplitConfig(block_seconds=3.0, gap_frames=2))
+    parts = {k: read_poses(tmp_path / f"{k}.csv") for k in ("train", "validation", "test")}
+    idx = {k: np.array([int(n[:6]) for n in v.images]) for k, v in parts.items()}
+    assert set(idx["train"]).isdisjoint(idx["test"]) and set(idx["train"]).isdisjoint(
+        idx["validation"])
+    # every test frame's neighbours within one frame are not training frames
+    train = set(idx["train"])
+    assert not any((i - 1) in train or (i + 1) in train for i in idx["test"])
+    # test frames form runs of whole blocks (>= 25 frames), not single frames
+    runs = np.split(idx["test"], np.flatnonzero(np.diff(idx["test"]) > 1) + 1)
+    assert min(len(r) for r in runs) >= 25
+    total = sum(len(v) for v in parts.values())
+    assert 0.6 < len(parts["train"]) / total < 0.8
+
+
+def test_split_with_separate_test_session(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    _poses_csv(a)
+    other = _poses_csv(b, n=50)
+    split_dataset(a, SplitConfig(block_seconds=3.0), test_poses=b / "poses.csv")
+    test = read_poses(a / "test.csv")
+    assert len(test) == len(other)
+    assert test.images[0] == "../../b/images/000000.jpg"
+    assert len(read_poses(a / "train.csv")) + len(read_poses(a / "validation.csv")) > 250
+
+
+def test_split_errors(tmp_path):
+    _poses_csv(tmp_path, n=1)
+    with pytest.raises(SplitError, match="need at least 3"):
+        split_dataset(tmp_path)
+    _poses_csv(tmp_path, n=3)
+    with pytest.raises(SplitError, match="is empty"):
+        split_dataset(tmp_path)
+    assert not (tmp_path / "train.csv").exists()  # nothing written when a split fails
+    (tmp_path / "poses.csv").write_text("stamp,x,y\n")
+    with pytest.raises(InputDataError, match="missing column"):
+        split_dataset(tmp_path)
+
+
+def test_short_walk_gets_shorter_blocks(tmp_path):
+    _poses_csv(tmp_path, n=100)  # 10 s: fewer than the 8 blocks of 4 s the shares need
+    split_dataset(tmp_path)
+    sizes = [len(read_poses(tmp_path / f"{k}.csv")) for k in ("train", "validation", "test")]
+    assert min(sizes) >= 5 and sizes[0] > sizes[1]
+
+
+def test_pose_csv_round_trip_keeps_nanoseconds(tmp_path):
+    stamps = np.array([1_700_000_000_123_456_789, 1_700_000_000_223_456_789])
+    t = PoseTable(stamps, np.array([[1.0, 2.0, 3.0], [4, 5, 6]]),
+                  np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), None, {"cov_xx": ["0.1", "0.2"]})
+    write_poses(tmp_path / "p.csv", t)
+    back = read_poses(tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text().splitlines()[1].startswith("1700000000.123456789,")
+    assert np.array_equal(back.stamps_ns, stamps)
+    assert back.extra == {"cov_xx": ["0.1", "0.2"]}
+
+
+def test_control_point_between_frames_is_interpolated(fake_dataset, monkeypatch):
+    """A control point whose own frame was dropped is placed between its neighbours."""
+    data, map_from_cam, stamps = fake_dataset
+    model = align_mod.load_sfm_model(data)
+    keep = [i for i in range(len(model.names)) if i != 12]  # frame 12 was not kept
+    thinned = SfMModel([model.names[i] for i in keep], model.sfm_from_cam[keep],
+                       model.points_N3)
+    monkeypatch.setattr(align_mod, "load_sfm_model", lambda d: thinned)
+    mid = (map_from_cam[11, :3, 3] + map_from_cam[13, :3, 3]) / 2  # straight walk: 12 is mid
+    rows = [(stamps[2], *map_from_cam[2, :3, 3]), (stamps[12], *mid),
+            (stamps[25], *map_from_cam[25, :3, 3]), (stamps[37], *map_from_cam[37, :3, 3])]
+    align_dataset(data, _write_cps(data / "cp.csv", rows))
+    import json
+    report = json.loads((data / "alignment.json").read_text())
+    assert report["control_points"][1]["frame"] == "000011.jpg+000013.jpg"
+    assert report["rms_m"] < 1e-6

@@ -1,0 +1,104 @@
+"""The synthetic building: deterministic, exact poses, valid bags, floor plan, control points."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from camera_pose_ros.dataset.bagio import iter_bag_images, list_topics, read_camera_info
+from camera_pose_ros.dataset.maps import FloorPlan
+from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.dataset.synth import (
+    Building,
+    BuildingSpec,
+    Renderer,
+    write_synthetic_building,
+)
+from camera_pose_ros.errors import ConfigError
+from camera_pose_ros.geometry import PinholeCamera, look_at_rotation, pose_matrix
+
+
+@pytest.fixture(scope="module")
+def small_synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_building(out, seed=3, frames=12, query_frames=4, width=96, height=72,
+                             progress=False)
+    return out
+
+
+def test_layout_matches_architecture(small_synth):
+    for name in ("mapping", "query", "gt_mapping.csv", "gt_query.csv", "control_points.csv",
+                 "floorplan.yaml", "floorplan.pgm"):
+        assert (small_synth / name).exists(), name
+    topics = list_topics(small_synth / "mapping")
+    assert topics == {"/camera/image_raw": "sensor_msgs/msg/Image",
+                      "/camera/camera_info": "sensor_msgs/msg/CameraInfo"}
+
+
+def test_bag_frames_match_ground_truth(small_synth):
+    gt = read_poses(small_synth / "gt_mapping.csv")
+    frames = list(iter_bag_images(small_synth / "mapping"))
+    assert len(frames) == len(gt) == 12
+    assert np.allclose([f.stamp for f in frames], gt.stamps, atol=1e-9)
+    assert frames[0].image_rgb.shape == (72, 96, 3)
+    assert np.all(np.diff(gt.stamps) > 0.09)
+    cam = read_camera_info(small_synth / "mapping", "/camera/camera_info")
+    assert cam.width == 96 and cam.fx == pytest.approx(0.82 * 96)
+    # the query walk is another path: never closer than 5 cm to a mapping pose
+    q = read_poses(small_synth / "gt_query.csv")
+    assert q.stamps.min() > gt.stamps.max()
+
+
+def test_same_seed_same_images(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        write_synthetic_building(out, seed=5, frames=10, query_frames=1, width=64, height=48,
+                                 progress=False)
+    fa = list(iter_bag_images(a / "mapping"))
+    fb = list(iter_bag_images(b / "mapping"))
+    assert all(np.array_equal(x.image_rgb, y.image_rgb) for x, y in zip(fa, fb, strict=True))
+    assert (a / "control_points.csv").read_text() == (b / "control_points.csv").read_text()
+
+
+def test_control_points_are_mapping_poses(small_synth):
+    gt = read_poses(small_synth / "gt_mapping.csv")
+    with (small_synth / "control_points.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6
+    for r in rows:
+        i = int(np.argmin(np.abs(gt.stamps - float(r["stamp"]))))
+        assert abs(gt.stamps[i] - float(r["stamp"])) < 1e-6
+        d = np.linalg.norm(gt.positions_N3[i] - [float(r["x"]), float(r["y"]), float(r["z"])])
+        assert d < 0.06  # 1 cm noise per axis
+
+
+def test_floor_plan_walls_and_walkable_path(small_synth):
+    plan = FloorPlan.load(small_synth / "floorplan.yaml")
+    gt = read_poses(small_synth / "gt_mapping.csv")
+    assert plan.is_walkable(gt.positions_N3[:, :2]).all()
+    # the central block, the outer wall and outside the building are not walkable
+    assert not plan.is_walkable(np.array([[8.0, 5.0], [0.0, 5.0], [-0.5, -0.5]])).any()
+    again = tmp = small_synth / "copy.yaml"
+    plan.save(tmp)
+    assert np.array_equal(FloorPlan.load(again).occupancy, plan.occupancy)
+
+
+def test_renderer_sees_nearest_wall():
+    b = Building(BuildingSpec(seed=1))
+    cam = PinholeCamera(64, 48, 50, 50, 31.5, 23.5)
+    r = Renderer(b, cam)
+    # looking at the central block from 1 m: the pixels are wall texture, not floor/ceiling
+    pose = pose_matrix(look_at_rotation([0.0, 1.0, 0.0]), [8.0, 2.5, 1.4])
+    img = r.render(pose)
+    assert img.shape == (48, 64, 3) and img.std() > 10
+    # an identical pose renders the identical image (no hidden randomness)
+    assert np.array_equal(img, r.render(pose))
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError):
+        Building(BuildingSpec(scale=0.1))
+    with pytest.raises(ConfigError):
+        write_synthetic_building("/nonexistent/never", frames=2, progress=False)
