@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from camera_pose_ros import __version__
-from camera_pose_ros.errors import CameraPoseError, NotBuiltYetError
+from camera_pose_ros.errors import CameraPoseError, NotBuiltYetError  # noqa: F401
 
 __all__ = ["main", "build_parser"]
 
@@ -114,11 +113,32 @@ def _cmd_split(args: argparse.Namespace) -> Path:
     return split_dataset(args.data, _dataset_configs(args)["split"], test_poses=args.test_poses)
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], Path]:
-    def run(args: argparse.Namespace) -> Path:
-        raise NotBuiltYetError(
-            f"`camera-pose {name}` is not built yet in this version (pose regression issue)")
-    return run
+def _cmd_train(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.learning.train import load_train_config, train
+
+    cfg = load_train_config(args.config, device=args.device, epochs=args.epochs,
+                            seed=args.seed, pretrained=args.pretrained)
+    return train(args.data, cfg, args.out, resume=args.resume, progress=not args.quiet)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.learning.evaluate import evaluate
+
+    return evaluate(args.checkpoint, args.data, split=args.split, out=args.out,
+                    device=args.device, progress=not args.quiet)
+
+
+def _cmd_localize(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.learning.evaluate import localize
+
+    return localize(args.checkpoint, _source(args), args.out, device=args.device,
+                    progress=not args.quiet)
+
+
+def _cmd_export(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.learning.export import export_model
+
+    return export_model(args.checkpoint, args.format, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,15 +217,39 @@ def build_parser() -> argparse.ArgumentParser:
     stage_opts(p)
     p.set_defaults(func=_cmd_split)
 
-    for name, text in (
-        ("train", "train a PoseNet/MapNet regressor"),
-        ("evaluate", "evaluate a checkpoint on a split"),
-        ("localize", "batch localization of a bag, video or folder"),
-        ("export", "export a checkpoint to TorchScript or ONNX"),
-    ):
-        p = sub.add_parser(name, help=f"{text} (not built yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_not_built(name))
+    device = {"default": "auto", "choices": ("auto", "cpu", "cuda")}
+    p = sub.add_parser("train", help="train a PoseNet/MapNet regressor on a dataset")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True,
+                   help="YAML (config/train_posenet.yaml, config/train_mapnet.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (model.pt, metrics)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--pretrained", help="auto | none | path to torchvision weights")
+    p.add_argument("--device", choices=device["choices"])
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="errors of a checkpoint on a dataset split")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--out", type=Path, help="metrics JSON (default DATA/eval_SPLIT/)")
+    p.add_argument("--device", **device)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("localize", help="poses of every frame of a bag, video or folder")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _source_args(p)
+    p.add_argument("--out", type=Path, required=True, help="prediction CSV")
+    p.add_argument("--device", **device)
+    p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

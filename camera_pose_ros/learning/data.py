@@ -1,0 +1,142 @@
+"""Datasets for pose regression: a split CSV + images -> tensors.
+
+Images are resized (whole frame, no crop: a crop would move the principal point and so
+the pose the image shows) and normalised with the backbone's ImageNet statistics.
+Augmentation keeps the pose valid: colour jitter and blur only, never flips or crops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from camera_pose_ros.dataset.posecsv import PoseTable, read_poses
+from camera_pose_ros.errors import InputDataError, SplitError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageTransform",
+    "load_split",
+    "PoseImageDataset",
+    "TupleDataset",
+    "poses_tensor",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """RGB uint8 (H, W, 3) -> normalised float tensor (3, h, w), optionally augmented."""
+
+    height: int
+    width: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    color_jitter: float = 0.0
+    blur_probability: float = 0.0
+
+    def __call__(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Transform one image; ``rng`` enables augmentation."""
+        img = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        x = img.astype(np.float32) / 255.0
+        if rng is not None and self.color_jitter > 0:
+            j = self.color_jitter
+            x = x * rng.uniform(1 - j, 1 + j)  # brightness
+            mean = x.mean()
+            x = (x - mean) * rng.uniform(1 - j, 1 + j) + mean  # contrast
+            gray = x.mean(axis=2, keepdims=True)
+            x = (x - gray) * rng.uniform(1 - j, 1 + j) + gray  # saturation
+            x = np.clip(x, 0.0, 1.0)
+        if rng is not None and self.blur_probability > 0 and rng.random() < self.blur_probability:
+            x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.5, 1.5)))
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def load_split(data: str | os.PathLike, split: str) -> PoseTable:
+    """The pose table of ``DATA/<split>.csv``; missing, empty or image-less splits raise."""
+    path = Path(data) / f"{split}.csv"
+    if not path.is_file():
+        raise SplitError(f"{path} not found: build the dataset (camera-pose dataset/split)")
+    table = read_poses(path)
+    if table.images is None:
+        raise InputDataError(f"{path}: no image column; expected image,stamp,x,y,z,qw,qx,qy,qz")
+    if len(table) == 0:
+        raise SplitError(f"split '{split}' in {data} is empty")
+    return table
+
+
+def poses_tensor(table: PoseTable) -> torch.Tensor:
+    """(N, 7) float32 metric poses (x, y, z, qw, qx, qy, qz), canonical quaternions."""
+    q = table.quats_wxyz_N4 * np.where(table.quats_wxyz_N4[:, :1] < 0, -1.0, 1.0)
+    return torch.from_numpy(np.concatenate([table.positions_N3, q], 1).astype(np.float32))
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputDataError(f"cannot read image {path}")
+    return bgr[:, :, ::-1]
+
+
+class PoseImageDataset(Dataset):
+    """(image tensor, pose (7,)) pairs of a split; augmentation when ``augment``."""
+
+    def __init__(self, data: str | os.PathLike, table: PoseTable, transform: ImageTransform,
+                 *, augment: bool = False, seed: int = 0) -> None:
+        self.root = Path(data) / "images"
+        self.table = table
+        self.poses_N7 = poses_tensor(table)
+        self.transform = transform
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def image(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """The transformed image of row ``i``."""
+        return self.transform(_read_rgb(self.root / self.table.images[i]), rng)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
+        return self.image(i, rng), self.poses_N7[i]
+
+
+class TupleDataset(Dataset):
+    """MapNet tuples: ``steps`` frames ``skip`` apart, all inside one contiguous run.
+
+    Returns images (T, 3, H, W) and poses (T, 7). Runs are broken where the split jumps in
+    time (between its blocks), so a tuple never spans two blocks.
+    """
+
+    def __init__(self, base: PoseImageDataset, *, steps: int = 3, skip: int = 2) -> None:
+        self.base = base
+        self.steps, self.skip = steps, skip
+        stamps = base.table.stamps
+        dt = np.diff(stamps) if len(stamps) > 1 else np.array([1.0])
+        brk = np.concatenate([[0], np.flatnonzero(dt > 3 * np.median(dt)) + 1, [len(stamps)]])
+        span = (steps - 1) * skip
+        self.starts = [s for a, b in zip(brk[:-1], brk[1:], strict=True)
+                       for s in range(a, b - span)]
+        if not self.starts:  # runs shorter than a tuple: fall back to single frames
+            self.steps, self.skip = 1, 1
+            self.starts = list(range(len(stamps)))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = [self.starts[i] + k * self.skip for k in range(self.steps)]
+        items = [self.base[j] for j in idx]
+        return torch.stack([x for x, _ in items]), torch.stack([p for _, p in items])

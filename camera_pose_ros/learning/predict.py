@@ -1,0 +1,60 @@
+"""Inference from a checkpoint: RGB images -> metric poses with calibrated covariances."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from camera_pose_ros.learning.checkpoint import LoadedModel
+from camera_pose_ros.learning.uncertainty import apply_calibration, mc_samples, mean_and_covariance
+
+__all__ = ["Predictor", "resolve_device"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    from camera_pose_ros.errors import ConfigError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but no CUDA GPU is available; use auto or cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+class Predictor:
+    """Batched pose prediction with MC-dropout covariance from a loaded checkpoint."""
+
+    def __init__(self, loaded: LoadedModel, *, device: str = "auto",
+                 samples: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.transform = loaded.transform
+        self.calibration = loaded.data.get("calibration") or {}
+        self.samples = int(samples if samples is not None
+                           else self.calibration.get("samples", 20))
+
+    @torch.no_grad()
+    def features(self, images_rgb: list[np.ndarray]) -> torch.Tensor:
+        """Backbone features (B, D) of RGB uint8 images."""
+        batch = torch.stack([self.transform(img) for img in images_rgb]).to(self.device)
+        return self.model.features(batch)
+
+    @torch.no_grad()
+    def predict_features(self, feats_BD: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Poses (B, 7) and calibrated covariances (B, 6, 6) from backbone features."""
+        poses = self.model.decode(self.model.head(feats_BD)).double().cpu().numpy()
+        if self.samples < 2:
+            cov = np.repeat(np.eye(6)[None], len(poses), 0)
+        else:
+            _, cov = mean_and_covariance(
+                mc_samples(self.model, feats_BD, self.samples).double().cpu().numpy())
+        if self.calibration:
+            cov = apply_calibration(cov, self.calibration)
+        return poses, cov
+
+    def predict(self, images_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Poses (B, 7: x, y, z, qw, qx, qy, qz) and covariances (B, 6, 6, REP 103 order)."""
+        return self.predict_features(self.features(images_rgb))

@@ -1,0 +1,493 @@
+"""``camera-pose train``: fit a PoseNet or MapNet regressor to one building's dataset.
+
+Two modes:
+
+- ``freeze_backbone: true`` (the source project's approach): backbone features are computed
+  once (the clean image plus ``augment_copies`` augmented copies per training frame) and
+  only the head is trained, on cached tensors: minutes on a CPU.
+- ``freeze_backbone: false``: full fine-tuning with augmentation on every step. Under
+  ``torchrun`` it trains with DistributedDataParallel across processes (one per GPU).
+
+Training is deterministic for a seed, uses AdamW with a cosine schedule, stops early on the
+validation score (median position error in metres + median rotation error in degrees / 10),
+writes ``RUN/last.pt`` (resumable state) atomically every epoch, ``RUN/metrics.csv``,
+``RUN/loss_curve.png`` and finally ``RUN/model.pt``: the best weights with their
+uncertainty calibration. A non-finite loss stops training with a message naming the loss
+and the step; the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from camera_pose_ros.config import from_dict, load_yaml, to_dict
+from camera_pose_ros.errors import ConfigError, TrainingError
+from camera_pose_ros.fileio import atomic_path, write_text_atomic
+from camera_pose_ros.learning.backbones import build_backbone
+from camera_pose_ros.learning.checkpoint import save_checkpoint
+from camera_pose_ros.learning.data import (
+    ImageTransform,
+    PoseImageDataset,
+    TupleDataset,
+    load_split,
+    poses_tensor,
+)
+from camera_pose_ros.learning.losses import LOSS_KINDS, MapNetLoss, PoseLoss
+from camera_pose_ros.learning.networks import PoseRegressor
+from camera_pose_ros.learning.predict import resolve_device
+from camera_pose_ros.learning.uncertainty import (
+    error_vectors,
+    fit_calibration,
+    mc_samples,
+    mean_and_covariance,
+)
+from camera_pose_ros.metrics import error_summary
+
+__all__ = ["TrainConfig", "load_train_config", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (YAML keys; unknown keys are an error). Presets live in config/."""
+
+    model: str = "posenet"
+    backbone: str = "resnet18"
+    pretrained: str = "auto"
+    freeze_backbone: bool = True
+    pool_grid: tuple[int, int] = (1, 1)
+    hidden: int = 1024
+    dropout: float = 0.5
+    input_height: int = 192
+    input_width: int = 256
+    loss: str = "homoscedastic"
+    beta: float = 1.0
+    relative_weight: float = 1.0
+    steps: int = 3
+    skip: int = 2
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    early_stopping_patience: int = 20
+    color_jitter: float = 0.3
+    blur_probability: float = 0.2
+    augment_copies: int = 2
+    mc_samples: int = 20
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    map_frame: str = "map"
+    max_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in ("posenet", "mapnet"):
+            raise ConfigError(f"model must be posenet or mapnet, got '{self.model}'")
+        if self.loss not in LOSS_KINDS:
+            raise ConfigError(f"loss must be one of {', '.join(LOSS_KINDS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.model == "mapnet" and self.steps < 2:
+            raise ConfigError("mapnet needs steps >= 2 (frames per tuple)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("dropout must be in [0, 1)")
+
+
+def load_train_config(path: str | os.PathLike | None, **overrides: object) -> TrainConfig:
+    """A TrainConfig from YAML (``None``: defaults) with keyword overrides."""
+    data = load_yaml(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(TrainConfig, data, where=str(path) if path else "train config")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def _score(metrics: dict) -> float:
+    """Early-stopping score: metres + degrees / 10 (medians on validation)."""
+    return metrics["median_position_m"] + metrics["median_rotation_deg"] / 10.0
+
+
+def _tuples(table, steps: int, skip: int) -> np.ndarray:
+    """(M, T) index tuples inside contiguous runs (as TupleDataset, on indices)."""
+    stamps = table.stamps
+    dt = np.diff(stamps) if len(stamps) > 1 else np.array([1.0])
+    brk = np.concatenate([[0], np.flatnonzero(dt > 3 * np.median(dt)) + 1, [len(stamps)]])
+    span = (steps - 1) * skip
+    starts = [s for a, b in zip(brk[:-1], brk[1:], strict=True) for s in range(a, b - span)]
+    if not starts:
+        return np.arange(len(stamps))[:, None]
+    return np.array(starts)[:, None] + np.arange(steps)[None, :] * skip
+
+
+class _Run:
+    """Everything one training run holds; split from ``train`` to keep each step short."""
+
+    def __init__(self, cfg: TrainConfig, data: Path, out: Path, progress: bool = True) -> None:
+        self.cfg, self.data, self.out = cfg, data, out
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.bars = progress and self.rank == 0
+        if self.world > 1:
+            self._init_distributed()
+        else:
+            self.device = resolve_device(cfg.device)
+        self.train_table = load_split(data, "train")
+        self.val_table = load_split(data, "validation")
+        self.train_poses = poses_tensor(self.train_table)
+        self.val_poses = poses_tensor(self.val_table)
+        xy_std = self.train_poses[:, :3].std(0)
+        pos_scale = float(max(xy_std.max().item(), 1e-3))
+        self.model_cfg = {
+            "kind": cfg.model, "backbone": cfg.backbone, "hidden": cfg.hidden,
+            "pool_grid": list(cfg.pool_grid),
+            "dropout": cfg.dropout,
+            "pos_mean": [float(v) for v in self.train_poses[:, :3].mean(0)],
+            "pos_scale": pos_scale,
+        }
+        backbone, self.backbone_info = build_backbone(cfg.backbone, cfg.pretrained,
+                                                      cfg.pool_grid)
+        self.model = PoseRegressor(
+            backbone, self.backbone_info.feature_dim, hidden=cfg.hidden, dropout=cfg.dropout,
+            pos_mean=tuple(self.model_cfg["pos_mean"]), pos_scale=pos_scale).to(self.device)
+        self.transform = ImageTransform(cfg.input_height, cfg.input_width)
+        self.aug_transform = replace(self.transform, color_jitter=cfg.color_jitter,
+                                     blur_probability=cfg.blur_probability)
+        if cfg.model == "mapnet":
+            self.loss = MapNetLoss(cfg.loss, beta=cfg.beta,
+                                   relative_weight=cfg.relative_weight).to(self.device)
+        else:
+            self.loss = PoseLoss(cfg.loss, beta=cfg.beta).to(self.device)
+        if cfg.freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        params += [p for p in self.loss.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.epochs)
+        self.ddp_model = self.model
+        if self.world > 1:
+            if cfg.freeze_backbone:
+                raise ConfigError("torchrun training needs freeze_backbone: false (cached-"
+                                  "feature training is fast on one process)")
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None)
+
+    def _init_distributed(self) -> None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+
+    # -- cached features ------------------------------------------------------------------
+    @torch.no_grad()
+    def _features(self, table, transform: ImageTransform, seed: int | None,
+                  desc: str) -> torch.Tensor:
+        ds = PoseImageDataset(self.data, table, transform, augment=seed is not None,
+                              seed=seed or 0)
+        loader = DataLoader(ds, batch_size=32, num_workers=self.cfg.num_workers)
+        self.model.backbone.eval()
+        feats = []
+        for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not self.bars):
+            feats.append(self.model.features(images.to(self.device)))
+        return torch.cat(feats)
+
+    def cache_features(self) -> None:
+        """Compute backbone features of every training copy and of the validation frames."""
+        cfg = self.cfg
+        copies = [self._features(self.train_table, self.transform, None, "features (clean)")]
+        for c in range(cfg.augment_copies):
+            copies.append(self._features(self.train_table, self.aug_transform,
+                                         cfg.seed * 1000 + c, f"features (aug {c + 1})"))
+        self.train_feats = torch.cat(copies)
+        self.val_feats = self._features(self.val_table, self.transform, None, "features (val)")
+        n = len(self.train_table)
+        base = _tuples(self.train_table, cfg.steps, cfg.skip) if cfg.model == "mapnet" else (
+            np.arange(n)[:, None])
+        self.train_index = np.concatenate([base + c * n for c in range(len(copies))])
+        self.train_targets = self.train_poses.repeat(len(copies), 1).to(self.device)
+
+    # -- one epoch --------------------------------------------------------------------------
+    def _step(self, raw: torch.Tensor, target_poses: torch.Tensor, step: int) -> float:
+        target = self.model.encode(target_poses)
+        loss = self.loss(raw, target)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss '{self.cfg.loss}' became {loss.item()} at step {step}; training stopped "
+                f"(lower lr, or use a robust loss); the last good checkpoint is kept at "
+                f"{self.out / 'last.pt'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]], 10.0)
+        self.optimizer.step()
+        return float(loss.item())
+
+    def epoch_cached(self, epoch: int, step: int) -> tuple[float, int]:
+        """One epoch over cached features; returns mean loss and the global step."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_index), generator=g).numpy()
+        self.model.train()
+        losses = []
+        for k in range(0, len(order), self.cfg.batch_size):
+            idx = self.train_index[order[k:k + self.cfg.batch_size]]  # (B, T)
+            b, t = idx.shape
+            feats = self.train_feats[torch.from_numpy(idx.reshape(-1))]
+            raw = self.model.head(feats)
+            poses = self.train_targets[torch.from_numpy(idx.reshape(-1))]
+            if self.cfg.model == "mapnet":
+                raw, poses = raw.view(b, t, 6), poses.view(b, t, 7)
+            losses.append(self._step(raw, poses, step))
+            step += 1
+            if self.cfg.max_steps and step >= self.cfg.max_steps:
+                break
+        return float(np.mean(losses)), step
+
+    def epoch_full(self, epoch: int, step: int) -> tuple[float, int]:
+        """One epoch of full fine-tuning with on-the-fly augmentation."""
+        cfg = self.cfg
+        ds = PoseImageDataset(self.data, self.train_table, self.aug_transform, augment=True,
+                              seed=cfg.seed)
+        ds.epoch = epoch
+        if cfg.model == "mapnet":
+            ds = TupleDataset(ds, steps=cfg.steps, skip=cfg.skip)
+        sampler = None
+        if self.world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=cfg.seed)
+            sampler.set_epoch(epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None,
+                            sampler=sampler, generator=g, num_workers=cfg.num_workers,
+                            drop_last=len(ds) > cfg.batch_size)
+        self.ddp_model.train()
+        losses = []
+        for images, poses in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch",
+                                  leave=False, disable=not self.bars):
+            images, poses = images.to(self.device), poses.to(self.device)
+            if cfg.model == "mapnet":
+                b, t = images.shape[:2]
+                m = self.ddp_model.module if self.world > 1 else self.model
+                raw = m.head(m.features(images.flatten(0, 1))).view(b, t, 6)
+            else:
+                m = self.ddp_model.module if self.world > 1 else self.model
+                raw = m.head(m.features(images))
+            losses.append(self._step(raw, poses, step))
+            step += 1
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        return float(np.mean(losses)), step
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict, np.ndarray]:
+        """Validation metrics and predicted poses (dropout off)."""
+        self.model.eval()
+        if self.cfg.freeze_backbone:
+            pred = self.model.decode(self.model.head(self.val_feats))
+        else:
+            ds = PoseImageDataset(self.data, self.val_table, self.transform)
+            loader = DataLoader(ds, batch_size=32, num_workers=self.cfg.num_workers)
+            pred = torch.cat([self.model(x.to(self.device)) for x, _ in loader])
+        p = pred.double().cpu().numpy()
+        gt = self.val_poses.double().numpy()
+        return error_summary(p[:, :3], p[:, 3:], gt[:, :3], gt[:, 3:]), p
+
+    @torch.no_grad()
+    def calibrate(self) -> dict:
+        """Fit the MC-dropout covariance calibration on the validation split."""
+        feats = self.val_feats if self.cfg.freeze_backbone else torch.cat([
+            self.model.features(x.to(self.device)) for x, _ in DataLoader(
+                PoseImageDataset(self.data, self.val_table, self.transform), batch_size=32)])
+        self.model.eval()
+        pred = self.model.decode(self.model.head(feats)).double().cpu().numpy()
+        samples = mc_samples(self.model, feats, self.cfg.mc_samples).double().cpu().numpy()
+        _, cov = mean_and_covariance(samples)
+        err = error_vectors(pred, self.val_poses.double().numpy())
+        return fit_calibration(err, cov, samples=self.cfg.mc_samples)
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self, epoch: int, step: int, best: dict) -> dict:
+        """Resumable training state (plain data: loads with weights_only=True)."""
+        return {
+            "epoch": epoch, "step": step, "best": best,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "loss": {k: v.detach().cpu() for k, v in self.loss.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "config": to_dict(self.cfg),
+        }
+
+    def restore(self, state: dict) -> tuple[int, int, dict]:
+        """Load a state written by :meth:`state`; returns epoch, step, best."""
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        best = state["best"]
+        if "state" in best:
+            best["state"] = {k: v.to(self.device) for k, v in best["state"].items()}
+        return int(state["epoch"]), int(state["step"]), best
+
+
+def _plot_curve(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(7, 4), dpi=100)
+    ep = [r["epoch"] for r in rows]
+    ax1.plot(ep, [r["train_loss"] for r in rows], label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax2 = ax1.twinx()
+    ax2.plot(ep, [r["val_median_position_m"] for r in rows], "r-", label="val median m")
+    ax2.set_ylabel("validation median position error (m)")
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _write_metrics(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def _tensorboard(out: Path):  # -> SummaryWriter | None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, *,
+          resume: bool = False, progress: bool = True) -> Path:
+    """Train a regressor on ``DATA`` and write ``OUT/model.pt``; return its path.
+
+    Raises:
+        SplitError / InputDataError: missing or empty splits, missing columns or images.
+        TrainingError: a non-finite loss (the last good ``last.pt`` is kept).
+    """
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(config.seed)
+    t_start = time.perf_counter()
+    run = _Run(config, data, out, progress)
+    main_rank = run.rank == 0
+    if config.freeze_backbone:
+        run.cache_features()
+    epoch, step, best = 0, 0, {"score": float("inf"), "epoch": -1}
+    rows: list[dict] = []
+    if resume and (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", map_location=run.device, weights_only=True)
+        if state["config"] != to_dict(config):
+            raise ConfigError(f"{out / 'last.pt'} was trained with another config; resume "
+                              "with the same config or start a new run folder")
+        epoch, step, best = run.restore(state)
+        if (out / "metrics.csv").exists():
+            with (out / "metrics.csv").open() as fh:
+                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        log.info("resuming at epoch %d (best validation score %.3f)", epoch, best["score"])
+    writer = _tensorboard(out) if main_rank else None
+    bar = tqdm(range(epoch, config.epochs), desc="train", unit="epoch",
+               disable=not (progress and main_rank), initial=epoch, total=config.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        if config.freeze_backbone:
+            loss, step = run.epoch_cached(epoch, step)
+        else:
+            loss, step = run.epoch_full(epoch, step)
+        run.scheduler.step()
+        metrics, _ = run.validate()
+        score = _score(metrics)
+        if score < best["score"]:
+            best = {"score": score, "epoch": epoch, "metrics": metrics,
+                    "state": {k: v.detach().clone() for k, v in run.model.state_dict().items()}}
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss,
+               "val_median_position_m": metrics["median_position_m"],
+               "val_median_rotation_deg": metrics["median_rotation_deg"],
+               "lr": run.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        bar.set_postfix(loss=f"{loss:.3f}", val_m=f"{metrics['median_position_m']:.2f}")
+        if main_rank:
+            with atomic_path(out / "last.pt", suffix=".tmp") as tmp:
+                torch.save(run.state(epoch + 1, step, best), tmp)
+            _write_metrics(rows, out / "metrics.csv")
+            if writer is not None:
+                writer.add_scalar("loss/train", loss, epoch)
+                writer.add_scalar("val/median_position_m", metrics["median_position_m"], epoch)
+                writer.add_scalar("val/median_rotation_deg", metrics["median_rotation_deg"],
+                                  epoch)
+        if epoch - best["epoch"] >= config.early_stopping_patience:
+            log.info("early stop at epoch %d: no better validation score for %d epochs",
+                     epoch + 1, config.early_stopping_patience)
+            break
+        if config.max_steps and step >= config.max_steps:
+            break
+    if not main_rank:
+        torch.distributed.destroy_process_group()
+        return out / "model.pt"
+    run.model.load_state_dict(best["state"])
+    calibration = run.calibrate()
+    final_metrics, _ = run.validate()
+    _plot_curve(rows, out / "loss_curve.png")
+    report = {}
+    if (data / "report.json").exists():
+        report = json.loads((data / "report.json").read_text())
+    provenance = {
+        "dataset": str(data.resolve()),
+        "splits": {"train": len(run.train_table), "validation": len(run.val_table)},
+        "dataset_registration_rate": report.get("registration_rate"),
+        "dataset_alignment_rms_m": report.get("alignment_rms_m"),
+        "train_config": to_dict(config),
+        "best_epoch": best["epoch"] + 1,
+        "epochs_run": len(rows),
+        "train_seconds": time.perf_counter() - t_start,
+        "device": str(run.device),
+    }
+    path = save_checkpoint(
+        out / "model.pt", run.model, model_cfg=run.model_cfg,
+        input_cfg={"height": config.input_height, "width": config.input_width,
+                   "mean": list(run.transform.mean), "std": list(run.transform.std)},
+        map_frame=config.map_frame,
+        extra={"pretrained": run.backbone_info.pretrained,
+               "weights_source": run.backbone_info.weights_source,
+               "provenance": provenance, "metrics": {"validation": final_metrics},
+               "calibration": calibration})
+    if writer is not None:
+        writer.close()
+    if run.world > 1:
+        torch.distributed.destroy_process_group()
+    log.info("trained %s/%s: validation median %.3f m, %.2f deg (best epoch %d)",
+             config.model, config.backbone, final_metrics["median_position_m"],
+             final_metrics["median_rotation_deg"], best["epoch"] + 1)
+    return path
