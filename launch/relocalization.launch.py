@@ -8,6 +8,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -16,8 +17,9 @@ from launch import LaunchDescription
 
 def generate_launch_description() -> LaunchDescription:
     """Launch description: one node, configured by launch arguments."""
-    default_config = os.path.join(
-        get_package_share_directory("camera_pose_ros"), "config", "relocalization.yaml")
+    share = get_package_share_directory("camera_pose_ros")
+    default_config = os.path.join(share, "config", "relocalization.yaml")
+    rviz_config = os.path.join(share, "rviz", "relocalization.rviz")
     args = [
         DeclareLaunchArgument("model", default_value="", description="checkpoint (model.pt)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
@@ -26,6 +28,7 @@ def generate_launch_description() -> LaunchDescription:
                               description="parameter file"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("namespace", default_value=""),
+        DeclareLaunchArgument("rviz", default_value="false", description="start RViz too"),
     ]
     node = Node(
         package="camera_pose_ros",
@@ -40,4 +43,6 @@ def generate_launch_description() -> LaunchDescription:
         remappings=[("image", LaunchConfiguration("camera_topic"))],
         output="screen",
     )
-    return LaunchDescription([*args, node])
+    rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", rviz_config],
+                condition=IfCondition(LaunchConfiguration("rviz")), output="screen")
+    return LaunchDescription([*args, node, rviz])

@@ -35,12 +35,20 @@ class Predictor:
         self.calibration = loaded.data.get("calibration") or {}
         self.samples = int(samples if samples is not None
                            else self.calibration.get("samples", 20))
+        self.half = False
+
+    def enable_half(self) -> bool:
+        """float16 inference on a GPU (no effect on CPU); returns whether it is on."""
+        if self.device.type == "cuda":
+            self.model.half()
+            self.half = True
+        return self.half
 
     @torch.no_grad()
     def features(self, images_rgb: list[np.ndarray]) -> torch.Tensor:
         """Backbone features (B, D) of RGB uint8 images."""
         batch = torch.stack([self.transform(img) for img in images_rgb]).to(self.device)
-        return self.model.features(batch)
+        return self.model.features(batch.half() if self.half else batch)
 
     @torch.no_grad()
     def predict_features(self, feats_BD: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

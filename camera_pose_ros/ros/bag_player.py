@@ -1,15 +1,90 @@
-"""`bag_player` executable (stub until the ROS node issue lands)."""
+"""bag_player: publish a bag's topics at the recorded rate (or a multiple of it).
+
+For demos and tests on machines without ``ros2 bag play``. Messages go out as recorded
+(serialized CDR, no deserialisation); publishers are reliable with depth 10.
+
+    ros2 run camera_pose_ros bag_player BAG [--rate 1.0] [--topics /camera/image_raw ...]
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from pathlib import Path
 
-from camera_pose_ros.ros._not_built import exit_not_built
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosbags.rosbag2 import Reader
+
+from camera_pose_ros.ros.msgtypes import message_class
+
+__all__ = ["play", "main"]
+
+
+def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None = None,
+         wait_for_subscribers: float = 0.0, remap: dict[str, str] | None = None) -> int:
+    """Publish ``bag`` on ``node``; return the number of messages published."""
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    remap = remap or {}
+    count = 0
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if not topics or c.topic in topics]
+        if not conns:
+            raise ValueError(f"bag {bag} has none of the topics {topics}; it has "
+                             + ", ".join(sorted({c.topic for c in reader.connections})))
+        pubs = {c.id: node.create_publisher(message_class(c.msgtype),
+                                            remap.get(c.topic, c.topic), qos) for c in conns}
+        deadline = time.monotonic() + wait_for_subscribers
+        while wait_for_subscribers and time.monotonic() < deadline and not all(
+                p.get_subscription_count() for p in pubs.values()):
+            time.sleep(0.05)
+        start_wall, start_bag = None, None
+        for conn, stamp_ns, raw in reader.messages(connections=conns):
+            if start_wall is None:
+                start_wall, start_bag = time.monotonic(), stamp_ns
+            due = start_wall + (stamp_ns - start_bag) / 1e9 / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pubs[conn.id].publish(bytes(raw))
+            count += 1
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `ros2 run camera_pose_ros bag_player`."""
-    return exit_not_built("bag_player", "ROS 2 relocalization node issue")
+    """Entry point of ``ros2 run camera_pose_ros bag_player``."""
+    args_in = rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:]
+    p = argparse.ArgumentParser(prog="bag_player", description=__doc__.splitlines()[0])
+    p.add_argument("bag", type=Path)
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("--topics", nargs="*", help="only these topics")
+    p.add_argument("--wait", type=float, default=5.0,
+                   help="seconds to wait for subscribers before playing")
+    args = p.parse_args(args_in)
+    if not args.bag.exists():
+        sys.stderr.write(f"bag_player: bag not found: {args.bag}\n")
+        return 2
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = rclpy.create_node("bag_player")
+    try:
+        n = play(node, args.bag, rate=args.rate, topics=args.topics,
+                 wait_for_subscribers=args.wait)
+        node.get_logger().info(f"published {n} messages from {args.bag}")
+        time.sleep(0.5)  # let reliable deliveries finish before the publishers go
+    except ValueError as exc:
+        sys.stderr.write(f"bag_player: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
 
 
 if __name__ == "__main__":

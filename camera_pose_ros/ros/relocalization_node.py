@@ -1,15 +1,408 @@
-"""`relocalization_node` executable (stub until the ROS node issue lands)."""
+"""relocalization_node: camera images in, map-frame poses with covariance out.
+
+A lifecycle node. ``on_configure`` loads the checkpoint and the optional floor plan;
+``on_activate`` subscribes. With ``autostart`` (default) it configures and activates itself.
+Inference runs on a worker thread that always takes the newest frame (older unprocessed
+frames are dropped and counted), so the subscription callback never blocks. Every output is
+stamped with the image's stamp.
+
+Topics: ``image`` (sensor_msgs/Image) or ``image/compressed``; ``odom``, ``map``,
+``tracking_lost`` in; ``~/pose``, ``~/pose_with_covariance``, ``~/path``, ``/tf``,
+``/diagnostics``, ``/initialpose`` out. Service ``~/relocalize`` (std_srvs/Trigger).
+"""
 
 from __future__ import annotations
 
+import collections
 import sys
+import threading
+import time
 
-from camera_pose_ros.ros._not_built import exit_not_built
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import OccupancyGrid, Odometry, Path
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+
+from camera_pose_ros.dataset.maps import FloorPlan
+from camera_pose_ros.errors import CameraPoseError, ImageDecodeError
+from camera_pose_ros.geometry import invert_pose, pose_matrix, rotmat_from_quat_wxyz
+from camera_pose_ros.ros.conversions import (
+    image_to_rgb,
+    matrix_to_pose,
+    pose_stamped,
+    pose_to_matrix,
+    pose_with_covariance,
+    stamp_to_ns,
+    transform_stamped,
+)
+from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
+from camera_pose_ros.runtime.localizer import JumpGate, Localizer
+
+__all__ = ["RelocalizationNode", "main"]
+
+RELIABLE_10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class _Stats:
+    """Counters and a latency window for /diagnostics (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts = collections.Counter()
+        self.latency = collections.deque(maxlen=200)
+        self.arrivals = collections.deque(maxlen=200)
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[key] += n
+
+
+class RelocalizationNode(LifecycleNode):
+    """The relocalization lifecycle node (node name ``relocalization`` by default)."""
+
+    def __init__(self, node_name: str = "relocalization", **kwargs: object) -> None:
+        super().__init__(node_name, **kwargs)
+        for spec in RELOCALIZATION_PARAMS:
+            desc = ParameterDescriptor(description=spec.description + (
+                f" ({'|'.join(spec.choices)})" if spec.choices else ""))
+            if spec.min_value is not None and isinstance(spec.default, float):
+                desc.floating_point_range = [FloatingPointRange(
+                    from_value=float(spec.min_value), to_value=float(spec.max_value))]
+            elif spec.min_value is not None and isinstance(spec.default, int):
+                desc.integer_range = [IntegerRange(from_value=int(spec.min_value),
+                                                   to_value=int(spec.max_value), step=1)]
+            self.declare_parameter(spec.name, spec.default, desc)
+        self.stats = _Stats()
+        self.localizer: Localizer | None = None
+        self._cond = threading.Condition()
+        self._latest: object | None = None
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._reloc_requested = threading.Event()
+        self._odom = collections.deque(maxlen=400)
+        self._path = collections.deque()
+        self._subs: list = []
+        self._timers: list = []
+        self._service = None
+        self._gate: JumpGate | None = None
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _autostart(self) -> None:
+        self._autostart_timer.cancel()
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def _p(self, name: str) -> object:
+        return self.get_parameter(name).value
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Load the checkpoint and the floor plan; create publishers."""
+        plan = None
+        try:
+            if self._p("floorplan_yaml"):
+                plan = FloorPlan.load(self._p("floorplan_yaml"))
+            model = str(self._p("model_path"))
+            if not model:
+                raise CameraPoseError("parameter model_path is empty: give a checkpoint")
+            samples = int(self._p("mc_samples")) or None
+            self.localizer = Localizer(model, device=str(self._p("device")), floorplan=plan,
+                                       mc_samples=samples)
+            if self._p("half_precision"):
+                self.localizer.predictor.enable_half()
+        except (CameraPoseError, ValueError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        if not self._p("snap_to_floorplan"):
+            self.localizer.set_floorplan(None)
+        self._gate = JumpGate(float(self._p("max_jump"))) if self._p("jump_gate") else None
+        self._path = collections.deque(maxlen=int(self._p("path_length")))
+        self.pub_pose = self.create_publisher(PoseStamped, "~/pose", RELIABLE_10)
+        self.pub_cov = self.create_publisher(PoseWithCovarianceStamped, "~/pose_with_covariance",
+                                             RELIABLE_10)
+        self.pub_path = self.create_publisher(Path, "~/path", RELIABLE_10)
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", TF_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
+        self.pub_initial = self.create_publisher(PoseWithCovarianceStamped, "/initialpose",
+                                                 RELIABLE_10)
+        self.get_logger().info(
+            f"configured: {self.localizer.model_name} on {self.localizer.device}, map frame "
+            f"'{self._p('map_frame')}', floor plan {'yes' if plan else 'no'}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Subscribe and start the inference worker."""
+        group = MutuallyExclusiveCallbackGroup()
+        if self._p("image_transport") == "compressed":
+            sub = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data,
+                callback_group=group,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        else:
+            sub = self.create_subscription(
+                Image, "image", self._on_image, QoSProfile(
+                    depth=1, reliability=qos_profile_sensor_data.reliability,
+                    durability=qos_profile_sensor_data.durability),
+                callback_group=group,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        other = ReentrantCallbackGroup()
+        self._subs = [
+            sub,
+            self.create_subscription(Odometry, "odom", self._on_odom, 50, callback_group=other),
+            self.create_subscription(OccupancyGrid, "map", self._on_map, LATCHED,
+                                     callback_group=other),
+            self.create_subscription(Bool, "tracking_lost", self._on_tracking_lost, 10,
+                                     callback_group=other),
+        ]
+        self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
+                                            callback_group=other)
+        self._timers = [self.create_timer(float(self._p("diagnostics_period")),
+                                          self._publish_diagnostics, callback_group=other)]
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="relocalization-inference",
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"active: listening on {sub.topic_name}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop(self) -> None:
+        self._running = False
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+            self._worker = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        if self._service is not None:
+            self.destroy_service(self._service)
+        self._subs, self._timers, self._service = [], [], None
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Unsubscribe and stop the worker."""
+        self._stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Release the model."""
+        self.localizer = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Stop everything."""
+        self._stop()
+        self.localizer = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- inputs ---------------------------------------------------------------------------
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.stats.add("received")
+        with self.stats.lock:
+            self.stats.arrivals.append(time.monotonic())
+        with self._cond:
+            if self._latest is not None:
+                self.stats.add("dropped_superseded")
+            self._latest = msg
+            self._cond.notify()
+
+    def _on_odom(self, msg: Odometry) -> None:
+        self._odom.append((stamp_to_ns(msg.header.stamp), pose_to_matrix(msg.pose.pose)))
+
+    def _on_map(self, msg: OccupancyGrid) -> None:
+        if self.localizer is None or not self._p("snap_to_floorplan"):
+            return
+        info = msg.info
+        occ = np.asarray(msg.data, dtype=np.int8).reshape(info.height, info.width)
+        plan = FloorPlan(occ, float(info.resolution),
+                         (float(info.origin.position.x), float(info.origin.position.y)))
+        try:
+            self.localizer.set_floorplan(plan)
+            self.get_logger().info(f"floor plan from 'map' ({info.width}x{info.height})")
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring map: {exc}")
+
+    def _on_tracking_lost(self, msg: Bool) -> None:
+        if msg.data:
+            self._reloc_requested.set()
+
+    def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response
+                       ) -> Trigger.Response:
+        self._reloc_requested.set()
+        response.success = self.localizer is not None
+        response.message = ("the next good estimate goes out on /initialpose"
+                            if response.success else "not configured: no model loaded")
+        return response
+
+    # -- inference ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and self._latest is None:
+                    self._cond.wait(timeout=0.5)
+                if not self._running:
+                    return
+                msg, self._latest = self._latest, None
+            try:
+                self._process(msg)
+            except Exception as exc:  # the node must survive anything one frame does
+                self.stats.add("rejected_error")
+                self.get_logger().error(f"frame failed: {exc}", throttle_duration_sec=5.0)
+
+    def _process(self, msg: Image | CompressedImage) -> None:
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
+        max_age = float(self._p("max_image_age"))
+        if max_age > 0 and age > max_age:
+            self.stats.add("dropped_stale")
+            self.get_logger().warning(f"dropping a frame {age:.2f} s old (max_image_age "
+                                      f"{max_age} s)", throttle_duration_sec=5.0)
+            return
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageDecodeError as exc:
+            self.stats.add("rejected_bad_input")
+            self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
+            return
+        localizer = self.localizer
+        if localizer is None:
+            return
+        est = localizer.localize(rgb)
+        if est is None:
+            self.stats.add("rejected_nan")
+            self.get_logger().warning("non-finite prediction; nothing published",
+                                      throttle_duration_sec=5.0)
+            return
+        with self.stats.lock:
+            self.stats.latency.append(est.latency_s)
+        odom = self._odom_at(stamp_ns)
+        if self._gate is not None and not self._gate.accept(
+                est.position, None if odom is None else odom[:3, 3]):
+            self.stats.add("rejected_jump")
+            self.get_logger().warning("estimate rejected by the odometry jump gate",
+                                      throttle_duration_sec=5.0)
+            return
+        if est.snapped:
+            self.stats.add("snapped")
+        self._publish(msg.header.stamp, est, odom)
+        self.stats.add("published")
+
+    def _odom_at(self, stamp_ns: int) -> np.ndarray | None:
+        if not self._odom:
+            return None
+        stamps = np.array([s for s, _ in self._odom])
+        i = int(np.argmin(np.abs(stamps - stamp_ns)))
+        if abs(stamps[i] - stamp_ns) / 1e9 > float(self._p("max_odom_age")):
+            return None
+        return self._odom[i][1]
+
+    def _publish(self, stamp: object, est: object, odom: np.ndarray | None) -> None:
+        frame = str(self._p("map_frame"))
+        ps = pose_stamped(stamp, frame, est.position, est.quat_wxyz)
+        cov = pose_with_covariance(stamp, frame, est.position, est.quat_wxyz, est.covariance)
+        self.pub_pose.publish(ps)
+        self.pub_cov.publish(cov)
+        self._path.append(ps)
+        path = Path()
+        path.header.stamp, path.header.frame_id = stamp, frame
+        path.poses = list(self._path)
+        self.pub_path.publish(path)
+        if self._p("publish_map_to_odom"):
+            if odom is None:
+                self.stats.add("no_odometry")
+                self.get_logger().warning("no odometry near the image stamp: map -> odom not "
+                                          "published", throttle_duration_sec=5.0)
+            else:
+                e = [float(v) for v in self._p("base_to_camera")]
+                base_from_cam = pose_matrix(rotmat_from_quat_wxyz([e[6], e[3], e[4], e[5]]),
+                                            e[:3])
+                map_from_cam = pose_matrix(rotmat_from_quat_wxyz(est.quat_wxyz), est.position)
+                map_from_odom = map_from_cam @ invert_pose(base_from_cam) @ invert_pose(odom)
+                pos, q = matrix_to_pose(map_from_odom)
+                self.pub_tf.publish(TFMessage(transforms=[transform_stamped(
+                    stamp, frame, str(self._p("odom_frame")), pos, q)]))
+        elif self._p("publish_tf"):
+            self.pub_tf.publish(TFMessage(transforms=[transform_stamped(
+                stamp, frame, str(self._p("child_frame")), est.position, est.quat_wxyz)]))
+        if self._reloc_requested.is_set():
+            self._reloc_requested.clear()
+            initial = pose_with_covariance(stamp, "map", est.position, est.quat_wxyz,
+                                           est.covariance)
+            self.pub_initial.publish(initial)
+            self.get_logger().info("relocalization published on /initialpose")
+
+    # -- diagnostics ----------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        with self.stats.lock:
+            counts = dict(self.stats.counts)
+            lat = np.array(self.stats.latency) * 1000.0
+            arr = np.array(self.stats.arrivals)
+        now = time.monotonic()
+        recent = arr[arr > now - 5.0]
+        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+        status = DiagnosticStatus(name=f"{self.get_name()}: relocalization",
+                                  hardware_id=self.localizer.device if self.localizer else "")
+        status.level = DiagnosticStatus.OK
+        status.message = "localizing"
+        if self.localizer is None:
+            status.level, status.message = DiagnosticStatus.ERROR, "no model loaded"
+        elif counts.get("received", 0) == 0 or rate == 0.0:
+            status.level, status.message = DiagnosticStatus.WARN, "no images"
+        values = {
+            "input_rate_hz": f"{rate:.2f}",
+            "inference_ms_p50": f"{np.percentile(lat, 50):.1f}" if len(lat) else "",
+            "inference_ms_p99": f"{np.percentile(lat, 99):.1f}" if len(lat) else "",
+            "device": self.localizer.device if self.localizer else "",
+            "model": self.localizer.model_name if self.localizer else "",
+        }
+        for key in ("received", "published", "dropped_stale", "dropped_superseded",
+                    "rejected_bad_input", "rejected_nan", "rejected_jump", "rejected_error",
+                    "snapped", "no_odometry"):
+            values[key] = str(counts.get(key, 0))
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        arr_msg = DiagnosticArray(status=[status])
+        arr_msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr_msg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `ros2 run camera_pose_ros relocalization_node`."""
-    return exit_not_built("relocalization_node", "ROS 2 relocalization node issue")
+    """Entry point of ``ros2 run camera_pose_ros relocalization_node``."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = RelocalizationNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop()
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""Conversions between ROS messages and numpy (the only place that knows both)."""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import (
+    Pose,
+    PoseStamped,
+    PoseWithCovarianceStamped,
+    TransformStamped,
+)
+from sensor_msgs.msg import CompressedImage, Image
+
+from camera_pose_ros.dataset.imagecodec import decode_compressed, decode_raw
+from camera_pose_ros.geometry import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
+
+__all__ = [
+    "image_to_rgb",
+    "stamp_to_ns",
+    "ns_to_stamp",
+    "pose_msg",
+    "pose_stamped",
+    "pose_with_covariance",
+    "transform_stamped",
+    "pose_to_matrix",
+    "matrix_to_pose",
+]
+
+
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """RGB uint8 array of an Image or CompressedImage (raises ImageDecodeError)."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(bytes(msg.data), msg.format)
+    return decode_raw(msg.data, width=msg.width, height=msg.height, encoding=msg.encoding,
+                      step=msg.step)
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    """Nanoseconds of a builtin_interfaces/Time."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """builtin_interfaces/Time of nanoseconds."""
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def pose_msg(position: np.ndarray, quat_wxyz: np.ndarray) -> Pose:
+    """geometry_msgs/Pose (quaternion reordered to x, y, z, w)."""
+    p = Pose()
+    p.position.x, p.position.y, p.position.z = (float(v) for v in position)
+    x, y, z, w = (float(v) for v in quat_wxyz_to_xyzw(np.asarray(quat_wxyz, float)))
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = x, y, z, w
+    return p
+
+
+def pose_stamped(stamp: Time, frame: str, position: np.ndarray, quat_wxyz: np.ndarray
+                 ) -> PoseStamped:
+    """PoseStamped in ``frame``."""
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.pose = pose_msg(position, quat_wxyz)
+    return msg
+
+
+def pose_with_covariance(stamp: Time, frame: str, position: np.ndarray, quat_wxyz: np.ndarray,
+                         cov_66: np.ndarray) -> PoseWithCovarianceStamped:
+    """PoseWithCovarianceStamped with the 6x6 covariance in REP 103 order, row major."""
+    msg = PoseWithCovarianceStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.pose.pose = pose_msg(position, quat_wxyz)
+    msg.pose.covariance = [float(v) for v in np.asarray(cov_66, float).reshape(36)]
+    return msg
+
+
+def transform_stamped(stamp: Time, parent: str, child: str, position: np.ndarray,
+                      quat_wxyz: np.ndarray) -> TransformStamped:
+    """TransformStamped ``parent -> child`` (child's pose in parent)."""
+    t = TransformStamped()
+    t.header.stamp, t.header.frame_id, t.child_frame_id = stamp, parent, child
+    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
+        float(v) for v in position)
+    x, y, z, w = (float(v) for v in quat_wxyz_to_xyzw(np.asarray(quat_wxyz, float)))
+    t.transform.rotation.x, t.transform.rotation.y = x, y
+    t.transform.rotation.z, t.transform.rotation.w = z, w
+    return t
+
+
+def pose_to_matrix(pose: Pose) -> np.ndarray:
+    """4x4 matrix of a geometry_msgs/Pose."""
+    from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
+
+    q = quat_xyzw_to_wxyz(np.array([pose.orientation.x, pose.orientation.y,
+                                    pose.orientation.z, pose.orientation.w]))
+    return pose_matrix(rotmat_from_quat_wxyz(q),
+                       [pose.position.x, pose.position.y, pose.position.z])
+
+
+def matrix_to_pose(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position and scalar-first quaternion of a 4x4 matrix."""
+    from camera_pose_ros.geometry import quat_wxyz_from_rotmat
+
+    return m[:3, 3].copy(), quat_wxyz_from_rotmat(m[:3, :3])

@@ -1,0 +1,55 @@
+"""The relocalization node's parameters, declared once: name, default, description, range.
+
+``config/relocalization.yaml`` holds the same defaults (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ParamSpec", "RELOCALIZATION_PARAMS"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: default value (its type is the parameter's type) and documentation."""
+
+    name: str
+    default: object
+    description: str
+    choices: tuple[str, ...] = ()
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("model_path", "", "checkpoint (model.pt) written by `camera-pose train`"),
+    ParamSpec("device", "auto", "where inference runs", ("auto", "cpu", "cuda")),
+    ParamSpec("half_precision", False, "float16 inference (GPU only; ignored on CPU)"),
+    ParamSpec("mc_samples", 20, "dropout samples for the covariance (0: model's default)",
+              min_value=0, max_value=200),
+    ParamSpec("map_frame", "map", "frame of every output"),
+    ParamSpec("child_frame", "camera_estimate", "TF child frame of the estimated camera"),
+    ParamSpec("image_transport", "raw", "subscribe to `image` (raw) or `image/compressed`",
+              ("raw", "compressed")),
+    ParamSpec("max_image_age", 0.5, "seconds; older frames are dropped and counted",
+              min_value=0.0, max_value=3600.0),
+    ParamSpec("publish_tf", True, "publish TF map_frame -> child_frame"),
+    ParamSpec("publish_map_to_odom", False,
+              "publish map -> odom from odometry instead (only one node may own that edge)"),
+    ParamSpec("odom_frame", "odom", "odometry frame for map -> odom"),
+    ParamSpec("base_to_camera", [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5],
+              "static extrinsic x y z qx qy qz qw of the camera optical frame in the base "
+              "frame (default: camera at the base origin looking along base x)"),
+    ParamSpec("max_odom_age", 0.2, "seconds between an image and the odometry used with it",
+              min_value=0.0, max_value=10.0),
+    ParamSpec("floorplan_yaml", "", "map_server YAML of the walkable area (\"\" = none)"),
+    ParamSpec("snap_to_floorplan", True, "move estimates off non-walkable cells"),
+    ParamSpec("jump_gate", False, "reject estimates whose motion disagrees with odometry"),
+    ParamSpec("max_jump", 1.0, "metres of disagreement the jump gate allows",
+              min_value=0.0, max_value=100.0),
+    ParamSpec("path_length", 500, "poses kept in ~/path", min_value=1, max_value=100000),
+    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages",
+              min_value=0.1, max_value=60.0),
+    ParamSpec("autostart", True, "configure and activate without a lifecycle manager"),
+)
