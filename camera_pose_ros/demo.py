@@ -1,29 +1,40 @@
-"""`make demo`: the pipeline end to end on a synthetic building the user has never seen.
+"""`make demo`: the whole mission on a synthetic building the user has never seen.
 
-Today it runs the stages that are built: synthesize a building, build its dataset (frames,
-pycolmap SfM, alignment to the map, splits) and compare the recovered camera poses with the
-ground truth. Training and the live node join when their issues land.
+1. synthesize a building (mapping and query bags, ground truth, floor plan);
+2. record the mapping walk through ``recorder_node`` from a ``bag_player`` stream (the real
+   ROS path: DDS in, rosbags out);
+3. build the dataset (frames, pycolmap SfM, alignment to the map, splits);
+4. train a model from a shipped preset;
+5. evaluate it offline (test split, and ``camera-pose localize`` on the query bag);
+6. start ``relocalization_node`` on the checkpoint, play the query bag into it, and compare
+   what it publishes with the ground truth.
 
-    python -m camera_pose_ros.demo [--out demo_output] [--frames 300] [--width 640 ...]
+Prints a table and writes ``demo_output/`` (figures.json, trajectory and error CDF plots).
+Exits non-zero when a stage fails.
+
+    python -m camera_pose_ros.demo [--frames 300] [--preset config/train_posenet.yaml]
+        [--device auto|cpu|cuda] [--scale 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from camera_pose_ros.dataset.frames import FrameSource
-from camera_pose_ros.dataset.pipeline import build_dataset
-from camera_pose_ros.dataset.synth import write_synthetic_building
+import numpy as np
+
 from camera_pose_ros.errors import CameraPoseError
-from camera_pose_ros.fileio import write_json_atomic
 
 log = logging.getLogger("camera_pose_ros.demo")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -31,62 +42,250 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def _ros_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 40))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    return env
+
+
+def record_through_ros(bag: Path, out: Path, env: dict) -> int:
+    """Play ``bag`` with bag_player into recorder_node writing ``out``; return frames kept."""
+    from camera_pose_ros.dataset.bagio import iter_bag_images
+
+    rec = subprocess.Popen(
+        [sys.executable, "-m", "camera_pose_ros.ros.recorder_node", "--ros-args", "-p",
+         f"output:={out}"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        play = subprocess.run(
+            [sys.executable, "-m", "camera_pose_ros.ros.bag_player", str(bag), "--rate", "1.0",
+             "--wait", "20"], env=env, capture_output=True, text=True, timeout=900)
+        if play.returncode != 0:
+            raise CameraPoseError(f"bag_player failed: {play.stderr.strip()[-300:]}")
+        time.sleep(2.0)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+    if rec.returncode != 0 or not (out / "metadata.yaml").exists():
+        raise CameraPoseError(f"recorder_node failed: {err.strip()[-300:]}")
+    return sum(1 for _ in iter_bag_images(out))
+
+
+def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: str,
+                  env: dict) -> tuple[dict[int, np.ndarray], list[float]]:
+    """Start relocalization_node, play the query bag into it; poses by stamp and latencies."""
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from camera_pose_ros.dataset.bagio import iter_bag_images
+    from camera_pose_ros.dataset.imagecodec import encode_raw
+    from camera_pose_ros.ros.conversions import ns_to_stamp, stamp_to_ns
+
+    node = subprocess.Popen(
+        [sys.executable, "-m", "camera_pose_ros.ros.relocalization_node", "--ros-args",
+         "-r", "image:=/camera/image_raw",
+         "-p", f"model_path:={checkpoint}", "-p", f"device:={device}",
+         "-p", f"floorplan_yaml:={floorplan}", "-p", "max_image_age:=0.0",
+         "-p", "qos_overrides./camera/image_raw.subscription.reliability:=reliable"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    probe = rclpy.create_node("demo_probe", context=ctx)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    got: dict[int, np.ndarray] = {}
+    sent: dict[int, float] = {}
+    latency: list[float] = []
+    lock = threading.Lock()
+
+    def on_pose(msg: PoseWithCovarianceStamped) -> None:
+        ns = stamp_to_ns(msg.header.stamp)
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        with lock:
+            got[ns] = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z])
+            if ns in sent:
+                latency.append(time.perf_counter() - sent[ns])
+
+    probe.create_subscription(PoseWithCovarianceStamped, "/relocalization/pose_with_covariance",
+                              on_pose, reliable)
+    pub = probe.create_publisher(Image, "/camera/image_raw", reliable)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(probe)
+
+    def spin() -> None:
+        while ctx.ok():
+            ex.spin_once(timeout_sec=0.02)
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    try:
+        deadline = time.monotonic() + 120
+        while pub.get_subscription_count() == 0:
+            if time.monotonic() > deadline or node.poll() is not None:
+                raise CameraPoseError("relocalization_node did not come up")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        frames = list(iter_bag_images(query_bag))
+        # play at the recorded rate (10 Hz), the query bag's own stamps on every frame
+        for i, f in enumerate(frames):
+            msg = Image()
+            msg.header.stamp, msg.header.frame_id = ns_to_stamp(f.stamp_ns), "camera"
+            data, step = encode_raw(f.image_rgb, "rgb8")
+            msg.height, msg.width = f.image_rgb.shape[:2]
+            msg.encoding, msg.step, msg.data = "rgb8", step, data
+            with lock:
+                sent[f.stamp_ns] = time.perf_counter()
+            pub.publish(msg)
+            if i + 1 < len(frames):
+                time.sleep(max(0.0, (frames[i + 1].stamp_ns - f.stamp_ns) / 1e9))
+        deadline = time.monotonic() + 30
+        while len(got) < len(frames) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        ctx.shutdown()
+        th.join(timeout=5)
+        node.send_signal(signal.SIGINT)
+        try:
+            node.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+    return got, latency
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit status (non-zero when a stage fails)."""
     p = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--frames", type=int, default=300, help="mapping frames")
+    p.add_argument("--query-frames", type=int, default=100)
     p.add_argument("--scale", type=float, default=1.0, help="building size factor")
-    p.add_argument("--keep", action="store_true", help="keep the work folder (bags, images)")
+    p.add_argument("--preset", type=Path, default=REPO / "config" / "train_posenet.yaml")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--keep", action="store_true", help="keep bags and images in OUT/work")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = args.out
-    work = out / "work"
-    if work.exists():
-        shutil.rmtree(work)
-    timings = {}
     try:
-        t0 = time.perf_counter()
-        log.info("1/2 synthesizing a building (%d frames, %dx%d)", args.frames, args.width,
-                 args.height)
-        synth = write_synthetic_building(work / "synth", seed=args.seed, frames=args.frames,
-                                         query_frames=max(10, args.frames // 3),
-                                         width=args.width, height=args.height,
-                                         scale=args.scale)
-        timings["synth_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        log.info("2/2 building the dataset: frames, SfM, alignment, splits")
-        report_path = build_dataset(
-            FrameSource(bag=synth / "mapping"), synth / "control_points.csv", work / "data",
-            floorplan=synth / "floorplan.yaml", ground_truth=synth / "gt_mapping.csv")
-        timings["dataset_s"] = time.perf_counter() - t0
+        return _run(args)
     except CameraPoseError as exc:
         sys.stderr.write(f"demo failed: {exc}\n")
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from camera_pose_ros.dataset.frames import FrameSource
+    from camera_pose_ros.dataset.maps import FloorPlan
+    from camera_pose_ros.dataset.pipeline import build_dataset
+    from camera_pose_ros.dataset.plots import plot_trajectories
+    from camera_pose_ros.dataset.posecsv import read_poses
+    from camera_pose_ros.dataset.synth import write_synthetic_building
+    from camera_pose_ros.fileio import write_json_atomic
+    from camera_pose_ros.geometry import rotation_errors_deg
+    from camera_pose_ros.learning.evaluate import (
+        compare_with_ground_truth,
+        evaluate,
+        localize,
+        plot_error_cdf,
+    )
+    from camera_pose_ros.learning.train import load_train_config, train
+    from camera_pose_ros.metrics import error_summary
+
+    out, work = args.out, args.out / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    env = _ros_env()
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def stage(name: str, text: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        if t:
+            t[list(t)[-1]] = now - t0
+        t[name] = 0.0
+        t0 = now
+        log.info("[%d/6] %s", len(t), text)
+
+    stage("synth", f"synthesizing a building ({args.frames} + {args.query_frames} frames)")
+    synth = write_synthetic_building(work / "synth", seed=args.seed, frames=args.frames,
+                                     query_frames=args.query_frames, scale=args.scale)
+    stage("record", "recording the mapping walk: bag_player -> DDS -> recorder_node")
+    recorded = record_through_ros(synth / "mapping", work / "recorded", env)
+    log.info("recorded %d of %d frames", recorded, args.frames)
+    stage("dataset", "building the dataset: frames, SfM, alignment, splits")
+    report_path = build_dataset(
+        FrameSource(bag=work / "recorded"), synth / "control_points.csv", work / "data",
+        floorplan=synth / "floorplan.yaml", ground_truth=synth / "gt_mapping.csv")
+    shutil.copy2(synth / "floorplan.yaml", work / "data" / "floorplan.yaml")
+    shutil.copy2(synth / "floorplan.pgm", work / "data" / "floorplan.pgm")
     report = json.loads(Path(report_path).read_text())
-    err = report["pose_error_vs_ground_truth"]
+    stage("train", f"training from {Path(args.preset).name}")
+    cfg = load_train_config(args.preset, device=args.device)
+    ckpt = train(work / "data", cfg, work / "run")
+    stage("offline", "evaluating offline: test split and the query bag")
+    test = json.loads(evaluate(ckpt, work / "data", split="test", device=args.device,
+                               progress=False).read_text())
+    localize(ckpt, FrameSource(bag=synth / "query"), work / "query_offline.csv",
+             device=args.device, progress=False)
+    offline = compare_with_ground_truth(work / "query_offline.csv", synth / "gt_query.csv")
+    stage("live", "running relocalization_node on the query bag")
+    got, latency = run_live_node(ckpt, synth / "query", synth / "floorplan.yaml",
+                                 args.device, env)
+    stage("done", "")
+    gt = read_poses(synth / "gt_query.csv")
+    idx = [i for i, s in enumerate(gt.stamps_ns) if int(s) in got]
+    if not idx:
+        raise CameraPoseError("the node published no pose for the query frames")
+    live = np.array([got[int(gt.stamps_ns[i])] for i in idx])
+    g = np.concatenate([gt.positions_N3, gt.quats_wxyz_N4], 1)[idx]
+    live_err = error_summary(live[:, :3], live[:, 3:], g[:, :3], g[:, 3:])
+    lat_ms = np.array(latency) * 1000.0
+    out.mkdir(parents=True, exist_ok=True)
+    plan = FloorPlan.load(synth / "floorplan.yaml")
+    plot_trajectories(out / "query_trajectory.png",
+                      {"ground truth": gt.positions_N3, "relocalization_node": live[:, :3]},
+                      floorplan=plan, title="query walk: live node output vs ground truth")
+    plot_error_cdf(out / "query_error_cdf.png", {
+        "relocalization_node (live)": (np.linalg.norm(live[:, :3] - g[:, :3], axis=1),
+                                       rotation_errors_deg(live[:, 3:], g[:, 3:]))})
     shutil.copy2(work / "data" / "trajectory.png", out / "dataset_trajectory.png")
-    figures = {"dataset": report, "timings_s": timings}
+    figures = {
+        "dataset": report, "test_split": test, "query_offline": offline,
+        "query_live_node": {**live_err, "frames_sent": len(gt), "frames_answered": len(idx),
+                            "latency_ms_p50": float(np.percentile(lat_ms, 50)),
+                            "latency_ms_p99": float(np.percentile(lat_ms, 99))},
+        "recorded_frames": recorded, "timings_s": t, "preset": str(args.preset),
+    }
     write_json_atomic(out / "figures.json", figures)
+    lv = figures["query_live_node"]
     rows = [
         ("frames registered", f"{report['registered']}/{report['frames']} "
                               f"({report['registration_rate']:.1%})"),
-        ("alignment RMS", f"{report['alignment_rms_m'] * 100:.1f} cm over "
-                          f"{report['control_points_used']}/{report['control_points']} "
-                          "control points"),
-        ("camera poses vs ground truth", f"median {err['median_position_m'] * 100:.1f} cm, "
-                                         f"{err['median_rotation_deg']:.2f} deg"),
-        ("splits", ", ".join(f"{k} {v}" for k, v in report["splits"].items())),
-        ("time", f"synth {timings['synth_s']:.0f} s, dataset {timings['dataset_s']:.0f} s"),
-        ("not built yet", "training, evaluation and the live relocalization node"),
+        ("alignment RMS", f"{report['alignment_rms_m'] * 100:.1f} cm"),
+        ("test split (offline)", f"median {test['median_position_m']:.2f} m, "
+                                 f"{test['median_rotation_deg']:.1f} deg; mean-pose baseline "
+                                 f"{test['baseline_mean_pose']['median_position_m']:.2f} m"),
+        ("query bag, offline", f"median {offline['median_position_m']:.2f} m, "
+                               f"{offline['median_rotation_deg']:.1f} deg"),
+        ("query bag, live node", f"median {lv['median_position_m']:.2f} m, "
+                                 f"{lv['median_rotation_deg']:.1f} deg "
+                                 f"({lv['frames_answered']}/{lv['frames_sent']} frames)"),
+        ("live within 25cm,2deg / 50cm,5deg / 1m,10deg",
+         f"{lv['within_25cm_2deg']:.0%} / {lv['within_50cm_5deg']:.0%} / "
+         f"{lv['within_100cm_10deg']:.0%}"),
+        ("node latency p50 / p99", f"{lv['latency_ms_p50']:.0f} / {lv['latency_ms_p99']:.0f} ms"),
+        ("time", ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "done")),
     ]
     sys.stdout.write("\ncamera_pose_ros demo\n" + _table(rows) + f"\n\nwritten {out}/\n")
     if not args.keep:
-        shutil.rmtree(work / "synth" / "mapping", ignore_errors=True)
-        shutil.rmtree(work / "synth" / "query", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

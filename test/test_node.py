@@ -227,3 +227,45 @@ def test_missing_checkpoint_keeps_the_node_alive_unconfigured(ros_context, spinn
     assert wait_for(lambda: node._state_machine.current_state[1] == "unconfigured", 5)
     time.sleep(0.5)
     assert node.localizer is None
+
+
+def test_map_to_odom_from_odometry(ros_context, spinner, checkpoint):
+    from nav_msgs.msg import Odometry
+
+    from camera_pose_ros.geometry import invert_pose, pose_matrix, rotmat_from_quat_wxyz
+    from camera_pose_ros.ros.conversions import pose_to_matrix
+
+    params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
+              Parameter("mc_samples", value=5), Parameter("max_image_age", value=5.0),
+              Parameter("publish_map_to_odom", value=True),
+              Parameter("qos_overrides./image.subscription.reliability", value="reliable")]
+    spinner.add(RelocalizationNode(context=ros_context, parameter_overrides=params))
+    helper = spinner.add(rclpy.create_node("probe_o", context=ros_context))
+    probe = Probe(helper)
+    pub = helper.create_publisher(Image, "/image", RELIABLE)
+    odom_pub = helper.create_publisher(Odometry, "/odom", RELIABLE)
+    assert wait_for(lambda: pub.get_subscription_count() > 0
+                    and odom_pub.get_subscription_count() > 0, 20)
+    msg = image_msg(helper, frame(7))
+    odom = Odometry()
+    odom.header.stamp = msg.header.stamp
+    odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
+    odom.pose.pose.position.x, odom.pose.pose.position.y = 2.0, -1.0
+    odom.pose.pose.orientation.z, odom.pose.pose.orientation.w = np.sin(0.3), np.cos(0.3)
+    odom_pub.publish(odom)
+    time.sleep(0.3)
+    assert send(pub, msg, probe)
+    assert wait_for(lambda: any(t.transforms[0].child_frame_id == "odom"
+                                for t in probe.msgs["tf"]), 10)
+    tf = next(t.transforms[0] for t in probe.msgs["tf"] if t.transforms[0].child_frame_id
+              == "odom")
+    assert tf.header.frame_id == "map"
+    assert not any(t.transforms[0].child_frame_id == "camera_estimate" for t in probe.msgs["tf"])
+    # map_from_odom * odom_from_base * base_from_cam must give the published camera pose
+    tr, r = tf.transform.translation, tf.transform.rotation
+    map_from_odom = pose_matrix(rotmat_from_quat_wxyz([r.w, r.x, r.y, r.z]), [tr.x, tr.y, tr.z])
+    base_from_cam = pose_matrix(rotmat_from_quat_wxyz([0.5, -0.5, 0.5, -0.5]), [0, 0, 0])
+    map_from_cam = map_from_odom @ pose_to_matrix(odom.pose.pose) @ base_from_cam
+    published = pose_to_matrix(probe.msgs["pose"][-1].pose)
+    assert np.allclose(map_from_cam, published, atol=1e-5)
+    assert np.allclose(invert_pose(invert_pose(published)), published)
