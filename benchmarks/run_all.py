@@ -9,8 +9,10 @@ import argparse
 import datetime as dt
 import json
 import socket
+import tempfile
+from pathlib import Path
 
-from benchmarks import bench_dataset
+from benchmarks import bench_dataset, bench_node, bench_training
 from benchmarks.common import RESULTS, machine
 
 
@@ -39,6 +41,28 @@ def _markdown(results: dict) -> str:
             lines.append(f"| camera poses vs ground truth (median) | "
                          f"{e['median_position_m'] * 100:.1f} cm, "
                          f"{e['median_rotation_deg']:.2f} deg |")
+    tr = results.get("training")
+    if tr:
+        lines += [
+            "", "| training benchmark | value |", "|---|---|",
+            f"| backbone, input | {tr['backbone']}, {tr['input'][0]}x{tr['input'][1]} |",
+            f"| full fine-tuning | {tr['full_images_per_s']:.1f} images/s |",
+            f"| frozen backbone, cached features | {tr['cached_images_per_s']:.0f} images/s "
+            f"(+ one-off extraction at {tr['feature_extraction_images_per_s']:.1f} images/s) |",
+            f"| ratio cached / full | {tr['ratio_cached_over_full']:.0f}x |",
+        ]
+    nd = results.get("node")
+    if nd:
+        lines += [
+            "", "| node latency ({} frames at {:g} Hz, {}, {}) | p50 | p99 |".format(
+                nd["frames"], nd["rate_hz"], nd["image"], nd["device"]), "|---|---|---|",
+            f"| relocalization_node, image published -> pose received | "
+            f"{nd['node_ms_p50']:.1f} ms | {nd['node_ms_p99']:.1f} ms |",
+            f"| echo node (transport floor) | {nd['echo_ms_p50']:.1f} ms | "
+            f"{nd['echo_ms_p99']:.1f} ms |",
+            f"| bare forward pass (same checkpoint) | {nd['forward_ms_p50']:.1f} ms | |",
+            f"| node / (echo + forward) | {nd['ratio_node_over_echo_plus_forward']:.2f} | |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -46,11 +70,18 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmarks and write results/<date>-<machine>.json and .md."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="model for the node benchmark (default: untrained, preset shape)")
     args = p.parse_args(argv)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     results = {"date": date, "machine": machine()}
     results["dataset"] = (bench_dataset.run(80, 320, 240) if args.quick
                           else bench_dataset.run(300, 640, 480))
+    results["training"] = bench_training.run("resnet18", 96, 128, images=32 if args.quick
+                                             else 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = args.checkpoint or bench_node._tiny_checkpoint(Path(tmp))
+        results["node"] = bench_node.run(ckpt, frames=30 if args.quick else 200)
     host = socket.gethostname().split(".")[0][:20] or "machine"
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"{date}-{host}"

@@ -269,3 +269,33 @@ def test_map_to_odom_from_odometry(ros_context, spinner, checkpoint):
     published = pose_to_matrix(probe.msgs["pose"][-1].pose)
     assert np.allclose(map_from_cam, published, atol=1e-5)
     assert np.allclose(invert_pose(invert_pose(published)), published)
+
+
+def test_floor_plan_from_map_topic_snaps_estimates(ros_context, spinner, checkpoint):
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.qos import DurabilityPolicy
+
+    params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
+              Parameter("mc_samples", value=5), Parameter("max_image_age", value=5.0),
+              Parameter("qos_overrides./image.subscription.reliability", value="reliable")]
+    node = spinner.add(RelocalizationNode(context=ros_context, parameter_overrides=params))
+    helper = spinner.add(rclpy.create_node("probe_m", context=ros_context))
+    probe = Probe(helper)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    map_pub = helper.create_publisher(OccupancyGrid, "/map", latched)
+    grid = OccupancyGrid()
+    grid.header.frame_id = "map"
+    grid.info.resolution, grid.info.width, grid.info.height = 0.1, 100, 100  # 10 m x 10 m
+    occ = np.full((100, 100), 100, np.int8)
+    occ[80:90, 10:90] = 0  # the only walkable strip: y in [8, 9) m
+    grid.data = occ.reshape(-1).tolist()
+    map_pub.publish(grid)  # latched: the node gets it whenever it subscribes
+    pub = helper.create_publisher(Image, "/image", RELIABLE)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 20)
+    assert wait_for(lambda: node.localizer is not None and node.localizer.snapper is not None,
+                    10), "map not received"
+    assert send(pub, image_msg(helper, frame(8)), probe)
+    p = probe.msgs["pose"][-1].pose.position
+    assert 8.0 <= p.y < 9.0 and 1.0 <= p.x < 9.0  # moved onto the walkable strip
+    assert node.stats.counts["snapped"] >= 1
