@@ -26,6 +26,7 @@ __all__ = [
     "load_split",
     "PoseImageDataset",
     "TupleDataset",
+    "tuple_starts",
     "poses_tensor",
 ]
 
@@ -113,6 +114,21 @@ class PoseImageDataset(Dataset):
         return self.image(i, rng), self.poses_N7[i]
 
 
+def tuple_starts(stamps: np.ndarray, steps: int, skip: int) -> np.ndarray:
+    """(M, T) frame indices of tuples ``steps`` frames ``skip`` apart inside contiguous runs.
+
+    Runs break where time jumps (between a split's blocks). Runs shorter than a tuple give
+    single frames (T = 1).
+    """
+    dt = np.diff(stamps) if len(stamps) > 1 else np.array([1.0])
+    brk = np.concatenate([[0], np.flatnonzero(dt > 3 * np.median(dt)) + 1, [len(stamps)]])
+    span = (steps - 1) * skip
+    starts = [s for a, b in zip(brk[:-1], brk[1:], strict=True) for s in range(a, b - span)]
+    if not starts:
+        return np.arange(len(stamps))[:, None]
+    return np.array(starts)[:, None] + np.arange(steps)[None, :] * skip
+
+
 class TupleDataset(Dataset):
     """MapNet tuples: ``steps`` frames ``skip`` apart, all inside one contiguous run.
 
@@ -122,21 +138,11 @@ class TupleDataset(Dataset):
 
     def __init__(self, base: PoseImageDataset, *, steps: int = 3, skip: int = 2) -> None:
         self.base = base
-        self.steps, self.skip = steps, skip
-        stamps = base.table.stamps
-        dt = np.diff(stamps) if len(stamps) > 1 else np.array([1.0])
-        brk = np.concatenate([[0], np.flatnonzero(dt > 3 * np.median(dt)) + 1, [len(stamps)]])
-        span = (steps - 1) * skip
-        self.starts = [s for a, b in zip(brk[:-1], brk[1:], strict=True)
-                       for s in range(a, b - span)]
-        if not self.starts:  # runs shorter than a tuple: fall back to single frames
-            self.steps, self.skip = 1, 1
-            self.starts = list(range(len(stamps)))
+        self.index = tuple_starts(base.table.stamps, steps, skip)
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = [self.starts[i] + k * self.skip for k in range(self.steps)]
-        items = [self.base[j] for j in idx]
+        items = [self.base[int(j)] for j in self.index[i]]
         return torch.stack([x for x, _ in items]), torch.stack([p for _, p in items])

@@ -44,6 +44,7 @@ from camera_pose_ros.learning.data import (
     TupleDataset,
     load_split,
     poses_tensor,
+    tuple_starts,
 )
 from camera_pose_ros.learning.losses import LOSS_KINDS, MapNetLoss, PoseLoss
 from camera_pose_ros.learning.networks import PoseRegressor
@@ -125,18 +126,6 @@ def _seed_everything(seed: int) -> None:
 def _score(metrics: dict) -> float:
     """Early-stopping score: metres + degrees / 10 (medians on validation)."""
     return metrics["median_position_m"] + metrics["median_rotation_deg"] / 10.0
-
-
-def _tuples(table, steps: int, skip: int) -> np.ndarray:
-    """(M, T) index tuples inside contiguous runs (as TupleDataset, on indices)."""
-    stamps = table.stamps
-    dt = np.diff(stamps) if len(stamps) > 1 else np.array([1.0])
-    brk = np.concatenate([[0], np.flatnonzero(dt > 3 * np.median(dt)) + 1, [len(stamps)]])
-    span = (steps - 1) * skip
-    starts = [s for a, b in zip(brk[:-1], brk[1:], strict=True) for s in range(a, b - span)]
-    if not starts:
-        return np.arange(len(stamps))[:, None]
-    return np.array(starts)[:, None] + np.arange(steps)[None, :] * skip
 
 
 class _Run:
@@ -226,8 +215,8 @@ class _Run:
         self.train_feats = torch.cat(copies)
         self.val_feats = self._features(self.val_table, self.transform, None, "features (val)")
         n = len(self.train_table)
-        base = _tuples(self.train_table, cfg.steps, cfg.skip) if cfg.model == "mapnet" else (
-            np.arange(n)[:, None])
+        base = tuple_starts(self.train_table.stamps, cfg.steps, cfg.skip) if (
+            cfg.model == "mapnet") else np.arange(n)[:, None]
         self.train_index = np.concatenate([base + c * n for c in range(len(copies))])
         self.train_targets = self.train_poses.repeat(len(copies), 1).to(self.device)
 

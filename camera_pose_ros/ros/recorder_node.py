@@ -11,18 +11,18 @@ node stops (Ctrl-C or SIGTERM included).
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from camera_pose_ros.dataset.bagio import TYPESTORE
 from camera_pose_ros.ros.msgtypes import message_class
+from camera_pose_ros.ros.spin import spin_until_shutdown
 
 __all__ = ["RecorderNode", "main"]
 
@@ -120,26 +120,14 @@ class RecorderNode(Node):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ros2 run camera_pose_ros recorder_node``."""
     rclpy.init(args=argv if argv is not None else sys.argv)
-    # SIGTERM (a launch system or `kill`) ends as cleanly as Ctrl-C
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         node = RecorderNode()
     except (ValueError, FileExistsError) as exc:
         sys.stderr.write(f"recorder_node: {exc}\n")
         rclpy.shutdown()
         return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    # the bag is closed (and so valid) on Ctrl-C and SIGTERM alike
+    return spin_until_shutdown(node, SingleThreadedExecutor(), on_exit=node.close)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import OccupancyGrid, Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -52,6 +52,7 @@ from camera_pose_ros.ros.conversions import (
     transform_stamped,
 )
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
+from camera_pose_ros.ros.spin import spin_until_shutdown
 from camera_pose_ros.runtime.localizer import JumpGate, Localizer
 
 __all__ = ["RelocalizationNode", "main"]
@@ -390,19 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ros2 run camera_pose_ros relocalization_node``."""
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = RelocalizationNode()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._stop()
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4), on_exit=node._stop)
 
 
 if __name__ == "__main__":
