@@ -72,8 +72,13 @@ def _probe(pose_topic: str, frames: int, rate: float, size: tuple[int, int]) -> 
     ex.add_node(node)
 
     def spin_until_shutdown() -> None:
-        while ctx.ok():
-            ex.spin_once(timeout_sec=0.02)
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while ctx.ok():
+                ex.spin_once(timeout_sec=0.02)
+        except ExternalShutdownException:
+            pass
 
     spin = threading.Thread(target=spin_until_shutdown, daemon=True)
     spin.start()

@@ -117,8 +117,13 @@ def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: st
     ex.add_node(probe)
 
     def spin() -> None:
-        while ctx.ok():
-            ex.spin_once(timeout_sec=0.02)
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while ctx.ok():
+                ex.spin_once(timeout_sec=0.02)
+        except ExternalShutdownException:
+            pass  # the context was shut down: the probe is done
 
     th = threading.Thread(target=spin, daemon=True)
     th.start()
@@ -211,7 +216,8 @@ def _run(args: argparse.Namespace) -> int:
             t[list(t)[-1]] = now - t0
         t[name] = 0.0
         t0 = now
-        log.info("[%d/6] %s", len(t), text)
+        if text:
+            log.info("[%d/6] %s", len(t), text)
 
     stage("synth", f"synthesizing a building ({args.frames} + {args.query_frames} frames)")
     synth = write_synthetic_building(work / "synth", seed=args.seed, frames=args.frames,
