@@ -127,7 +127,8 @@ def test_export_gives_the_checkpoint_poses(trained, tmp_path, fmt):
 
 def test_mapnet_trains_on_tuples(dataset, tmp_path):
     _, data = dataset
-    cfg = load_train_config(None, model="mapnet", epochs=2, steps=3, skip=1, **TINY)
+    cfg = load_train_config(None, model="mapnet", epochs=2, steps=3, skip=1,
+                            rotation_augment_deg=8.0, augment_copies=1, **TINY)
     path = train(data, cfg, tmp_path, progress=False)
     assert torch.load(path, weights_only=True)["model"]["kind"] == "mapnet"
 

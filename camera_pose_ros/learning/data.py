@@ -25,6 +25,8 @@ __all__ = [
     "ImageTransform",
     "load_split",
     "PoseImageDataset",
+    "rotate_view",
+    "camera_matrix",
     "TupleDataset",
     "tuple_starts",
     "poses_tensor",
@@ -82,6 +84,18 @@ def poses_tensor(table: PoseTable) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([table.positions_N3, q], 1).astype(np.float32))
 
 
+def camera_matrix(data: str | os.PathLike) -> np.ndarray | None:
+    """K of the stored images (``DATA/camera.json``, from CameraInfo), or None."""
+    import json
+
+    from camera_pose_ros.geometry import PinholeCamera
+
+    path = Path(data) / "camera.json"
+    if not path.is_file():
+        return None
+    return PinholeCamera.from_dict(json.loads(path.read_text())).matrix()
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -89,11 +103,40 @@ def _read_rgb(path: Path) -> np.ndarray:
     return bgr[:, :, ::-1]
 
 
+def rotate_view(rgb: np.ndarray, pose_7: np.ndarray, K: np.ndarray, rotvec_cam: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The image and pose of the same camera turned by ``rotvec_cam`` about its own centre.
+
+    A pure rotation needs no depth: pixels move by the homography K dR^T K^-1, and the new
+    pose is R dR (dR in the camera frame). Areas the original did not see are black.
+    """
+    from scipy.spatial.transform import Rotation
+
+    d_rot = Rotation.from_rotvec(rotvec_cam).as_matrix()
+    h, w = rgb.shape[:2]
+    H = K @ d_rot.T @ np.linalg.inv(K)
+    warped = cv2.warpPerspective(rgb, H, (w, h), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT)
+    q = pose_7[3:]
+    r_new = Rotation.from_quat([q[1], q[2], q[3], q[0]]).as_matrix() @ d_rot
+    x, y, z, qw = Rotation.from_matrix(r_new).as_quat()
+    out = np.array([*pose_7[:3], qw, x, y, z], dtype=np.float32)
+    if out[3] < 0:
+        out[3:] = -out[3:]
+    return warped, out
+
+
 class PoseImageDataset(Dataset):
-    """(image tensor, pose (7,)) pairs of a split; augmentation when ``augment``."""
+    """(image tensor, pose (7,)) pairs of a split; augmentation when ``augment``.
+
+    ``rotation_deg`` > 0 (with the camera matrix ``K`` of the stored images) adds random
+    view rotations about the camera centre, up to that many degrees of yaw (half of it in
+    pitch, a third in roll), with their exact poses: see :func:`rotate_view`.
+    """
 
     def __init__(self, data: str | os.PathLike, table: PoseTable, transform: ImageTransform,
-                 *, augment: bool = False, seed: int = 0) -> None:
+                 *, augment: bool = False, seed: int = 0, rotation_deg: float = 0.0,
+                 K: np.ndarray | None = None) -> None:
         self.root = Path(data) / "images"
         self.table = table
         self.poses_N7 = poses_tensor(table)
@@ -101,6 +144,8 @@ class PoseImageDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.rotation_deg = rotation_deg if K is not None else 0.0
+        self.K = K
 
     def __len__(self) -> int:
         return len(self.table)
@@ -111,7 +156,12 @@ class PoseImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
-        return self.image(i, rng), self.poses_N7[i]
+        if rng is None or self.rotation_deg <= 0:
+            return self.image(i, rng), self.poses_N7[i]
+        lim = np.radians(self.rotation_deg) * np.array([0.5, 1.0, 1.0 / 3.0])  # pitch yaw roll
+        rgb, pose = rotate_view(_read_rgb(self.root / self.table.images[i]),
+                                self.poses_N7[i].numpy(), self.K, rng.uniform(-lim, lim))
+        return self.transform(rgb, rng), torch.from_numpy(pose)
 
 
 def tuple_starts(stamps: np.ndarray, steps: int, skip: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from camera_pose_ros.learning.data import (
     ImageTransform,
     PoseImageDataset,
     TupleDataset,
+    camera_matrix,
     load_split,
     poses_tensor,
     tuple_starts,
@@ -87,6 +88,7 @@ class TrainConfig:
     early_stopping_patience: int = 20
     color_jitter: float = 0.3
     blur_probability: float = 0.2
+    rotation_augment_deg: float = 0.0
     augment_copies: int = 2
     mc_samples: int = 20
     seed: int = 0
@@ -159,6 +161,10 @@ class _Run:
             backbone, self.backbone_info.feature_dim, hidden=cfg.hidden, dropout=cfg.dropout,
             pos_mean=tuple(self.model_cfg["pos_mean"]), pos_scale=pos_scale).to(self.device)
         self.transform = ImageTransform(cfg.input_height, cfg.input_width)
+        self.K = camera_matrix(data)
+        if cfg.rotation_augment_deg > 0 and self.K is None:
+            log.warning("rotation_augment_deg is set but %s has no camera.json: no rotation "
+                        "augmentation", data)
         self.aug_transform = replace(self.transform, color_jitter=cfg.color_jitter,
                                      blur_probability=cfg.blur_probability)
         if cfg.model == "mapnet":
@@ -193,17 +199,23 @@ class _Run:
             self.device = torch.device("cpu")
 
     # -- cached features ------------------------------------------------------------------
+    def _dataset(self, table, transform: ImageTransform, augment: bool, seed: int
+                 ) -> PoseImageDataset:
+        return PoseImageDataset(self.data, table, transform, augment=augment, seed=seed,
+                                rotation_deg=self.cfg.rotation_augment_deg if augment else 0.0,
+                                K=self.K)
+
     @torch.no_grad()
     def _features(self, table, transform: ImageTransform, seed: int | None,
-                  desc: str) -> torch.Tensor:
-        ds = PoseImageDataset(self.data, table, transform, augment=seed is not None,
-                              seed=seed or 0)
+                  desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self._dataset(table, transform, seed is not None, seed or 0)
         loader = DataLoader(ds, batch_size=32, num_workers=self.cfg.num_workers)
         self.model.backbone.eval()
-        feats = []
-        for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not self.bars):
+        feats, poses = [], []
+        for images, p in tqdm(loader, desc=desc, unit="batch", disable=not self.bars):
             feats.append(self.model.features(images.to(self.device)))
-        return torch.cat(feats)
+            poses.append(p)
+        return torch.cat(feats), torch.cat(poses)
 
     def cache_features(self) -> None:
         """Compute backbone features of every training copy and of the validation frames."""
@@ -212,13 +224,15 @@ class _Run:
         for c in range(cfg.augment_copies):
             copies.append(self._features(self.train_table, self.aug_transform,
                                          cfg.seed * 1000 + c, f"features (aug {c + 1})"))
-        self.train_feats = torch.cat(copies)
-        self.val_feats = self._features(self.val_table, self.transform, None, "features (val)")
+        self.train_feats = torch.cat([f for f, _ in copies])
+        self.val_feats = self._features(self.val_table, self.transform, None,
+                                        "features (val)")[0]
         n = len(self.train_table)
         base = tuple_starts(self.train_table.stamps, cfg.steps, cfg.skip) if (
             cfg.model == "mapnet") else np.arange(n)[:, None]
         self.train_index = np.concatenate([base + c * n for c in range(len(copies))])
-        self.train_targets = self.train_poses.repeat(len(copies), 1).to(self.device)
+        # augmented copies carry their own poses (rotation augmentation changes them)
+        self.train_targets = torch.cat([p for _, p in copies]).to(self.device)
 
     # -- one epoch --------------------------------------------------------------------------
     def _step(self, raw: torch.Tensor, target_poses: torch.Tensor, step: int) -> float:
@@ -259,8 +273,7 @@ class _Run:
     def epoch_full(self, epoch: int, step: int) -> tuple[float, int]:
         """One epoch of full fine-tuning with on-the-fly augmentation."""
         cfg = self.cfg
-        ds = PoseImageDataset(self.data, self.train_table, self.aug_transform, augment=True,
-                              seed=cfg.seed)
+        ds = self._dataset(self.train_table, self.aug_transform, True, cfg.seed)
         ds.epoch = epoch
         if cfg.model == "mapnet":
             ds = TupleDataset(ds, steps=cfg.steps, skip=cfg.skip)
