@@ -88,6 +88,7 @@ def frame(i: int) -> np.ndarray:
 def node_setup(ros_context, spinner, checkpoint, tmp_path):
     params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
               Parameter("max_image_age", value=5.0), Parameter("mc_samples", value=5),
+              Parameter("path_period", value=0.0),
               Parameter("qos_overrides./image.subscription.reliability", value="reliable")]
     node = RelocalizationNode(context=ros_context, parameter_overrides=params)
     spinner.add(node)

@@ -49,6 +49,8 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_jump", 1.0, "metres of disagreement the jump gate allows",
               min_value=0.0, max_value=100.0),
     ParamSpec("path_length", 500, "poses kept in ~/path", min_value=1, max_value=100000),
+    ParamSpec("path_period", 1.0, "seconds between ~/path messages (a long path is costly to "
+              "send with every frame)", min_value=0.0, max_value=60.0),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages",
               min_value=0.1, max_value=60.0),
     ParamSpec("autostart", True, "configure and activate without a lifecycle manager"),

@@ -25,7 +25,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import OccupancyGrid, Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -117,6 +117,14 @@ class RelocalizationNode(LifecycleNode):
     def _p(self, name: str) -> object:
         return self.get_parameter(name).value
 
+    def _cache_params(self) -> None:
+        """Parameters read on every frame, read once per configure."""
+        self._cfg = {spec.name: self._p(spec.name) for spec in RELOCALIZATION_PARAMS}
+        e = [float(v) for v in self._cfg["base_to_camera"]]
+        self._base_from_cam = pose_matrix(rotmat_from_quat_wxyz([e[6], e[3], e[4], e[5]]),
+                                          e[:3])
+        self._last_path_pub = 0.0
+
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the checkpoint and the floor plan; create publishers."""
         plan = None
@@ -136,6 +144,7 @@ class RelocalizationNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         if not self._p("snap_to_floorplan"):
             self.localizer.set_floorplan(None)
+        self._cache_params()
         self._gate = JumpGate(float(self._p("max_jump"))) if self._p("jump_gate") else None
         self._path = collections.deque(maxlen=int(self._p("path_length")))
         self.pub_pose = self.create_publisher(PoseStamped, "~/pose", RELIABLE_10)
@@ -274,7 +283,7 @@ class RelocalizationNode(LifecycleNode):
     def _process(self, msg: Image | CompressedImage) -> None:
         stamp_ns = stamp_to_ns(msg.header.stamp)
         age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
-        max_age = float(self._p("max_image_age"))
+        max_age = float(self._cfg["max_image_age"])
         if max_age > 0 and age > max_age:
             self.stats.add("dropped_stale")
             self.get_logger().warning(f"dropping a frame {age:.2f} s old (max_image_age "
@@ -314,38 +323,40 @@ class RelocalizationNode(LifecycleNode):
             return None
         stamps = np.array([s for s, _ in self._odom])
         i = int(np.argmin(np.abs(stamps - stamp_ns)))
-        if abs(stamps[i] - stamp_ns) / 1e9 > float(self._p("max_odom_age")):
+        if abs(stamps[i] - stamp_ns) / 1e9 > float(self._cfg["max_odom_age"]):
             return None
         return self._odom[i][1]
 
     def _publish(self, stamp: object, est: object, odom: np.ndarray | None) -> None:
-        frame = str(self._p("map_frame"))
+        cfg = self._cfg
+        frame = str(cfg["map_frame"])
         ps = pose_stamped(stamp, frame, est.position, est.quat_wxyz)
         cov = pose_with_covariance(stamp, frame, est.position, est.quat_wxyz, est.covariance)
         self.pub_pose.publish(ps)
         self.pub_cov.publish(cov)
         self._path.append(ps)
-        path = Path()
-        path.header.stamp, path.header.frame_id = stamp, frame
-        path.poses = list(self._path)
-        self.pub_path.publish(path)
-        if self._p("publish_map_to_odom"):
+        now = time.monotonic()
+        if now - self._last_path_pub >= float(cfg["path_period"]):
+            self._last_path_pub = now
+            path = Path()
+            path.header.stamp, path.header.frame_id = stamp, frame
+            path.poses = list(self._path)
+            self.pub_path.publish(path)
+        if cfg["publish_map_to_odom"]:
             if odom is None:
                 self.stats.add("no_odometry")
                 self.get_logger().warning("no odometry near the image stamp: map -> odom not "
                                           "published", throttle_duration_sec=5.0)
             else:
-                e = [float(v) for v in self._p("base_to_camera")]
-                base_from_cam = pose_matrix(rotmat_from_quat_wxyz([e[6], e[3], e[4], e[5]]),
-                                            e[:3])
                 map_from_cam = pose_matrix(rotmat_from_quat_wxyz(est.quat_wxyz), est.position)
-                map_from_odom = map_from_cam @ invert_pose(base_from_cam) @ invert_pose(odom)
+                map_from_odom = (map_from_cam @ invert_pose(self._base_from_cam)
+                                 @ invert_pose(odom))
                 pos, q = matrix_to_pose(map_from_odom)
                 self.pub_tf.publish(TFMessage(transforms=[transform_stamped(
-                    stamp, frame, str(self._p("odom_frame")), pos, q)]))
-        elif self._p("publish_tf"):
+                    stamp, frame, str(cfg["odom_frame"]), pos, q)]))
+        elif cfg["publish_tf"]:
             self.pub_tf.publish(TFMessage(transforms=[transform_stamped(
-                stamp, frame, str(self._p("child_frame")), est.position, est.quat_wxyz)]))
+                stamp, frame, str(cfg["child_frame"]), est.position, est.quat_wxyz)]))
         if self._reloc_requested.is_set():
             self._reloc_requested.clear()
             initial = pose_with_covariance(stamp, "map", est.position, est.quat_wxyz,
@@ -391,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ros2 run camera_pose_ros relocalization_node``."""
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = RelocalizationNode()
-    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4), on_exit=node._stop)
+    # callbacks only hand frames over; inference has its own thread, so one executor thread
+    # is enough, and fewer Python threads compete with torch for the cores
+    return spin_until_shutdown(node, SingleThreadedExecutor(), on_exit=node._stop)
 
 
 if __name__ == "__main__":
