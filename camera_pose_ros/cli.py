@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from camera_pose_ros import __version__
-from camera_pose_ros.errors import CameraPoseError, NotBuiltYetError  # noqa: F401
+from camera_pose_ros.errors import CameraPoseError, NotBuiltYetError
 
 __all__ = ["main", "build_parser"]
 

@@ -23,6 +23,7 @@ from camera_pose_ros.dataset.plots import plot_trajectories
 from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import atomic_path, write_json_atomic
+from camera_pose_ros.geometry import rotation_errors_deg
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.data import load_split, poses_tensor
 from camera_pose_ros.learning.predict import Predictor
@@ -128,8 +129,6 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
                **error_summary(pred[:, :3], pred[:, 3:], gt[:, :3], gt[:, 3:])}
     metrics["ms_per_frame"] = 1000.0 * seconds / max(len(pred), 1)
     t_err = np.linalg.norm(pred[:, :3] - gt[:, :3], axis=1)
-    from camera_pose_ros.geometry import rotation_errors_deg
-
     curves = {"model": (t_err, rotation_errors_deg(pred[:, 3:], gt[:, 3:]))}
     if (data / "train.csv").exists():  # trivial baseline: always the mean training pose
         train = poses_tensor(load_split(data, "train")).double().numpy()
