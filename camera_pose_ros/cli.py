@@ -121,18 +121,56 @@ def _cmd_train(args: argparse.Namespace) -> Path:
     return train(args.data, cfg, args.out, resume=args.resume, progress=not args.quiet)
 
 
+def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
+    """The refiner for ``--mode refine``: map from ``--map`` or the checkpoint's dataset."""
+    from camera_pose_ros.config import load_yaml
+    from camera_pose_ros.dataset.refmap import load_refinement_map
+    from camera_pose_ros.errors import RefinementError
+    from camera_pose_ros.learning.checkpoint import load_checkpoint
+    from camera_pose_ros.runtime.refine import RefineConfig, Refiner, find_refinement_map
+
+    config = RefineConfig.from_dict(load_yaml(args.refine_config) if args.refine_config
+                                    else {})
+    provenance = load_checkpoint(args.checkpoint).data.get("provenance", {})
+    try:
+        path = find_refinement_map(args.checkpoint, provenance, args.map)
+    except RefinementError:
+        if required:
+            raise
+        log.info("no refinement map found: evaluating the regressed poses only")
+        return None
+    log.info("refinement map: %s", path)
+    return Refiner(load_refinement_map(path), config)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> Path:
     from camera_pose_ros.learning.evaluate import evaluate
 
+    refiner = None
+    if args.mode != "regress":
+        refiner = _refiner(args, required=args.mode != "auto")
     return evaluate(args.checkpoint, args.data, split=args.split, out=args.out,
-                    device=args.device, progress=not args.quiet)
+                    device=args.device, progress=not args.quiet, refiner=refiner)
 
 
 def _cmd_localize(args: argparse.Namespace) -> Path:
     from camera_pose_ros.learning.evaluate import localize
 
+    refiner, camera = None, None
+    if args.mode == "refine":
+        refiner = _refiner(args, required=True)
+        if args.bag is not None:
+            from camera_pose_ros.dataset.bagio import camera_info_topic_for, read_camera_info
+
+            camera = read_camera_info(args.bag, camera_info_topic_for(args.topic))
     return localize(args.checkpoint, _source(args), args.out, device=args.device,
-                    progress=not args.quiet)
+                    progress=not args.quiet, refiner=refiner, camera=camera)
+
+
+def _cmd_refinement_map(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.refmap import build_refinement_map
+
+    return build_refinement_map(args.data, out=args.out)
 
 
 def _cmd_export(args: argparse.Namespace) -> Path:
@@ -218,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_split)
 
     device = {"default": "auto", "choices": ("auto", "cpu", "cuda")}
+    def refine_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--map", type=Path,
+                       help="refinement map or dataset folder (default: beside the checkpoint, "
+                            "then the dataset it was trained on)")
+        p.add_argument("--refine-config", type=Path,
+                       help="YAML of refinement settings (config/refine.yaml)")
+
     p = sub.add_parser("train", help="train a PoseNet/MapNet regressor on a dataset")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--config", type=Path, required=True,
@@ -236,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--out", type=Path, help="metrics JSON (default DATA/eval_SPLIT/)")
     p.add_argument("--device", **device)
+    p.add_argument("--mode", default="auto", choices=("auto", "regress", "refine", "both"),
+                   help="regress: the network alone; refine/both: also refine against the "
+                        "SfM map and report both side by side; auto: both when a "
+                        "refinement map is found")
+    refine_opts(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("localize", help="poses of every frame of a bag, video or folder")
@@ -243,7 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p)
     p.add_argument("--out", type=Path, required=True, help="prediction CSV")
     p.add_argument("--device", **device)
+    p.add_argument("--mode", default="regress", choices=("regress", "refine"),
+                   help="regress: fast; refine: refine each pose against the SfM map "
+                        "(intrinsics from the bag's camera_info, else the map's)")
+    refine_opts(p)
     p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser("refinement-map",
+                       help="SfM model + alignment -> DATA/refinement_map.npz (for refine)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="default DATA/refinement_map.npz")
+    p.set_defaults(func=_cmd_refinement_map)
 
     p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
     p.add_argument("--checkpoint", type=Path, required=True)

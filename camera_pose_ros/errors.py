@@ -15,6 +15,7 @@ __all__ = [
     "SplitError",
     "CheckpointError",
     "TrainingError",
+    "RefinementError",
     "NotBuiltYetError",
 ]
 
@@ -57,6 +58,10 @@ class CheckpointError(CameraPoseError):
 
 class TrainingError(CameraPoseError):
     """Training cannot go on (non-finite loss, empty data)."""
+
+
+class RefinementError(CameraPoseError):
+    """Geometric refinement cannot run: no refinement map, or one that does not fit."""
 
 
 class NotBuiltYetError(CameraPoseError):

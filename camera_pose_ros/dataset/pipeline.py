@@ -16,6 +16,7 @@ from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_
 from camera_pose_ros.dataset.maps import FloorPlan
 from camera_pose_ros.dataset.plots import plot_trajectories
 from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.dataset.refmap import build_refinement_map
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.dataset.split import SPLITS, SplitConfig, split_dataset
 from camera_pose_ros.fileio import write_json_atomic
@@ -92,8 +93,9 @@ def build_dataset(
 ) -> Path:
     """Run every dataset stage into ``out`` and return ``out/report.json``.
 
-    Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment and
-    splits are cheap and always recomputed, so new control points take effect.
+    Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment,
+    splits and the refinement map are cheap and always recomputed, so new control points
+    take effect.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,7 @@ def build_dataset(
         ("sfm", lambda: run_sfm(out, sfm, overwrite=overwrite)),
         ("align", lambda: align_dataset(out, control_points, align)),
         ("split", lambda: split_dataset(out, split, test_poses=test_poses)),
+        ("refinement map", lambda: build_refinement_map(out)),
     ]
     bar = tqdm(stages, desc="dataset", unit="stage", disable=not progress)
     for name, run in bar:

@@ -30,7 +30,8 @@ from camera_pose_ros.errors import ConfigError, SfMError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
 from camera_pose_ros.geometry import PinholeCamera, invert_pose
 
-__all__ = ["SfMConfig", "SfMModel", "run_sfm", "load_sfm_model", "global_descriptors"]
+__all__ = ["SfMConfig", "SfMModel", "run_sfm", "load_sfm_model", "global_descriptors",
+           "bow_descriptor"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -> 
 def global_descriptors(db_path: Path, *, words: int = 256, seed: int = 0) -> dict:
     """Bag-of-visual-words image descriptors (tf-idf, L2-normalised) from a COLMAP database.
 
-    Returns ``{"names": [...], "descriptors": (N, words) float32, "vocabulary": (words, 128)}``.
+    Returns ``{"names": [...], "descriptors": (N, words) float32, "vocabulary": (words, 128),
+    "idf": (words,)}``; :func:`bow_descriptor` makes the same descriptor for a new image.
     """
     db = pycolmap.Database.open(db_path)
     try:
@@ -169,7 +171,23 @@ def global_descriptors(db_path: Path, *, words: int = 256, seed: int = 0) -> dic
     idf = np.log((len(descs) + 1) / ((hist > 0).sum(0) + 1)).astype(np.float32)
     hist *= idf
     hist /= np.linalg.norm(hist, axis=1, keepdims=True) + 1e-12
-    return {"names": [im.name for im in images], "descriptors": hist, "vocabulary": vocab}
+    return {"names": [im.name for im in images], "descriptors": hist, "vocabulary": vocab,
+            "idf": idf}
+
+
+def bow_descriptor(descriptors_N128: np.ndarray, vocabulary: np.ndarray, idf: np.ndarray
+                   ) -> np.ndarray:
+    """The tf-idf bag-of-words vector of one image's SIFT descriptors (COLMAP's uint8 scale).
+
+    Descriptors scaled to unit length (pycolmap's float output) are rescaled to the uint8
+    range of the database, in which the vocabulary was learnt.
+    """
+    d = np.asarray(descriptors_N128, dtype=np.float32)
+    if len(d) and d.max() <= 1.0:
+        d = d * 512.0
+    hist = np.bincount(_nearest(d, vocabulary), minlength=len(vocabulary)).astype(np.float32)
+    hist *= idf
+    return hist / (np.linalg.norm(hist) + 1e-12)
 
 
 def _loop_pairs(names: list[str], desc: np.ndarray, k: int, min_gap: int,
@@ -204,7 +222,7 @@ def _match(sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
     if cfg.loop_pairs > 0 and len(names) > cfg.loop_min_gap:
         g = global_descriptors(db, seed=cfg.seed)
         np.savez(sfm / "global_descriptors.npz", names=np.array(g["names"]),
-                 descriptors=g["descriptors"], vocabulary=g["vocabulary"])
+                 descriptors=g["descriptors"], vocabulary=g["vocabulary"], idf=g["idf"])
         pairs = _loop_pairs(g["names"], g["descriptors"], cfg.loop_pairs, cfg.loop_min_gap,
                             cfg.loop_stride)
         if pairs:

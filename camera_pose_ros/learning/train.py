@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from camera_pose_ros.config import from_dict, load_yaml, to_dict
+from camera_pose_ros.dataset.refmap import REFINEMENT_MAP
 from camera_pose_ros.errors import ConfigError, TrainingError
 from camera_pose_ros.fileio import atomic_path, write_text_atomic
 from camera_pose_ros.learning.backbones import build_backbone
@@ -467,6 +468,8 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
         report = json.loads((data / "report.json").read_text())
     provenance = {
         "dataset": str(data.resolve()),
+        "refinement_map": (str((data / REFINEMENT_MAP).resolve())
+                           if (data / REFINEMENT_MAP).is_file() else ""),
         "splits": {"train": len(run.train_table), "validation": len(run.val_table)},
         "dataset_registration_rate": report.get("registration_rate"),
         "dataset_alignment_rms_m": report.get("alignment_rms_m"),

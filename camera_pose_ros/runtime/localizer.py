@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from camera_pose_ros.dataset.maps import FloorPlan
+from camera_pose_ros.dataset.refmap import load_refinement_map
+from camera_pose_ros.geometry import PinholeCamera
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.predict import Predictor
+from camera_pose_ros.runtime.refine import RefineConfig, Refiner, find_refinement_map
 
 __all__ = ["PoseEstimate", "Localizer", "FloorSnapper", "JumpGate"]
 
@@ -32,8 +35,10 @@ class PoseEstimate:
         position: (3,) metres.
         quat_wxyz: (4,) unit quaternion, ``map_from_cam``.
         covariance: (6, 6) REP 103 order (x, y, z, rotation about x, y, z).
-        latency_s: inference time.
+        latency_s: inference time (regression plus refinement when refined).
         snapped: moved onto the walkable floor.
+        refined: geometric refinement against the SfM map succeeded (``refine_note`` says
+            why not when it was tried and failed).
     """
 
     position: np.ndarray
@@ -41,7 +46,9 @@ class PoseEstimate:
     covariance: np.ndarray
     latency_s: float = 0.0
     snapped: bool = False
-    notes: list[str] = field(default_factory=list)
+    refined: bool = False
+    refine_note: str = ""
+    inliers: int = 0
 
 
 class FloorSnapper:
@@ -102,16 +109,31 @@ class JumpGate:
 
 
 class Localizer:
-    """Checkpoint + optional floor plan -> :class:`PoseEstimate` per RGB image."""
+    """Checkpoint + optional floor plan and refiner -> :class:`PoseEstimate` per RGB image."""
 
     def __init__(self, checkpoint: str | os.PathLike, *, device: str = "auto",
-                 floorplan: FloorPlan | None = None, mc_samples: int | None = None) -> None:
+                 floorplan: FloorPlan | None = None, mc_samples: int | None = None,
+                 refiner: Refiner | None = None) -> None:
+        self.refiner = refiner
+        self.checkpoint_path = str(checkpoint)
         self.loaded = load_checkpoint(checkpoint)
         self.predictor = Predictor(self.loaded, device=device, samples=mc_samples)
         self.snapper = FloorSnapper(floorplan) if floorplan is not None else None
         self.map_frame = str(self.loaded.data.get("map_frame", "map"))
         model = self.loaded.data.get("model", {})
         self.model_name = f"{model.get('kind', '?')}/{model.get('backbone', '?')}"
+
+    def enable_refinement(self, map_path: str | os.PathLike | None = None,
+                          config: RefineConfig = RefineConfig()) -> str:
+        """Load the refinement map (see :func:`find_refinement_map`); returns its path.
+
+        Raises:
+            RefinementError: no map found, or it cannot be read.
+        """
+        path = find_refinement_map(self.checkpoint_path,
+                                   self.loaded.data.get("provenance", {}), map_path)
+        self.refiner = Refiner(load_refinement_map(path), config)
+        return str(path)
 
     @property
     def device(self) -> str:
@@ -122,19 +144,48 @@ class Localizer:
         """Replace the walkable-area map (e.g. when a new /map arrives)."""
         self.snapper = FloorSnapper(plan) if plan is not None else None
 
-    def localize(self, image_rgb: np.ndarray) -> PoseEstimate | None:
-        """Estimate the camera pose of one image; None when the prediction is not finite."""
+    def localize(self, image_rgb: np.ndarray, *, refine: bool = False,
+                 camera: PinholeCamera | None = None) -> PoseEstimate | None:
+        """Estimate the camera pose of one image; None when the prediction is not finite.
+
+        With ``refine`` (and a refiner), the regressed pose is refined against the SfM map;
+        when that fails the regressed pose is returned with ``refine_note`` saying why.
+        ``camera`` gives the image's intrinsics (default: the map's camera).
+        """
         t0 = time.perf_counter()
         poses, covs = self.predictor.predict([image_rgb])
-        latency = time.perf_counter() - t0
         pose, cov = poses[0], covs[0]
         if not (np.all(np.isfinite(pose)) and np.all(np.isfinite(cov))):
             return None
         q = pose[3:] / np.linalg.norm(pose[3:])
-        est = PoseEstimate(pose[:3].copy(), q, cov, latency)
+        est = PoseEstimate(pose[:3].copy(), q, cov, time.perf_counter() - t0)
+        self.snap(est)
+        if refine:
+            self.refine(image_rgb, est, camera)
+            est.latency_s = time.perf_counter() - t0
+        return est
+
+    def snap(self, est: PoseEstimate) -> None:
+        """Move ``est`` onto the walkable floor when a floor plan is set."""
         if self.snapper is not None:
             xy, moved = self.snapper.snap(est.position[:2])
             if moved:
                 est.position[:2] = xy
                 est.snapped = True
+
+    def refine(self, image_rgb: np.ndarray, est: PoseEstimate,
+               camera: PinholeCamera | None = None) -> PoseEstimate:
+        """Refine ``est`` in place against the SfM map (see :class:`Refiner`); returns it."""
+        if self.refiner is None:
+            est.refine_note = "no refinement map loaded"
+            return est
+        out = self.refiner.refine(image_rgb, est.position, est.quat_wxyz, est.covariance,
+                                  camera)
+        est.inliers = out.inliers
+        if out.success:
+            est.position, est.quat_wxyz, est.covariance = (out.position, out.quat_wxyz,
+                                                            out.covariance)
+            est.refined, est.snapped, est.refine_note = True, False, ""
+        else:
+            est.refine_note = out.reason
         return est
