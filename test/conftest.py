@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -123,3 +124,53 @@ def spinner(ros_context: object) -> Iterator[Spinner]:
 def venv_bin() -> Path:
     """The bin folder of the Python running the tests (its console scripts live there)."""
     return Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
+    """A small synthetic building and its dataset built with the CLI (SfM included), once.
+
+    Returns ``(synth, data)``: the synthetic folder (bags, ground truth) and the dataset.
+    """
+    root = tmp_path_factory.mktemp("e2e")
+    synth = root / "synth"
+    cli = str(venv_bin / "camera-pose")
+    subprocess.run([cli, "-q", "synth", "--out", str(synth), "--seed", "1", "--frames", "110",
+                    "--query-frames", "8", "--width", "320", "--height", "240", "--scale",
+                    "0.7", "--loops", "1.3"], check=True, timeout=600)
+    data = root / "data"
+    proc = subprocess.run(
+        [cli, "-q", "dataset", "--bag", str(synth / "mapping"), "--control-points",
+         str(synth / "control_points.csv"), "--out", str(data), "--floorplan",
+         str(synth / "floorplan.yaml"), "--ground-truth", str(synth / "gt_mapping.csv")],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return synth, data
+
+
+@pytest.fixture(scope="session")
+def map_checkpoint(sfm_building, tmp_path_factory) -> tuple[Path, Path]:
+    """A small random network whose provenance names :func:`sfm_building`'s dataset.
+
+    Returns ``(model.pt, refine.yaml)``; the YAML opens the refinement gate, since a random
+    network's regressed pose is anywhere in the building.
+    """
+    from camera_pose_ros.learning.checkpoint import build_regressor, save_checkpoint
+
+    _, data = sfm_building
+    root = tmp_path_factory.mktemp("refine_ckpt")
+    model = {"kind": "posenet", "backbone": "mobilenet_v3_small", "hidden": 32,
+             "dropout": 0.2, "pool_grid": [1, 1], "pos_mean": [4.0, 3.0, 1.5],
+             "pos_scale": 2.0}
+    inp = {"height": 48, "width": 64, "mean": [0.485, 0.456, 0.406],
+           "std": [0.229, 0.224, 0.225]}
+    calib = {"method": "mc_dropout", "samples": 4, "k_pos": 1.0, "k_rot": 1.0,
+             "floor_pos": 0.05, "floor_rot": 0.01}
+    path = root / "model.pt"
+    save_checkpoint(path, build_regressor(model).eval(), model_cfg=model, input_cfg=inp,
+                    map_frame="map", extra={"calibration": calib,
+                                            "provenance": {"dataset": str(data)}})
+    cfg = root / "refine.yaml"
+    cfg.write_text("gate_min_m: 100.0\n")
+    return path, cfg

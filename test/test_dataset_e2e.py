@@ -23,24 +23,10 @@ from camera_pose_ros.metrics import error_summary, match_by_stamp
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, venv_bin):
-    """Synthesize a small building and build its dataset with the CLI (once per module)."""
-    root = tmp_path_factory.mktemp("e2e")
-    synth = root / "synth"
-    cli = str(venv_bin / "camera-pose")
-    subprocess.run([cli, "-q", "synth", "--out", str(synth), "--seed", "1", "--frames", "110",
-                    "--query-frames", "5", "--width", "320", "--height", "240", "--scale",
-                    "0.7", "--loops", "1.3"], check=True, timeout=600)
-    data = root / "data"
-    proc = subprocess.run(
-        [cli, "-q", "dataset", "--bag", str(synth / "mapping"), "--control-points",
-         str(synth / "control_points.csv"), "--out", str(data), "--floorplan",
-         str(synth / "floorplan.yaml"), "--ground-truth", str(synth / "gt_mapping.csv")],
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return synth, data
+@pytest.fixture
+def built(sfm_building):
+    """The session's small synthetic building and its dataset (see conftest)."""
+    return sfm_building
 
 
 def test_registration_alignment_and_pose_accuracy(built):

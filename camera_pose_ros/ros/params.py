@@ -53,5 +53,16 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
               "send with every frame)", min_value=0.0, max_value=60.0),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages",
               min_value=0.1, max_value=60.0),
+    ParamSpec("mode", "regress", "regress: the network alone, every frame; refine: also refine "
+              "poses against the SfM map on a second thread (every refine_every_n-th frame "
+              "or on relocalization requests) and publish them too", ("regress", "refine")),
+    ParamSpec("refinement_map", "", "refinement_map.npz or dataset folder (\"\" = beside the "
+              "checkpoint, else the dataset it was trained on)"),
+    ParamSpec("refine_config", "", "YAML of refinement settings (\"\" = defaults; see "
+              "config/refine.yaml)"),
+    ParamSpec("refine_every_n", 5, "refine one frame in N (when the refiner is free)",
+              min_value=1, max_value=10000),
+    ParamSpec("refine_on_request_only", False,
+              "refine only after ~/relocalize or tracking_lost"),
     ParamSpec("autostart", True, "configure and activate without a lifecycle manager"),
 )

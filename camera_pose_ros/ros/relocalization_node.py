@@ -9,6 +9,14 @@ stamped with the image's stamp.
 Topics: ``image`` (sensor_msgs/Image) or ``image/compressed``; ``odom``, ``map``,
 ``tracking_lost`` in; ``~/pose``, ``~/pose_with_covariance``, ``~/path``, ``/tf``,
 ``/diagnostics``, ``/initialpose`` out. Service ``~/relocalize`` (std_srvs/Trigger).
+
+With ``mode: refine`` a second worker refines poses against the SfM map (intrinsics from
+``camera_info`` when it arrives, else the map's): every ``refine_every_n``-th frame when it
+is free, or only on relocalization requests. Regression keeps its frame rate; each refined
+pose goes out, with its image's stamp, on ``~/pose``, ``~/pose_with_covariance``, the path,
+TF and ``~/pose_refined``; a relocalization request in this mode answers on
+``/initialpose`` with the refined pose (the regressed one, with a warning, when refinement
+fails).
 """
 
 from __future__ import annotations
@@ -34,14 +42,20 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from camera_pose_ros.config import load_yaml
 from camera_pose_ros.dataset.maps import FloorPlan
 from camera_pose_ros.errors import CameraPoseError, ImageDecodeError
-from camera_pose_ros.geometry import invert_pose, pose_matrix, rotmat_from_quat_wxyz
+from camera_pose_ros.geometry import (
+    PinholeCamera,
+    invert_pose,
+    pose_matrix,
+    rotmat_from_quat_wxyz,
+)
 from camera_pose_ros.ros.conversions import (
     image_to_rgb,
     matrix_to_pose,
@@ -53,7 +67,8 @@ from camera_pose_ros.ros.conversions import (
 )
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
 from camera_pose_ros.ros.spin import spin_until_shutdown
-from camera_pose_ros.runtime.localizer import JumpGate, Localizer
+from camera_pose_ros.runtime.localizer import JumpGate, Localizer, PoseEstimate
+from camera_pose_ros.runtime.refine import RefineConfig
 
 __all__ = ["RelocalizationNode", "main"]
 
@@ -70,6 +85,7 @@ class _Stats:
         self.lock = threading.Lock()
         self.counts = collections.Counter()
         self.latency = collections.deque(maxlen=200)
+        self.refine_latency = collections.deque(maxlen=200)
         self.arrivals = collections.deque(maxlen=200)
 
     def add(self, key: str, n: int = 1) -> None:
@@ -105,6 +121,13 @@ class RelocalizationNode(LifecycleNode):
         self._timers: list = []
         self._service = None
         self._gate: JumpGate | None = None
+        self._refine_cond = threading.Condition()
+        self._refine_job: tuple | None = None
+        self._refine_busy = False
+        self._refine_worker: threading.Thread | None = None
+        self._since_refine = 0
+        self._camera: PinholeCamera | None = None
+        self._publish_lock = threading.Lock()
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
 
@@ -139,6 +162,12 @@ class RelocalizationNode(LifecycleNode):
                                        mc_samples=samples)
             if self._p("half_precision"):
                 self.localizer.predictor.enable_half()
+            if self._p("mode") == "refine":
+                path = str(self._p("refine_config"))
+                config = RefineConfig.from_dict(load_yaml(path) if path else {})
+                where = self.localizer.enable_refinement(
+                    str(self._p("refinement_map")) or None, config)
+                self.get_logger().info(f"refinement map: {where}")
         except (CameraPoseError, ValueError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -154,6 +183,8 @@ class RelocalizationNode(LifecycleNode):
         self.pub_tf = self.create_publisher(TFMessage, "/tf", TF_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
         self.pub_initial = self.create_publisher(PoseWithCovarianceStamped, "/initialpose",
+                                                 RELIABLE_10)
+        self.pub_refined = self.create_publisher(PoseWithCovarianceStamped, "~/pose_refined",
                                                  RELIABLE_10)
         self.get_logger().info(
             f"configured: {self.localizer.model_name} on {self.localizer.device}, map frame "
@@ -183,6 +214,8 @@ class RelocalizationNode(LifecycleNode):
                                      callback_group=other),
             self.create_subscription(Bool, "tracking_lost", self._on_tracking_lost, 10,
                                      callback_group=other),
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                     qos_profile_sensor_data, callback_group=other),
         ]
         self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
                                             callback_group=other)
@@ -192,6 +225,10 @@ class RelocalizationNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="relocalization-inference",
                                         daemon=True)
         self._worker.start()
+        if self._refining():
+            self._refine_worker = threading.Thread(target=self._refine_work,
+                                                   name="relocalization-refine", daemon=True)
+            self._refine_worker.start()
         self.get_logger().info(f"active: listening on {sub.topic_name}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -199,9 +236,12 @@ class RelocalizationNode(LifecycleNode):
         self._running = False
         with self._cond:
             self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout=5)
-            self._worker = None
+        with self._refine_cond:
+            self._refine_cond.notify_all()
+        for worker in (self._worker, self._refine_worker):
+            if worker is not None:
+                worker.join(timeout=5)
+        self._worker = self._refine_worker = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         for timer in self._timers:
@@ -252,6 +292,16 @@ class RelocalizationNode(LifecycleNode):
             self.get_logger().info(f"floor plan from 'map' ({info.width}x{info.height})")
         except ValueError as exc:
             self.get_logger().warning(f"ignoring map: {exc}")
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        k = msg.k
+        if msg.width > 0 and msg.height > 0 and k[0] > 0 and k[4] > 0:
+            self._camera = PinholeCamera(int(msg.width), int(msg.height), float(k[0]),
+                                         float(k[4]), float(k[2]), float(k[5]))
+
+    def _refining(self) -> bool:
+        return (self.localizer is not None and self.localizer.refiner is not None
+                and self._cfg.get("mode") == "refine")
 
     def _on_tracking_lost(self, msg: Bool) -> None:
         if msg.data:
@@ -317,6 +367,65 @@ class RelocalizationNode(LifecycleNode):
             self.stats.add("snapped")
         self._publish(msg.header.stamp, est, odom)
         self.stats.add("published")
+        if self._refining():
+            self._offer_refinement(msg.header.stamp, rgb, est, odom)
+
+    # -- refinement -----------------------------------------------------------------------
+    def _offer_refinement(self, stamp: object, rgb: np.ndarray, est: PoseEstimate,
+                          odom: np.ndarray | None) -> None:
+        """Hand the frame to the refine worker when it is due and the worker is free."""
+        self._since_refine += 1
+        requested = self._reloc_requested.is_set()
+        due = requested or (not self._cfg["refine_on_request_only"]
+                            and self._since_refine >= int(self._cfg["refine_every_n"]))
+        with self._refine_cond:
+            if not due or self._refine_busy:
+                return
+            if requested:
+                self._reloc_requested.clear()
+            self._since_refine = 0
+            self._refine_busy = True
+            self._refine_job = (stamp, rgb, est, odom, requested)
+            self._refine_cond.notify()
+
+    def _refine_work(self) -> None:
+        while True:
+            with self._refine_cond:
+                while self._running and self._refine_job is None:
+                    self._refine_cond.wait(timeout=0.5)
+                if not self._running:
+                    return
+                job, self._refine_job = self._refine_job, None
+            try:
+                self._refine(*job)
+            except Exception as exc:  # the node must survive anything one frame does
+                self.stats.add("refine_error")
+                self.get_logger().error(f"refinement failed: {exc}", throttle_duration_sec=5.0)
+            finally:
+                with self._refine_cond:
+                    self._refine_busy = False
+
+    def _refine(self, stamp: object, rgb: np.ndarray, est: PoseEstimate,
+                odom: np.ndarray | None, requested: bool) -> None:
+        localizer = self.localizer
+        if localizer is None:
+            return
+        t0 = time.perf_counter()
+        localizer.refine(rgb, est, self._camera)
+        with self.stats.lock:
+            self.stats.refine_latency.append(time.perf_counter() - t0)
+        if est.refined:
+            self.stats.add("refined")
+            frame = str(self._cfg["map_frame"])
+            self.pub_refined.publish(pose_with_covariance(stamp, frame, est.position,
+                                                          est.quat_wxyz, est.covariance))
+            self._publish(stamp, est, odom)
+        else:
+            self.stats.add("refine_failed")
+            self.get_logger().warning(f"refinement failed: {est.refine_note}",
+                                      throttle_duration_sec=5.0)
+        if requested:
+            self._publish_initial(stamp, est)
 
     def _odom_at(self, stamp_ns: int) -> np.ndarray | None:
         if not self._odom:
@@ -327,7 +436,20 @@ class RelocalizationNode(LifecycleNode):
             return None
         return self._odom[i][1]
 
-    def _publish(self, stamp: object, est: object, odom: np.ndarray | None) -> None:
+    def _publish_initial(self, stamp: object, est: PoseEstimate) -> None:
+        self.pub_initial.publish(pose_with_covariance(stamp, "map", est.position,
+                                                      est.quat_wxyz, est.covariance))
+        how = ("refined" if est.refined else
+               f"regressed; refinement failed: {est.refine_note}" if est.refine_note else
+               "regressed")
+        self.get_logger().info(f"relocalization published on /initialpose ({how})")
+
+    def _publish(self, stamp: object, est: PoseEstimate, odom: np.ndarray | None) -> None:
+        with self._publish_lock:
+            self._publish_locked(stamp, est, odom)
+
+    def _publish_locked(self, stamp: object, est: PoseEstimate, odom: np.ndarray | None
+                        ) -> None:
         cfg = self._cfg
         frame = str(cfg["map_frame"])
         ps = pose_stamped(stamp, frame, est.position, est.quat_wxyz)
@@ -357,18 +479,16 @@ class RelocalizationNode(LifecycleNode):
         elif cfg["publish_tf"]:
             self.pub_tf.publish(TFMessage(transforms=[transform_stamped(
                 stamp, frame, str(cfg["child_frame"]), est.position, est.quat_wxyz)]))
-        if self._reloc_requested.is_set():
+        if self._reloc_requested.is_set() and not self._refining():
             self._reloc_requested.clear()
-            initial = pose_with_covariance(stamp, "map", est.position, est.quat_wxyz,
-                                           est.covariance)
-            self.pub_initial.publish(initial)
-            self.get_logger().info("relocalization published on /initialpose")
+            self._publish_initial(stamp, est)
 
     # -- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         with self.stats.lock:
             counts = dict(self.stats.counts)
             lat = np.array(self.stats.latency) * 1000.0
+            ref_lat = np.array(self.stats.refine_latency) * 1000.0
             arr = np.array(self.stats.arrivals)
         now = time.monotonic()
         recent = arr[arr > now - 5.0]
@@ -385,12 +505,13 @@ class RelocalizationNode(LifecycleNode):
             "input_rate_hz": f"{rate:.2f}",
             "inference_ms_p50": f"{np.percentile(lat, 50):.1f}" if len(lat) else "",
             "inference_ms_p99": f"{np.percentile(lat, 99):.1f}" if len(lat) else "",
+            "refine_ms_p50": f"{np.percentile(ref_lat, 50):.1f}" if len(ref_lat) else "",
             "device": self.localizer.device if self.localizer else "",
             "model": self.localizer.model_name if self.localizer else "",
         }
         for key in ("received", "published", "dropped_stale", "dropped_superseded",
                     "rejected_bad_input", "rejected_nan", "rejected_jump", "rejected_error",
-                    "snapped", "no_odometry"):
+                    "snapped", "no_odometry", "refined", "refine_failed", "refine_error"):
             values[key] = str(counts.get(key, 0))
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr_msg = DiagnosticArray(status=[status])

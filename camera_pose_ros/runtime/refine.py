@@ -109,6 +109,7 @@ class RefineOutcome:
         matches, inliers: 2D-3D matches and RANSAC inliers.
         frames: names of the mapped frames matched against.
         latency_s: time spent refining.
+        stages_s: seconds per stage (features, matching, pose).
     """
 
     success: bool
@@ -120,6 +121,7 @@ class RefineOutcome:
     inliers: int = 0
     frames: list[str] = field(default_factory=list)
     latency_s: float = 0.0
+    stages_s: dict[str, float] = field(default_factory=dict)
 
 
 def find_refinement_map(checkpoint: str | os.PathLike, provenance: dict | None = None,
@@ -208,7 +210,7 @@ class Refiner:
         options.num_threads = config.num_threads
         options.sift.max_num_features = config.max_features
         options.sift.first_octave = config.first_octave
-        self._sift = pycolmap.Sift(options, device=pycolmap.Device.cpu)
+        self._sift = pycolmap.FeatureExtractor.create(options, device=pycolmap.Device.cpu)
         self._names = [str(n) for n in refinement_map.names]
         self._index = {n: i for i, n in enumerate(self._names)}
 
@@ -236,7 +238,7 @@ class Refiner:
         point_idx, obs = self.map.observations(frames)
         if len(obs) == 0 or len(desc_q) == 0:
             return np.zeros(0, int), np.zeros(0, int)
-        sim = desc_q @ (obs.astype(np.float32) / 512.0).T  # unit vectors: cosine similarity
+        sim = desc_q @ (obs.astype(np.float32) / 512.0).T  # about unit length: cosine
         best = np.argmax(sim, axis=1)
         best_s = sim[np.arange(len(sim)), best]
         same = point_idx[None, :] == point_idx[best][:, None]
@@ -281,10 +283,14 @@ class Refiner:
             prior.reason, prior.latency_s = reason, time.perf_counter() - t0
             return prior
 
-        gray = np.ascontiguousarray(
+        gray = np.ascontiguousarray(np.clip(
             image_rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            / 255.0)
-        keypoints, desc_q = self._sift.extract(gray)
+            + 0.5, 0, 255).astype(np.uint8))
+        kps, descs = self._sift.extract_from_uint8_array(gray)
+        keypoints = np.array([(k.x, k.y) for k in kps], dtype=float).reshape(-1, 2)
+        desc_q = np.asarray(descs.data, dtype=np.float32) / 512.0  # COLMAP's uint8 scale
+        t1 = time.perf_counter()
+        prior.stages_s["features"] = t1 - t0
         if len(desc_q) < cfg.min_inliers:
             return fail(f"only {len(desc_q)} SIFT features in the image")
         rot = rotmat_from_quat_wxyz(prior.quat_wxyz)
@@ -292,8 +298,10 @@ class Refiner:
         excluded = frozenset(self._index[n] for n in exclude if n in self._index)
         frames = self.select_frames(prior.position, rot, gdesc, excluded)
         prior.frames = [self._names[i] for i in frames]
-        qi, pi = self._match(np.asarray(desc_q, np.float32), frames)
+        qi, pi = self._match(desc_q, frames)
         prior.matches = len(qi)
+        t2 = time.perf_counter()
+        prior.stages_s["matching"] = t2 - t1
         if len(qi) < cfg.min_inliers:
             return fail(f"{len(qi)} matches to the map (< {cfg.min_inliers})")
         params = np.array(camera.colmap_params())
@@ -302,9 +310,10 @@ class Refiner:
         est.ransac.max_error = cfg.max_error_px
         est.ransac.num_threads = cfg.num_threads
         est.ransac.random_seed = 0
-        pts2d = np.asarray(keypoints[qi, :2], float)
+        pts2d = keypoints[qi]
         pts3d = self.map.points[pi]
         result = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, colmap_cam, est)
+        prior.stages_s["pose"] = time.perf_counter() - t2
         if result is None:
             return fail(f"absolute pose RANSAC found no pose from {len(qi)} matches")
         mask = np.asarray(result["inlier_mask"], bool)

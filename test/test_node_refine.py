@@ -1,0 +1,136 @@
+"""relocalization_node in refine mode over real DDS: refined poses with their covariance.
+
+The network is random (its regressed poses are anywhere); the refined poses must still land
+on the query walk's ground truth, go out on ``~/pose_refined`` and the main pose topic with
+the image's stamp, and answer relocalization requests on ``/initialpose``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from camera_pose_ros.dataset.bagio import iter_bag_images, read_camera_info
+from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.metrics import match_by_stamp
+from test.conftest import wait_for
+
+rclpy = pytest.importorskip("rclpy")
+from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from camera_pose_ros.ros.relocalization_node import RelocalizationNode  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _stamp(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+@pytest.fixture
+def refining_node(request, ros_context, spinner, sfm_building, map_checkpoint):
+    """A refine-mode node (extra parameters by indirect parametrization) and a probe."""
+    synth, _ = sfm_building
+    ckpt, cfg = map_checkpoint
+    extra = [Parameter(k, value=v) for k, v in getattr(request, "param", {}).items()]
+    params = extra + [Parameter("model_path", value=str(ckpt)), Parameter("device", value="cpu"),
+              Parameter("max_image_age", value=30.0), Parameter("mc_samples", value=4),
+              Parameter("mode", value="refine"), Parameter("refine_every_n", value=1),
+              Parameter("refine_config", value=str(cfg)),
+              Parameter("qos_overrides./image.subscription.reliability", value="reliable")]
+    node = RelocalizationNode(context=ros_context, parameter_overrides=params)
+    spinner.add(node)
+    helper = spinner.add(rclpy.create_node("refine_probe", context=ros_context))
+    got: dict[str, list] = {"refined": [], "cov": [], "initial": []}
+    lock = threading.Lock()
+    for key, topic in (("refined", "/relocalization/pose_refined"),
+                       ("cov", "/relocalization/pose_with_covariance"),
+                       ("initial", "/initialpose")):
+        helper.create_subscription(PoseWithCovarianceStamped, topic,
+                                   lambda m, k=key: (lock.acquire(), got[k].append(m),
+                                                     lock.release()), RELIABLE)
+    pub = helper.create_publisher(Image, "/image", RELIABLE)
+    info_pub = helper.create_publisher(CameraInfo, "/camera_info", RELIABLE)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 30), "node did not subscribe"
+    assert node.localizer.refiner is not None
+    cam = read_camera_info(synth / "query", "/camera/camera_info")
+    info = CameraInfo(width=cam.width, height=cam.height)
+    info.k = [cam.fx, 0.0, cam.cx, 0.0, cam.fy, cam.cy, 0.0, 0.0, 1.0]
+    gt = read_poses(synth / "gt_query.csv")
+    frames = list(iter_bag_images(synth / "query"))
+    ig, _ = match_by_stamp(gt.stamps, np.array([f.stamp for f in frames]), max_dt=1e-6)
+    truth = [(f.image_rgb, gt.positions_N3[i]) for f, i in zip(frames, ig, strict=True)]
+    return node, helper, pub, info_pub, info, got, lock, truth
+
+
+def _image(helper, rgb: np.ndarray) -> Image:
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8",
+                step=rgb.shape[1] * 3, data=rgb.tobytes())
+    msg.header.stamp = helper.get_clock().now().to_msg()
+    msg.header.frame_id = "camera_optical_frame"
+    return msg
+
+
+def test_node_publishes_refined_poses_with_covariance(refining_node):
+    node, helper, pub, info_pub, info, got, lock, truth = refining_node
+    info_pub.publish(info)
+    assert wait_for(lambda: node._camera is not None, 10), "camera_info not received"
+    sent: dict[tuple[int, int], np.ndarray] = {}
+    for rgb, pos in truth:
+        n0 = len(got["refined"]) + node.stats.counts["refine_failed"]
+        msg = _image(helper, rgb)
+        sent[_stamp(msg)] = pos
+        pub.publish(msg)
+        # one frame at a time, so that every frame is refined (the worker takes one)
+        wait_for(lambda n0=n0: len(got["refined"]) + node.stats.counts["refine_failed"] > n0,
+                 30)
+    assert wait_for(lambda: len(got["refined"]) >= 0.75 * len(truth), 30), (
+        len(got["refined"]), dict(node.stats.counts))
+    with lock:
+        refined = list(got["refined"])
+        main = {_stamp(m): m for m in got["cov"]}
+    errors = []
+    for m in refined:
+        assert m.header.frame_id == "map"
+        p = m.pose.pose.position
+        errors.append(np.linalg.norm(np.array([p.x, p.y, p.z]) - sent[_stamp(m)]))
+        cov = np.array(m.pose.covariance).reshape(6, 6)
+        assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+        assert np.sqrt(cov[0, 0]) < 0.1  # centimetres, not the regressor's metres
+        # the refined pose also went out on the main topic, with its image's stamp
+        assert wait_for(lambda m=m: _stamp(m) in {_stamp(c) for c in got["cov"]}, 5)
+    assert np.median(errors) < 0.05, errors
+    with lock:
+        main = [c for c in got["cov"] if _stamp(c) in {_stamp(m) for m in refined}]
+    assert any(np.allclose(np.array(c.pose.covariance), np.array(m.pose.covariance))
+               for c in main for m in refined)
+    assert node.stats.counts["refined"] == len(refined)
+
+
+@pytest.mark.parametrize("refining_node", [{"refine_on_request_only": True}], indirect=True)
+def test_relocalization_request_answers_with_the_refined_pose(refining_node):
+    node, helper, pub, info_pub, info, got, lock, truth = refining_node
+    rgb, pos = truth[2]
+    msg = _image(helper, rgb)
+    pub.publish(msg)
+    assert wait_for(lambda: node.stats.counts["published"] >= 1, 20)
+    assert node.stats.counts["refined"] == 0  # not asked: regression only
+    client = helper.create_client(Trigger, "/relocalization/relocalize")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(Trigger.Request())
+    assert wait_for(future.done, 10) and future.result().success
+    msg = _image(helper, rgb)
+    pub.publish(msg)
+    assert wait_for(lambda: len(got["initial"]) >= 1, 30), dict(node.stats.counts)
+    init = got["initial"][-1]
+    assert _stamp(init) == _stamp(msg)
+    p = init.pose.pose.position
+    assert np.linalg.norm(np.array([p.x, p.y, p.z]) - pos) < 0.1
+    assert node.stats.counts["refined"] == 1

@@ -1,0 +1,207 @@
+"""Geometric refinement against the SfM map: the map file, the refiner, its covariance, CLI.
+
+Uses the session's small synthetic building (real pycolmap SfM, see conftest) and its query
+walk, which is never part of the map.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pycolmap
+import pytest
+
+from camera_pose_ros.dataset.bagio import iter_bag_images, read_camera_info
+from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.dataset.refmap import (
+    REFINEMENT_MAP,
+    build_refinement_map,
+    load_refinement_map,
+)
+from camera_pose_ros.errors import ConfigError, RefinementError
+from camera_pose_ros.geometry import (
+    position_errors,
+    rotation_errors_deg,
+    rotmat_from_quat_wxyz,
+)
+from camera_pose_ros.learning.evaluate import compare_with_ground_truth
+from camera_pose_ros.metrics import match_by_stamp
+from camera_pose_ros.runtime.refine import (
+    RefineConfig,
+    Refiner,
+    find_refinement_map,
+    pose_covariance_from_inliers,
+)
+
+pytestmark = pytest.mark.slow
+
+@pytest.fixture(scope="module")
+def query(sfm_building):
+    """(rgb, gt position, gt quaternion) of each query frame, and the bag's camera."""
+    synth, _ = sfm_building
+    gt = read_poses(synth / "gt_query.csv")
+    frames = list(iter_bag_images(synth / "query"))
+    ig, _ = match_by_stamp(gt.stamps, np.array([f.stamp for f in frames]), max_dt=1e-6)
+    assert len(ig) == len(frames) >= 5
+    rows = [(f.image_rgb, gt.positions_N3[i], gt.quats_wxyz_N4[i])
+            for f, i in zip(frames, ig, strict=True)]
+    return rows, read_camera_info(synth / "query", "/camera/camera_info")
+
+
+@pytest.fixture(scope="module")
+def refinement_map(sfm_building):
+    return load_refinement_map(sfm_building[1])
+
+
+def _rotate(q_wxyz: np.ndarray, deg: float) -> np.ndarray:
+    """``q`` turned by ``deg`` about the map's z axis."""
+    from camera_pose_ros.geometry import quat_wxyz_from_rotmat
+
+    a = np.radians(deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    return quat_wxyz_from_rotmat(rz @ rotmat_from_quat_wxyz(q_wxyz))
+
+
+def test_dataset_writes_a_refinement_map_in_the_map_frame(sfm_building, refinement_map):
+    _, data = sfm_building
+    assert (data / REFINEMENT_MAP).is_file()
+    m = refinement_map
+    poses = read_poses(data / "poses.csv")
+    assert sorted(poses.images) == [str(n) for n in m.names]
+    order = np.argsort(poses.images)
+    np.testing.assert_allclose(m.centres, poses.positions_N3[order], atol=1e-5)
+    assert len(m.obs_point) == m.offsets[-1] and m.obs_desc.shape == (len(m.obs_point), 128)
+    # each frame's observed points lie in front of it, within the building
+    for i in range(0, len(m), max(1, len(m) // 10)):
+        pts, _ = m.observations(np.array([i]))
+        cam = (m.points[pts] - m.centres[i]) @ m.map_from_cam[i, :3, :3]
+        assert np.mean(cam[:, 2] > 0) > 0.95
+    assert m.global_desc.shape == (len(m), len(m.vocabulary))
+
+
+def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query):
+    rows, camera = query
+    refiner = Refiner(refinement_map)
+    rng = np.random.default_rng(0)
+    t_err, r_err = [], []
+    for rgb, pos, q in rows:
+        offset = rng.normal(size=3) * [0.6, 0.6, 0.1]
+        prior_cov = np.diag([1.0, 1.0, 0.1, 0.05, 0.05, 0.05])
+        out = refiner.refine(rgb, pos + offset, _rotate(q, 8.0), prior_cov, camera)
+        assert out.success, out.reason
+        assert out.inliers >= 30 and len(out.frames) >= 1
+        t_err.append(position_errors(out.position[None], pos[None])[0])
+        r_err.append(rotation_errors_deg(out.quat_wxyz[None], q[None])[0])
+        assert np.all(np.linalg.eigvalsh(out.covariance) > 0)
+        assert np.sqrt(out.covariance[0, 0]) < 0.1
+    assert np.median(t_err) < 0.05, t_err
+    assert np.median(r_err) < 1.0, r_err
+
+
+def test_refinement_failures_return_the_prior_with_a_reason(refinement_map, query):
+    rows, camera = query
+    rgb, pos, q = rows[0]
+    cov = np.eye(6) * 0.01
+    noise = np.random.default_rng(1).integers(0, 256, rgb.shape, dtype=np.uint8)
+    flat = np.full_like(rgb, 128)
+    for img in (flat, noise):
+        out = Refiner(refinement_map).refine(img, pos + 0.3, q, cov, camera)
+        assert not out.success and out.reason
+        np.testing.assert_allclose(out.position, pos + 0.3)
+        np.testing.assert_allclose(out.covariance, cov)
+    # a prior 1.5 m off with a tight covariance: the (right) refined pose fails the gate
+    strict = Refiner(refinement_map, RefineConfig(gate_min_m=0.5, trust_inliers=0))
+    out = strict.refine(rgb, pos + [1.5, 0, 0], q, cov, camera)
+    assert not out.success and "from the regressed one" in out.reason
+    # ... unless enough inliers are trusted to overrule it
+    trusting = Refiner(refinement_map, RefineConfig(gate_min_m=0.5, trust_inliers=30))
+    assert trusting.refine(rgb, pos + [1.5, 0, 0], q, cov, camera).success
+
+
+def test_covariance_from_inliers_matches_the_spread_of_noisy_solutions():
+    """The Gauss-Newton covariance predicts how much PnP solutions scatter under pixel noise."""
+    rng = np.random.default_rng(3)
+    params = np.array([300.0, 300.0, 160.5, 120.5])
+    cam = pycolmap.Camera(model="PINHOLE", width=320, height=240, params=params)
+    rot = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # map_from_cam, looking along +y
+    centre = np.array([1.0, 2.0, 1.5])
+    pts_cam = np.column_stack([rng.uniform(-2, 2, 80), rng.uniform(-1.5, 1.5, 80),
+                               rng.uniform(3, 8, 80)])
+    pts = pts_cam @ rot.T + centre
+    clean = pts_cam[:, :2] / pts_cam[:, 2:] * params[:2] + params[2:]
+    centres, cov = [], None
+    for _ in range(60):
+        noisy = clean + rng.normal(scale=1.0, size=clean.shape)
+        res = pycolmap.estimate_and_refine_absolute_pose(noisy, pts, cam)
+        m = np.eye(4)
+        m[:3, :] = res["cam_from_world"].matrix()
+        r = m[:3, :3].T
+        c = -r @ m[:3, 3]
+        centres.append(c)
+        if cov is None:
+            cov = pose_covariance_from_inliers(noisy, pts, r, c, params)
+    spread = np.std(np.array(centres), axis=0)
+    predicted = np.sqrt(np.diag(cov)[:3])
+    assert np.all(spread < 2.0 * predicted) and np.all(spread > 0.5 * predicted), (
+        spread, predicted)
+
+
+def test_config_and_map_errors(tmp_path, sfm_building):
+    with pytest.raises(ConfigError, match="unknown"):
+        RefineConfig.from_dict({"k_poses": 3})
+    with pytest.raises(ConfigError, match="min_inliers"):
+        RefineConfig(min_inliers=2)
+    with pytest.raises(RefinementError, match="refinement-map"):
+        load_refinement_map(tmp_path)
+    with pytest.raises(RefinementError, match="camera-pose sfm"):
+        build_refinement_map(tmp_path)
+    (tmp_path / REFINEMENT_MAP).write_bytes(b"not an npz")
+    with pytest.raises(RefinementError, match="cannot read"):
+        load_refinement_map(tmp_path)
+    with pytest.raises(RefinementError, match="looked at"):
+        find_refinement_map(tmp_path / "sub" / "model.pt", {"dataset": str(tmp_path / "x")})
+    # beside the checkpoint wins, then the provenance dataset
+    assert find_refinement_map(tmp_path / "model.pt", {}) == tmp_path / REFINEMENT_MAP
+    _, data = sfm_building
+    assert find_refinement_map(tmp_path / "sub" / "model.pt", {"dataset": str(data)}) == (
+        data / REFINEMENT_MAP)
+
+
+def test_cli_localize_refine_and_evaluate_both_modes(sfm_building, map_checkpoint, venv_bin,
+                                                     tmp_path):
+    synth, data = sfm_building
+    ckpt, cfg = map_checkpoint
+    cli = str(venv_bin / "camera-pose")
+    out = tmp_path / "refined.csv"
+    proc = subprocess.run([cli, "-q", "localize", "--checkpoint", str(ckpt), "--bag",
+                           str(synth / "query"), "--out", str(out), "--mode", "refine",
+                           "--refine-config", str(cfg)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = read_poses(out)
+    assert {"refined", "inliers", "cov_00"} <= set(table.extra)
+    assert np.mean([v == "1" for v in table.extra["refined"]]) >= 0.75
+    err = compare_with_ground_truth(out, synth / "gt_query.csv")
+    assert err["median_position_m"] < 0.05 and err["median_rotation_deg"] < 1.0, err
+
+    metrics_path = tmp_path / "eval" / "metrics.json"
+    proc = subprocess.run([cli, "-q", "evaluate", "--checkpoint", str(ckpt), "--data",
+                           str(data), "--out", str(metrics_path), "--refine-config", str(cfg)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads(metrics_path.read_text())
+    modes = metrics["modes"]
+    assert set(modes) == {"regress", "refine"}
+    assert modes["refine"]["median_position_m"] < modes["regress"]["median_position_m"]
+    assert modes["refine"]["split_frames_excluded_from_matching"] is True
+    assert (metrics_path.parent / "predictions_test_refined.csv").is_file()
+
+    # refine mode without any map: a one-line error, exit status 2
+    proc = subprocess.run([cli, "-q", "localize", "--checkpoint", str(ckpt), "--bag",
+                           str(synth / "query"), "--out", str(tmp_path / "x.csv"), "--mode",
+                           "refine", "--map", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "refinement map" in proc.stderr
+    assert not (tmp_path / "x.csv").exists()
