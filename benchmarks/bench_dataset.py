@@ -22,12 +22,16 @@ from camera_pose_ros.dataset.pipeline import build_dataset
 from camera_pose_ros.dataset.synth import write_synthetic_building
 
 
-def run(frames: int, width: int, height: int, seed: int = 0) -> dict:
-    """Synthesize, time the decode baseline and the dataset command; return the figures."""
+def run(frames: int, width: int, height: int, seed: int = 0, workdir: Path | None = None,
+        query_frames: int = 1) -> dict:
+    """Synthesize, time the decode baseline and the dataset command; return the figures.
+
+    ``workdir`` keeps ``synth/`` and ``data/`` there (for the refinement benchmark).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(workdir or tmp)
         t_synth, _ = timed(lambda: write_synthetic_building(
-            root / "synth", seed=seed, frames=frames, query_frames=1, width=width,
+            root / "synth", seed=seed, frames=frames, query_frames=query_frames, width=width,
             height=height, progress=False))
         t_decode, n = timed(lambda: sum(1 for _ in iter_bag_images(root / "synth/mapping")))
         t_dataset, report_path = timed(lambda: build_dataset(

@@ -27,7 +27,11 @@ import numpy as np
 
 from benchmarks.bench_node import _tiny_checkpoint
 from benchmarks.common import write_results
-from camera_pose_ros.dataset.bagio import iter_bag_images, read_camera_info
+from camera_pose_ros.dataset.bagio import (
+    camera_info_topic_for,
+    iter_bag_images,
+    read_camera_info,
+)
 from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
 from camera_pose_ros.metrics import error_summary, match_by_stamp
@@ -55,7 +59,7 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
         loc = Localizer(ckpt, device="cpu")
         loc.enable_refinement(data, config if trained else RefineConfig(
             **{**config.__dict__, "gate_min_m": 100.0}))
-    camera = read_camera_info(bag, topic.rsplit("/", 1)[0] + "/camera_info")
+    camera = read_camera_info(bag, camera_info_topic_for(topic))
     gt = read_poses(gt_csv) if gt_csv else None
     rng = np.random.default_rng(0)
     t_fwd, t_ref, ok, stages = [], [], [], {}

@@ -12,7 +12,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from benchmarks import bench_dataset, bench_node, bench_training
+from benchmarks import bench_dataset, bench_node, bench_refine, bench_training
 from benchmarks.common import RESULTS, machine
 
 
@@ -63,6 +63,25 @@ def _markdown(results: dict) -> str:
             f"| bare forward pass (same checkpoint) | {nd['forward_ms_p50']:.1f} ms | |",
             f"| node / (echo + forward) | {nd['ratio_node_over_echo_plus_forward']:.2f} | |",
         ]
+    rf = results.get("refine")
+    if rf:
+        st = rf["refine_stages_ms_p50"]
+        lines += [
+            "", f"| refinement ({rf['frames']} query frames, {rf['image']}, "
+            f"{rf['checkpoint']}) | p50 | p90 |", "|---|---|---|",
+            f"| regression forward pass (with covariance samples) | "
+            f"{rf['forward_ms_p50']:.1f} ms | {rf['forward_ms_p90']:.1f} ms |",
+            f"| refinement | {rf['refine_ms_p50']:.1f} ms | {rf['refine_ms_p90']:.1f} ms |",
+            "| refinement stages (p50) | " + ", ".join(f"{k} {v:.0f} ms" for k, v in st.items())
+            + " | |",
+            f"| ratio refine / forward | {rf['ratio_refine_over_forward']:.1f} | |",
+            f"| refined | {rf['refined_share']:.0%} | |",
+        ]
+        e = rf.get("refine_errors")
+        if e:
+            lines.append(f"| refined error (median) | {e['median_position_m'] * 100:.1f} cm, "
+                         f"{e['median_rotation_deg']:.2f} deg; "
+                         f"{e['within_25cm_2deg']:.0%} within 25 cm, 2 deg | |")
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     results = {"date": date, "machine": machine()}
-    results["dataset"] = (bench_dataset.run(80, 320, 240) if args.quick
-                          else bench_dataset.run(300, 640, 480))
+    keep = tempfile.TemporaryDirectory()
+    work = Path(keep.name)
+    results["dataset"] = (bench_dataset.run(80, 320, 240, workdir=work, query_frames=10)
+                          if args.quick else
+                          bench_dataset.run(300, 640, 480, workdir=work, query_frames=50))
+    results["refine"] = bench_refine.run(work / "data", work / "synth" / "query",
+                                         work / "synth" / "gt_query.csv")
+    keep.cleanup()
     results["training"] = bench_training.run("resnet18", 96, 128, images=32 if args.quick
                                              else 64)
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,8 @@
    ROS path: DDS in, rosbags out);
 3. build the dataset (frames, pycolmap SfM, alignment to the map, splits);
 4. train a model from a shipped preset;
-5. evaluate it offline (test split, and ``camera-pose localize`` on the query bag);
+5. evaluate it offline (test split, and ``camera-pose localize`` on the query bag), in
+   both modes: regressed, and refined against the SfM map;
 6. start ``relocalization_node`` on the checkpoint, play the query bag into it, and compare
    what it publishes with the ground truth.
 
@@ -184,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import json
 
+    from camera_pose_ros.dataset.bagio import read_camera_info
     from camera_pose_ros.dataset.frames import FrameSource
     from camera_pose_ros.dataset.maps import FloorPlan
     from camera_pose_ros.dataset.pipeline import build_dataset
     from camera_pose_ros.dataset.plots import plot_trajectories
     from camera_pose_ros.dataset.posecsv import read_poses
+    from camera_pose_ros.dataset.refmap import load_refinement_map
     from camera_pose_ros.dataset.synth import write_synthetic_building
     from camera_pose_ros.fileio import write_json_atomic
     from camera_pose_ros.geometry import rotation_errors_deg
@@ -199,7 +202,8 @@ def _run(args: argparse.Namespace) -> int:
         plot_error_cdf,
     )
     from camera_pose_ros.learning.train import load_train_config, train
-    from camera_pose_ros.metrics import error_summary
+    from camera_pose_ros.metrics import error_summary, match_by_stamp
+    from camera_pose_ros.runtime.refine import Refiner
 
     out, work = args.out, args.out / "work"
     if work.exists():
@@ -235,12 +239,19 @@ def _run(args: argparse.Namespace) -> int:
     stage("train", f"training from {Path(args.preset).name}")
     cfg = load_train_config(args.preset, device=args.device)
     ckpt = train(work / "data", cfg, work / "run")
-    stage("offline", "evaluating offline: test split and the query bag")
+    stage("offline", "evaluating offline: test split and the query bag, regressed and refined")
+    refiner = Refiner(load_refinement_map(work / "data"))
     test = json.loads(evaluate(ckpt, work / "data", split="test", device=args.device,
-                               progress=False).read_text())
+                               progress=False, refiner=refiner).read_text())
     localize(ckpt, FrameSource(bag=synth / "query"), work / "query_offline.csv",
              device=args.device, progress=False)
     offline = compare_with_ground_truth(work / "query_offline.csv", synth / "gt_query.csv")
+    localize(ckpt, FrameSource(bag=synth / "query"), work / "query_refined.csv",
+             device=args.device, progress=False, refiner=refiner,
+             camera=read_camera_info(synth / "query", "/camera/camera_info"))
+    refined = compare_with_ground_truth(work / "query_refined.csv", synth / "gt_query.csv")
+    ref_table = read_poses(work / "query_refined.csv")
+    refined["refined_share"] = float(np.mean([v == "1" for v in ref_table.extra["refined"]]))
     stage("live", "running relocalization_node on the query bag")
     got, latency = run_live_node(ckpt, synth / "query", synth / "floorplan.yaml",
                                  args.device, env)
@@ -256,14 +267,21 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plan = FloorPlan.load(synth / "floorplan.yaml")
     plot_trajectories(out / "query_trajectory.png",
-                      {"ground truth": gt.positions_N3, "relocalization_node": live[:, :3]},
+                      {"ground truth": gt.positions_N3, "relocalization_node": live[:, :3],
+                       "refined (offline)": ref_table.positions_N3},
                       floorplan=plan, title="query walk: live node output vs ground truth")
+    ir, ig = match_by_stamp(ref_table.stamps, gt.stamps, 1e-3)
     plot_error_cdf(out / "query_error_cdf.png", {
-        "relocalization_node (live)": (np.linalg.norm(live[:, :3] - g[:, :3], axis=1),
-                                       rotation_errors_deg(live[:, 3:], g[:, 3:]))})
+        "relocalization_node (live, regress)": (
+            np.linalg.norm(live[:, :3] - g[:, :3], axis=1),
+            rotation_errors_deg(live[:, 3:], g[:, 3:])),
+        "refined (offline)": (
+            np.linalg.norm(ref_table.positions_N3[ir] - gt.positions_N3[ig], axis=1),
+            rotation_errors_deg(ref_table.quats_wxyz_N4[ir], gt.quats_wxyz_N4[ig]))})
     shutil.copy2(work / "data" / "trajectory.png", out / "dataset_trajectory.png")
     figures = {
         "dataset": report, "test_split": test, "query_offline": offline,
+        "query_offline_refined": refined,
         "query_live_node": {**live_err, "frames_sent": len(gt), "frames_answered": len(idx),
                             "latency_ms_p50": float(np.percentile(lat_ms, 50)),
                             "latency_ms_p99": float(np.percentile(lat_ms, 99))},
@@ -280,6 +298,10 @@ def _run(args: argparse.Namespace) -> int:
                                  f"{test['baseline_mean_pose']['median_position_m']:.2f} m"),
         ("query bag, offline", f"median {offline['median_position_m']:.2f} m, "
                                f"{offline['median_rotation_deg']:.1f} deg"),
+        ("query bag, offline refined", f"median {refined['median_position_m'] * 100:.1f} cm, "
+                                       f"{refined['median_rotation_deg']:.2f} deg; "
+                                       f"{refined['within_25cm_2deg']:.0%} within 25cm,2deg "
+                                       f"({refined['refined_share']:.0%} refined)"),
         ("query bag, live node", f"median {lv['median_position_m']:.2f} m, "
                                  f"{lv['median_rotation_deg']:.1f} deg "
                                  f"({lv['frames_answered']}/{lv['frames_sent']} frames)"),

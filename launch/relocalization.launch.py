@@ -1,7 +1,7 @@
 """Start relocalization_node with a checkpoint on a camera topic.
 
     ros2 launch camera_pose_ros relocalization.launch.py model:=/path/model.pt \
-        camera_topic:=/camera/image_raw
+        camera_topic:=/camera/image_raw [mode:=refine refinement_map:=/path/DATA]
 """
 
 import os
@@ -26,6 +26,12 @@ def generate_launch_description() -> LaunchDescription:
                               description="sensor_msgs/Image topic"),
         DeclareLaunchArgument("config", default_value=default_config,
                               description="parameter file"),
+        DeclareLaunchArgument("mode", default_value="regress",
+                              description="regress | refine (against the SfM map)"),
+        DeclareLaunchArgument("refinement_map", default_value="",
+                              description="refinement map or dataset (\"\": beside the model)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
+                              description="sensor_msgs/CameraInfo topic (refine mode)"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("namespace", default_value=""),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz too"),
@@ -38,9 +44,12 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             LaunchConfiguration("config"),
             {"model_path": LaunchConfiguration("model"),
+             "mode": LaunchConfiguration("mode"),
+             "refinement_map": LaunchConfiguration("refinement_map"),
              "use_sim_time": LaunchConfiguration("use_sim_time")},
         ],
-        remappings=[("image", LaunchConfiguration("camera_topic"))],
+        remappings=[("image", LaunchConfiguration("camera_topic")),
+                    ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",
     )
     rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", rviz_config],

@@ -23,21 +23,32 @@ from camera_pose_ros.errors import CheckpointError
 from camera_pose_ros.fileio import atomic_path
 from camera_pose_ros.learning.backbones import build_backbone
 from camera_pose_ros.learning.data import ImageTransform
-from camera_pose_ros.learning.networks import PoseRegressor
+from camera_pose_ros.learning.networks import PoseRegressor, RelativePoseNet
 
-__all__ = ["FORMAT", "LoadedModel", "save_checkpoint", "load_checkpoint", "build_regressor"]
+__all__ = ["FORMAT", "LoadedModel", "save_checkpoint", "load_checkpoint", "build_regressor",
+           "build_network"]
 
 FORMAT = "camera_pose_ros.checkpoint"
 
 
-def build_regressor(model_cfg: dict, pretrained: str = "none") -> PoseRegressor:
-    """A PoseRegressor from the ``model`` section of a checkpoint or a training config."""
+def build_network(model_cfg: dict, pretrained: str = "none"
+                  ) -> tuple[PoseRegressor | RelativePoseNet, object]:
+    """The network of a ``model`` section (PoseNet/MapNet regressor or MeNet) and its
+    backbone info (whether pretrained weights were loaded, from where)."""
     backbone, info = build_backbone(model_cfg["backbone"], pretrained,
                                     tuple(model_cfg.get("pool_grid", (1, 1))))
+    if model_cfg.get("kind") == "menet":
+        return RelativePoseNet(backbone, info.feature_dim, hidden=int(model_cfg["hidden"]),
+                               dropout=float(model_cfg["dropout"])), info
     return PoseRegressor(backbone, info.feature_dim, hidden=int(model_cfg["hidden"]),
                          dropout=float(model_cfg["dropout"]),
                          pos_mean=tuple(model_cfg.get("pos_mean", (0.0, 0.0, 0.0))),
-                         pos_scale=float(model_cfg.get("pos_scale", 1.0)))
+                         pos_scale=float(model_cfg.get("pos_scale", 1.0))), info
+
+
+def build_regressor(model_cfg: dict, pretrained: str = "none") -> PoseRegressor:
+    """A PoseRegressor (or, for ``kind: menet``, a MeNet) from a ``model`` section."""
+    return build_network(model_cfg, pretrained)[0]
 
 
 def save_checkpoint(path: str | os.PathLike, model: PoseRegressor, *, model_cfg: dict,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from camera_pose_ros.errors import CheckpointError
 from camera_pose_ros.learning.checkpoint import LoadedModel
 from camera_pose_ros.learning.uncertainty import apply_calibration, mc_samples, mean_and_covariance
 
@@ -29,6 +30,11 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel, *, device: str = "auto",
                  samples: int | None = None) -> None:
+        if loaded.data.get("model", {}).get("kind") == "menet":
+            raise CheckpointError(
+                "this is a MeNet checkpoint: it predicts the relative pose of an image pair, "
+                "not a camera pose; localize with a PoseNet or MapNet checkpoint (evaluate "
+                "it with `camera-pose evaluate`)")
         self.device = resolve_device(device)
         self.model = loaded.model.to(self.device).eval()
         self.transform = loaded.transform

@@ -99,8 +99,11 @@ class TrainConfig:
     max_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.model not in ("posenet", "mapnet"):
-            raise ConfigError(f"model must be posenet or mapnet, got '{self.model}'")
+        if self.model not in ("posenet", "mapnet", "menet"):
+            raise ConfigError(f"model must be posenet, mapnet or menet, got '{self.model}'")
+        if self.model == "menet" and self.freeze_backbone:
+            raise ConfigError("menet trains with freeze_backbone: false (its head sees two "
+                              "images' features)")
         if self.loss not in LOSS_KINDS:
             raise ConfigError(f"loss must be one of {', '.join(LOSS_KINDS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -403,6 +406,10 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
+    if config.model == "menet":
+        from camera_pose_ros.learning.menet import train_menet
+
+        return train_menet(data, config, out, progress=progress)
     t_start = time.perf_counter()
     run = _Run(config, data, out, progress)
     main_rank = run.rank == 0

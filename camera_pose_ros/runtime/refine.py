@@ -234,21 +234,31 @@ class Refiner:
         return np.array(chosen, dtype=np.int64)
 
     def _match(self, desc_q: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query index, 3D point index) pairs passing the ratio test and mutual check."""
+        """(query index, 3D point index) pairs passing the ratio test and mutual check.
+
+        The ratio test compares the best 3D point with the second-best *other* point (the
+        frames share points, whose observations look alike). Observations are sorted by
+        point, so each point's columns are one contiguous run of the similarity matrix.
+        """
         point_idx, obs = self.map.observations(frames)
         if len(obs) == 0 or len(desc_q) == 0:
             return np.zeros(0, int), np.zeros(0, int)
+        order = np.argsort(point_idx, kind="stable")
+        point_idx, obs = point_idx[order], obs[order]
+        run_start = np.searchsorted(point_idx, point_idx, "left")
+        run_len = np.searchsorted(point_idx, point_idx, "right") - run_start
         sim = desc_q @ (obs.astype(np.float32) / 512.0).T  # about unit length: cosine
+        rows = np.arange(len(sim))
         best = np.argmax(sim, axis=1)
-        best_s = sim[np.arange(len(sim)), best]
-        same = point_idx[None, :] == point_idx[best][:, None]
-        second_s = np.where(same, -1.0, sim).max(axis=1)
+        best_s = sim[rows, best]
+        mutual = best_s >= sim.max(axis=0)[best]  # each is its match's best query feature
+        lens = run_len[best]  # blank the best point's own columns, then take the maximum
+        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        sim[np.repeat(rows, lens), np.repeat(run_start[best], lens) + within] = -1.0
+        second_s = sim.max(axis=1)
         d1 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * best_s))
         d2 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * second_s))
-        ok = d1 < self.config.ratio * d2
-        back = np.argmax(sim, axis=0)  # each observation's best query feature
-        ok &= back[best] == np.arange(len(sim))
-        q = np.flatnonzero(ok)
+        q = np.flatnonzero(mutual & (d1 < self.config.ratio * d2))
         pts = point_idx[best[q]]
         _, first = np.unique(pts, return_index=True)  # one query feature per 3D point
         return q[first], pts[first]
