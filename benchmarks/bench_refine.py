@@ -34,6 +34,7 @@ from camera_pose_ros.dataset.bagio import (
 )
 from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
+from camera_pose_ros.learning.uncertainty import coverage, error_vectors
 from camera_pose_ros.metrics import error_summary, match_by_stamp
 from camera_pose_ros.runtime.localizer import Localizer, PoseEstimate
 from camera_pose_ros.runtime.refine import RefineConfig
@@ -63,7 +64,7 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
     gt = read_poses(gt_csv) if gt_csv else None
     rng = np.random.default_rng(0)
     t_fwd, t_ref, ok, stages = [], [], [], {}
-    stamps, reg, ref = [], [], []
+    stamps, reg, ref, covs = [], [], [], []
     for n, fr in enumerate(iter_bag_images(bag, topic)):
         if frames is not None and n >= frames:
             break
@@ -87,6 +88,7 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
             stages.setdefault(k, []).append(v)
         stamps.append(fr.stamp)
         ref.append(np.concatenate([out.position, out.quat_wxyz]))
+        covs.append(out.covariance)
     ms = lambda x, q: float(1000 * np.percentile(x, q))  # noqa: E731
     res = {
         "frames": len(t_fwd), "image": f"{camera.width}x{camera.height}" if camera else "",
@@ -103,6 +105,11 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
         for name, poses in (("regress", np.array(reg)), ("refine", np.array(ref))):
             res[f"{name}_errors"] = error_summary(poses[ip, :3], poses[ip, 3:],
                                                   gt.positions_N3[ig], gt.quats_wxyz_N4[ig])
+        # how honest the refined covariance is: errors inside its 1- and 2-sigma regions
+        done = np.array(ok)[ip]
+        g7 = np.concatenate([gt.positions_N3[ig], gt.quats_wxyz_N4[ig]], 1)
+        res["refined_covariance_coverage"] = coverage(
+            error_vectors(np.array(ref)[ip][done], g7[done]), np.array(covs)[ip][done])
     return res
 
 

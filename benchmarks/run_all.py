@@ -82,6 +82,11 @@ def _markdown(results: dict) -> str:
             lines.append(f"| refined error (median) | {e['median_position_m'] * 100:.1f} cm, "
                          f"{e['median_rotation_deg']:.2f} deg; "
                          f"{e['within_25cm_2deg']:.0%} within 25 cm, 2 deg | |")
+        c = rf.get("refined_covariance_coverage")
+        if c:
+            lines.append(f"| refined position errors inside 1 / 2 sigma | "
+                         f"{c['position_inside_1sigma']:.0%} / {c['position_inside_2sigma']:.0%}"
+                         f" (expected 68% / 95%) | |")
     return "\n".join(lines) + "\n"
 
 

@@ -167,6 +167,47 @@ def test_menet_trains_evaluates_and_is_refused_for_localization(dataset, tmp_pat
         Predictor(load_checkpoint(path))
     with pytest.raises(CheckpointError, match="MeNet"):
         localize(path, FrameSource(bag=synth / "query"), tmp_path / "p.csv", progress=False)
+    with pytest.raises(CheckpointError, match="MeNet"):
+        export_model(path, "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
+
+
+DDP_CHECK = """
+import sys
+from pathlib import Path
+
+import torch
+
+from camera_pose_ros.learning.train import _Run, load_train_config
+
+data, out = Path(sys.argv[1]), Path(sys.argv[2])
+cfg = load_train_config(None, model="mapnet", freeze_backbone=False, steps=2, skip=1,
+                        backbone="mobilenet_v3_small", pretrained="none", hidden=32,
+                        input_height=48, input_width=64, batch_size=4, epochs=1, device="cpu")
+run = _Run(cfg, data, out, progress=False)
+run.epoch_full(0, 0)
+flat = torch.cat([p.detach().flatten() for p in [*run.model.parameters(),
+                                                 *run.loss.parameters()]])
+gathered = [torch.zeros_like(flat) for _ in range(run.world)]
+torch.distributed.all_gather(gathered, flat)
+if run.rank == 0:
+    diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
+    (out / "replicas.txt").write_text(f"{run.world} {diff}")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_torchrun_keeps_the_replicas_in_step(dataset, tmp_path, venv_bin):
+    """Two DistributedDataParallel processes (gloo, CPU) end an epoch with equal weights."""
+    _, data = dataset
+    script = tmp_path / "ddp_check.py"
+    script.write_text(DDP_CHECK)
+    proc = subprocess.run([str(venv_bin / "torchrun"), "--nproc_per_node=2", str(script),
+                           str(data), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    world, diff = (tmp_path / "replicas.txt").read_text().split()
+    assert int(world) == 2 and float(diff) == 0.0
 
 
 def test_full_fine_tuning_and_resume(dataset, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camera_pose_ros.errors import ConfigError
+from camera_pose_ros.errors import CheckpointError, ConfigError
 from camera_pose_ros.fileio import atomic_path
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 
@@ -43,6 +43,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; use {' or '.join(FORMATS)}")
     loaded = load_checkpoint(checkpoint)
+    if loaded.data.get("model", {}).get("kind") == "menet":
+        raise CheckpointError("export takes a PoseNet or MapNet checkpoint (one image in, one "
+                              "camera pose out); this one is MeNet (an image pair in)")
     inp = loaded.data["input"]
     wrapper = ExportWrapper(loaded.model, inp["mean"], inp["std"]).eval()
     example = torch.rand(1, 3, int(inp["height"]), int(inp["width"]))

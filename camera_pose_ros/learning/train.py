@@ -121,6 +121,23 @@ def load_train_config(path: str | os.PathLike | None, **overrides: object) -> Tr
     return from_dict(TrainConfig, data, where=str(path) if path else "train config")
 
 
+class _ImageLoss(torch.nn.Module):
+    """Images (B, 3, H, W) or tuples (B, T, 3, H, W) and their poses -> the training loss."""
+
+    def __init__(self, model: PoseRegressor, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, images: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of one batch."""
+        if images.dim() == 5:  # MapNet tuples
+            b, t = images.shape[:2]
+            raw = self.model.head(self.model.features(images.flatten(0, 1))).view(b, t, 6)
+        else:
+            raw = self.model.head(self.model.features(images))
+        return self.loss(raw, self.model.encode(poses))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -183,13 +200,16 @@ class _Run:
         params += [p for p in self.loss.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.epochs)
-        self.ddp_model = self.model
+        # full fine-tuning runs image -> loss through one module, so that under torchrun
+        # DistributedDataParallel sees the forward pass and averages every gradient (the
+        # network's and the learned loss weights') across processes
+        self.ddp_model: torch.nn.Module = _ImageLoss(self.model, self.loss)
         if self.world > 1:
             if cfg.freeze_backbone:
                 raise ConfigError("torchrun training needs freeze_backbone: false (cached-"
                                   "feature training is fast on one process)")
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                self.ddp_model, device_ids=[self.device.index] if self.device.type == "cuda"
                 else None)
 
     def _init_distributed(self) -> None:
@@ -240,8 +260,9 @@ class _Run:
 
     # -- one epoch --------------------------------------------------------------------------
     def _step(self, raw: torch.Tensor, target_poses: torch.Tensor, step: int) -> float:
-        target = self.model.encode(target_poses)
-        loss = self.loss(raw, target)
+        return self._backward(self.loss(raw, self.model.encode(target_poses)), step)
+
+    def _backward(self, loss: torch.Tensor, step: int) -> float:
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"loss '{self.cfg.loss}' became {loss.item()} at step {step}; training stopped "
@@ -294,14 +315,7 @@ class _Run:
         for images, poses in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch",
                                   leave=False, disable=not self.bars):
             images, poses = images.to(self.device), poses.to(self.device)
-            if cfg.model == "mapnet":
-                b, t = images.shape[:2]
-                m = self.ddp_model.module if self.world > 1 else self.model
-                raw = m.head(m.features(images.flatten(0, 1))).view(b, t, 6)
-            else:
-                m = self.ddp_model.module if self.world > 1 else self.model
-                raw = m.head(m.features(images))
-            losses.append(self._step(raw, poses, step))
+            losses.append(self._backward(self.ddp_model(images, poses), step))
             step += 1
             if cfg.max_steps and step >= cfg.max_steps:
                 break
