@@ -131,7 +131,10 @@ def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
 
     config = RefineConfig.from_dict(load_yaml(args.refine_config) if args.refine_config
                                     else {})
-    provenance = load_checkpoint(args.checkpoint).data.get("provenance", {})
+    data = load_checkpoint(args.checkpoint).data
+    if data.get("model", {}).get("kind") == "menet":
+        return None  # relative poses: nothing to refine (evaluate reports pair errors)
+    provenance = data.get("provenance", {})
     try:
         path = find_refinement_map(args.checkpoint, provenance, args.map)
     except RefinementError:
