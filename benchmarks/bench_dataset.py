@@ -23,7 +23,7 @@ from camera_pose_ros.dataset.synth import write_synthetic_building
 
 
 def run(frames: int, width: int, height: int, seed: int = 0, workdir: Path | None = None,
-        query_frames: int = 1) -> dict:
+        query_frames: int = 1, scale: float = 1.0, loops: float = 2.0) -> dict:
     """Synthesize, time the decode baseline and the dataset command; return the figures.
 
     ``workdir`` keeps ``synth/`` and ``data/`` there (for the refinement benchmark).
@@ -32,7 +32,7 @@ def run(frames: int, width: int, height: int, seed: int = 0, workdir: Path | Non
         root = Path(workdir or tmp)
         t_synth, _ = timed(lambda: write_synthetic_building(
             root / "synth", seed=seed, frames=frames, query_frames=query_frames, width=width,
-            height=height, progress=False))
+            height=height, scale=scale, loops=loops, progress=False))
         t_decode, n = timed(lambda: sum(1 for _ in iter_bag_images(root / "synth/mapping")))
         t_dataset, report_path = timed(lambda: build_dataset(
             FrameSource(bag=root / "synth/mapping"), root / "synth/control_points.csv",

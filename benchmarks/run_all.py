@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"date": date, "machine": machine()}
     keep = tempfile.TemporaryDirectory()
     work = Path(keep.name)
-    results["dataset"] = (bench_dataset.run(80, 320, 240, workdir=work, query_frames=10)
+    results["dataset"] = (bench_dataset.run(110, 320, 240, workdir=work, query_frames=10,
+                                            scale=0.7, loops=1.3)
                           if args.quick else
                           bench_dataset.run(300, 640, 480, workdir=work, query_frames=50))
     results["refine"] = bench_refine.run(work / "data", work / "synth" / "query",

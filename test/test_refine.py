@@ -79,6 +79,8 @@ def test_dataset_writes_a_refinement_map_in_the_map_frame(sfm_building, refineme
         cam = (m.points[pts] - m.centres[i]) @ m.map_from_cam[i, :3, :3]
         assert np.mean(cam[:, 2] > 0) > 0.95
     assert m.global_desc.shape == (len(m), len(m.vocabulary))
+    rms = json.loads((data / "alignment.json").read_text())["rms_m"]
+    assert m.alignment_rms_m == pytest.approx(rms) and rms > 0
 
 
 def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query):
@@ -96,6 +98,8 @@ def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query)
         r_err.append(rotation_errors_deg(out.quat_wxyz[None], q[None])[0])
         assert np.all(np.linalg.eigvalsh(out.covariance) > 0)
         assert np.sqrt(out.covariance[0, 0]) < 0.1
+        # the map's own error (its alignment RMS) bounds the refined pose's certainty
+        assert out.covariance[0, 0] >= refinement_map.alignment_rms_m ** 2
     assert np.median(t_err) < 0.05, t_err
     assert np.median(r_err) < 1.0, r_err
 

@@ -48,6 +48,8 @@ class RefinementMap:
         obs_desc: (K, 128) uint8 SIFT descriptors of the observations (COLMAP's scale).
         vocabulary: (W, 128) visual words; ``idf`` (W,) their weights.
         global_desc: (M, W) L2-normalised tf-idf vectors of the frames.
+        alignment_rms_m: RMS of the control points after alignment: how far the map itself
+            may be from the building's frame (a floor for refined poses' uncertainty).
     """
 
     names: np.ndarray
@@ -60,6 +62,7 @@ class RefinementMap:
     vocabulary: np.ndarray
     idf: np.ndarray
     global_desc: np.ndarray
+    alignment_rms_m: float = 0.0
 
     def __len__(self) -> int:
         return len(self.names)
@@ -95,7 +98,8 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
         if not need.exists():
             raise RefinementError(f"cannot build the refinement map: {need} is missing; "
                                   f"run {what} first")
-    sim = Sim3.from_dict(json.loads((data / "alignment.json").read_text())["map_from_sfm"])
+    alignment = json.loads((data / "alignment.json").read_text())
+    sim = Sim3.from_dict(alignment["map_from_sfm"])
     rec = pycolmap.Reconstruction(model_dir)
     images = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
     if not images:
@@ -131,7 +135,8 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
         points=points.astype(np.float64), offsets=np.array(offsets, dtype=np.int64),
         obs_point=np.concatenate(obs_point), obs_desc=np.concatenate(obs_desc),
         vocabulary=retrieval["vocabulary"], idf=retrieval["idf"],
-        global_desc=retrieval["descriptors"][[row_of[im.name] for im in images]])
+        global_desc=retrieval["descriptors"][[row_of[im.name] for im in images]],
+        alignment_rms_m=np.array(float(alignment.get("rms_m", 0.0))))
     with atomic_path(out, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
     log.info("refinement map: %d frames, %d points, %d observations -> %s", len(images),
@@ -176,4 +181,5 @@ def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
         camera=PinholeCamera(int(c[0]), int(c[1]), *map(float, c[2:])),
         points=arrays["points"], offsets=arrays["offsets"], obs_point=arrays["obs_point"],
         obs_desc=arrays["obs_desc"], vocabulary=arrays["vocabulary"], idf=arrays["idf"],
-        global_desc=arrays["global_desc"])
+        global_desc=arrays["global_desc"],
+        alignment_rms_m=float(arrays.get("alignment_rms_m", 0.0)))

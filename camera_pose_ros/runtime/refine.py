@@ -57,7 +57,8 @@ class RefineConfig:
         gate_min_m: ... or this many metres, whichever is larger.
         trust_inliers: with at least this many inliers the map's evidence overrules the gate
             (a regressor can be metres off in a new viewpoint; 0: always gate).
-        cov_floor_m: position standard deviation added for the map's own error.
+        cov_floor_m: position standard deviation added for the map's own error (at least
+            the map's alignment RMS, which measures it).
         cov_floor_deg: rotation standard deviation added likewise.
         cov_scale: multiplies the inlier covariance (calibration).
         num_threads: SIFT and RANSAC threads.
@@ -348,7 +349,7 @@ class Refiner:
                       jump, prior.inliers)
         cov = cfg.cov_scale * pose_covariance_from_inliers(
             pts2d[mask], pts3d[mask], rot_map_cam, centre, params)
-        cov[:3, :3] += np.eye(3) * cfg.cov_floor_m**2
+        cov[:3, :3] += np.eye(3) * max(cfg.cov_floor_m, self.map.alignment_rms_m) ** 2
         cov[3:, 3:] += np.eye(3) * np.radians(cfg.cov_floor_deg) ** 2
         return replace(prior, success=True, position=centre,
                        quat_wxyz=quat_wxyz_from_rotmat(rot_map_cam), covariance=cov,
