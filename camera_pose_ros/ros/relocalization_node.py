@@ -25,6 +25,7 @@ import collections
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import rclpy
@@ -316,19 +317,25 @@ class RelocalizationNode(LifecycleNode):
         return response
 
     # -- inference ------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _serve(self, cond: threading.Condition, slot: str, handle: Callable[[object], None],
+               error_key: str, what: str) -> None:
+        """Worker loop: take the job in attribute ``slot`` (under ``cond``) and handle it."""
         while True:
-            with self._cond:
-                while self._running and self._latest is None:
-                    self._cond.wait(timeout=0.5)
+            with cond:
+                while self._running and getattr(self, slot) is None:
+                    cond.wait(timeout=0.5)
                 if not self._running:
                     return
-                msg, self._latest = self._latest, None
+                job = getattr(self, slot)
+                setattr(self, slot, None)
             try:
-                self._process(msg)
+                handle(job)
             except Exception as exc:  # the node must survive anything one frame does
-                self.stats.add("rejected_error")
-                self.get_logger().error(f"frame failed: {exc}", throttle_duration_sec=5.0)
+                self.stats.add(error_key)
+                self.get_logger().error(f"{what} failed: {exc}", throttle_duration_sec=5.0)
+
+    def _work(self) -> None:
+        self._serve(self._cond, "_latest", self._process, "rejected_error", "frame")
 
     def _process(self, msg: Image | CompressedImage) -> None:
         stamp_ns = stamp_to_ns(msg.header.stamp)
@@ -389,21 +396,14 @@ class RelocalizationNode(LifecycleNode):
             self._refine_cond.notify()
 
     def _refine_work(self) -> None:
-        while True:
-            with self._refine_cond:
-                while self._running and self._refine_job is None:
-                    self._refine_cond.wait(timeout=0.5)
-                if not self._running:
-                    return
-                job, self._refine_job = self._refine_job, None
+        def handle(job: tuple) -> None:
             try:
                 self._refine(*job)
-            except Exception as exc:  # the node must survive anything one frame does
-                self.stats.add("refine_error")
-                self.get_logger().error(f"refinement failed: {exc}", throttle_duration_sec=5.0)
             finally:
                 with self._refine_cond:
                     self._refine_busy = False
+
+        self._serve(self._refine_cond, "_refine_job", handle, "refine_error", "refinement")
 
     def _refine(self, stamp: object, rgb: np.ndarray, est: PoseEstimate,
                 odom: np.ndarray | None, requested: bool) -> None:
