@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
-from camera_pose_ros.dataset.sfm import global_descriptors
 from camera_pose_ros.errors import RefinementError
 from camera_pose_ros.fileio import atomic_path
 from camera_pose_ros.geometry import PinholeCamera, Sim3, invert_pose
@@ -91,6 +89,10 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
     Raises:
         RefinementError: the SfM model, database, camera or alignment is missing.
     """
+    import pycolmap  # here, not at import: training processes need only the file name
+
+    from camera_pose_ros.dataset.sfm import global_descriptors
+
     data = Path(data)
     model_dir, db_path = data / "sfm" / "model", data / "sfm" / "database.db"
     for need, what in ((model_dir, "`camera-pose sfm`"), (db_path, "`camera-pose sfm`"),
@@ -144,7 +146,7 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
     return out
 
 
-def _camera(data: Path, cam: pycolmap.Camera) -> PinholeCamera:
+def _camera(data: Path, cam: object) -> PinholeCamera:
     """The mapped frames' intrinsics: camera.json when known, else COLMAP's estimate."""
     if (data / "camera.json").exists():
         return PinholeCamera.from_dict(json.loads((data / "camera.json").read_text()))
