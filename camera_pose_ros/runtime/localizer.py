@@ -35,7 +35,7 @@ class PoseEstimate:
         position: (3,) metres.
         quat_wxyz: (4,) unit quaternion, ``map_from_cam``.
         covariance: (6, 6) REP 103 order (x, y, z, rotation about x, y, z).
-        latency_s: inference time (regression plus refinement when refined).
+        latency_s: inference time of the regression.
         snapped: moved onto the walkable floor.
         refined: geometric refinement against the SfM map succeeded (``refine_note`` says
             why not when it was tried and failed).
@@ -144,34 +144,22 @@ class Localizer:
         """Replace the walkable-area map (e.g. when a new /map arrives)."""
         self.snapper = FloorSnapper(plan) if plan is not None else None
 
-    def localize(self, image_rgb: np.ndarray, *, refine: bool = False,
-                 camera: PinholeCamera | None = None) -> PoseEstimate | None:
-        """Estimate the camera pose of one image; None when the prediction is not finite.
-
-        With ``refine`` (and a refiner), the regressed pose is refined against the SfM map;
-        when that fails the regressed pose is returned with ``refine_note`` saying why.
-        ``camera`` gives the image's intrinsics (default: the map's camera).
-        """
+    def localize(self, image_rgb: np.ndarray) -> PoseEstimate | None:
+        """Estimate the camera pose of one image; None when the prediction is not finite."""
         t0 = time.perf_counter()
         poses, covs = self.predictor.predict([image_rgb])
+        latency = time.perf_counter() - t0
         pose, cov = poses[0], covs[0]
         if not (np.all(np.isfinite(pose)) and np.all(np.isfinite(cov))):
             return None
         q = pose[3:] / np.linalg.norm(pose[3:])
-        est = PoseEstimate(pose[:3].copy(), q, cov, time.perf_counter() - t0)
-        self.snap(est)
-        if refine:
-            self.refine(image_rgb, est, camera)
-            est.latency_s = time.perf_counter() - t0
-        return est
-
-    def snap(self, est: PoseEstimate) -> None:
-        """Move ``est`` onto the walkable floor when a floor plan is set."""
+        est = PoseEstimate(pose[:3].copy(), q, cov, latency)
         if self.snapper is not None:
             xy, moved = self.snapper.snap(est.position[:2])
             if moved:
                 est.position[:2] = xy
                 est.snapped = True
+        return est
 
     def refine(self, image_rgb: np.ndarray, est: PoseEstimate,
                camera: PinholeCamera | None = None) -> PoseEstimate:

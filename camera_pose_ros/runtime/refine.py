@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
+from scipy.spatial.transform import Rotation
 
 from camera_pose_ros.config import from_dict
 from camera_pose_ros.dataset.refmap import REFINEMENT_MAP, RefinementMap
@@ -164,16 +165,6 @@ def _project(points_N3: np.ndarray, rot_map_cam: np.ndarray, centre: np.ndarray,
     return cam[:, :2] / cam[:, 2:3] * params[:2] + params[2:]
 
 
-def _rotvec_matrix(v: np.ndarray) -> np.ndarray:
-    """Rotation matrix of a rotation vector (Rodrigues)."""
-    theta = float(np.linalg.norm(v))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = v / theta
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
-
-
 def pose_covariance_from_inliers(points2d_N2: np.ndarray, points3d_N3: np.ndarray,
                                  rot_map_cam: np.ndarray, centre: np.ndarray,
                                  camera_params: np.ndarray) -> np.ndarray:
@@ -193,8 +184,8 @@ def pose_covariance_from_inliers(points2d_N2: np.ndarray, points3d_N3: np.ndarra
         d[j] = eps
         jac[:, j] = ((_project(points3d_N3, rot_map_cam, centre + d, params) - base)
                      .ravel() / eps)
-        jac[:, 3 + j] = ((_project(points3d_N3, _rotvec_matrix(d) @ rot_map_cam, centre,
-                                   params) - base).ravel() / eps)
+        turned = Rotation.from_rotvec(d).as_matrix() @ rot_map_cam  # R = exp(d) R0
+        jac[:, 3 + j] = (_project(points3d_N3, turned, centre, params) - base).ravel() / eps
     dof = max(1, resid.size - 6)
     sigma2 = float(resid @ resid) / dof
     return sigma2 * np.linalg.pinv(jac.T @ jac)
