@@ -188,11 +188,10 @@ run = _Run(cfg, data, out, progress=False)
 run.epoch_full(0, 0)
 flat = torch.cat([p.detach().flatten() for p in [*run.model.parameters(),
                                                  *run.loss.parameters()]])
-gathered = [torch.zeros_like(flat) for _ in range(run.world)]
-torch.distributed.all_gather(gathered, flat)
-if run.rank == 0:
-    diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
-    (out / "replicas.txt").write_text(f"{run.world} {diff}")
+# each replica writes its own weights: a collective on Python tensors right before exit
+# (all_gather) lets gloo's worker thread free them while the interpreter finalizes, which
+# aborts the process (pytorch/pytorch#179291)
+torch.save({"world": run.world, "weights": flat}, out / f"replica{run.rank}.pt")
 torch.distributed.destroy_process_group()
 """
 
@@ -206,8 +205,9 @@ def test_torchrun_keeps_the_replicas_in_step(dataset, tmp_path, venv_bin):
                            str(data), str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    world, diff = (tmp_path / "replicas.txt").read_text().split()
-    assert int(world) == 2 and float(diff) == 0.0
+    replicas = [torch.load(tmp_path / f"replica{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["world"] for r in replicas] == [2, 2]
+    assert torch.equal(replicas[0]["weights"], replicas[1]["weights"])
 
 
 def test_full_fine_tuning_and_resume(dataset, tmp_path):
