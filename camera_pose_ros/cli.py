@@ -73,7 +73,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         loops=args.loops,
         control_points=args.control_points, control_point_noise=args.control_point_noise,
         bad_control_points=args.bad_control_points, storage=args.storage,
-        progress=not args.quiet,
+        distortion=tuple(args.distortion or ()), progress=not args.quiet,
     )
 
 
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metres (std. dev. per axis) of the simulated survey error")
     p.add_argument("--bad-control-points", type=int, default=0)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--distortion", type=float, nargs="+", metavar="K",
+                   help="lens distortion, plumb_bob k1 k2 p1 p2 [k3] (default: none)")
     p.set_defaults(func=_cmd_synth)
 
     def stage_opts(p: argparse.ArgumentParser) -> None:

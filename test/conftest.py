@@ -126,9 +126,16 @@ def venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
+# the session building's lens: plumb_bob k1 k2 p1 p2, a webcam-like barrel distortion
+LENS_DISTORTION = ["-0.25", "0.07", "0.001", "-0.001"]
+
+
 @pytest.fixture(scope="session")
 def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     """A small synthetic building and its dataset built with the CLI (SfM included), once.
+
+    Its camera has lens distortion (:data:`LENS_DISTORTION`, in the bags' CameraInfo), so the
+    dataset, refinement and node tests run the distortion-aware path end to end.
 
     Returns ``(synth, data)``: the synthetic folder (bags, ground truth) and the dataset.
     """
@@ -137,7 +144,8 @@ def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     cli = str(venv_bin / "camera-pose")
     subprocess.run([cli, "-q", "synth", "--out", str(synth), "--seed", "1", "--frames", "110",
                     "--query-frames", "8", "--width", "320", "--height", "240", "--scale",
-                    "0.7", "--loops", "1.3"], check=True, timeout=600)
+                    "0.7", "--loops", "1.3", "--distortion", *LENS_DISTORTION],
+                   check=True, timeout=600)
     data = root / "data"
     proc = subprocess.run(
         [cli, "-q", "dataset", "--bag", str(synth / "mapping"), "--control-points",

@@ -205,14 +205,16 @@ def test_keyframe_config_validation():
         KeyframeConfig(blur_ratio=1.5)
 
 
+LENS = PinholeCamera(128, 96, 100, 100, 63.5, 47.5, (-0.2, 0.05, 0.001, -0.002, 0.01))
+
+
 def test_extract_frames_from_bag(tmp_path):
     bag = tmp_path / "bag"
     with BagImageWriter(bag) as w:
         for i in range(6):
             img = cv2.resize(textured(i, 48, 64), (128, 96), interpolation=cv2.INTER_NEAREST)
-            w.write(10**18 + i * 10**8, img, PinholeCamera(128, 96, 100, 100, 63.5, 47.5))
-            w.write(10**18 + i * 10**8 + 10**6, img, PinholeCamera(128, 96, 100, 100, 63.5,
-                                                                   47.5))  # 1 ms later: skipped
+            w.write(10**18 + i * 10**8, img, LENS)
+            w.write(10**18 + i * 10**8 + 10**6, img, LENS)  # 1 ms later: skipped
     out = tmp_path / "data"
     cfg = KeyframeConfig(max_width=64, jpeg_quality=100)
     extract_frames(FrameSource(bag=bag), out, cfg, progress=False)
@@ -222,6 +224,8 @@ def test_extract_frames_from_bag(tmp_path):
     assert cv2.imread(str(out / "images" / names[0])).shape == (48, 64, 3)
     cam = json.loads((out / "camera.json").read_text())
     assert cam["width"] == 64 and cam["fx"] == pytest.approx(50.0)
+    # the lens's plumb_bob distortion travels with it (its coefficients do not scale)
+    assert cam["distortion"] == list(LENS.distortion)
     # a second run skips the finished stage
     mtime = (out / "frames.csv").stat().st_mtime_ns
     extract_frames(FrameSource(bag=bag), out, cfg, progress=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pycolmap
@@ -102,6 +103,19 @@ def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query)
         assert out.covariance[0, 0] >= refinement_map.alignment_rms_m ** 2
     assert np.median(t_err) < 0.05, t_err
     assert np.median(r_err) < 1.0, r_err
+
+
+def test_refinement_models_the_lens_distortion(refinement_map, query):
+    """The same query frames refined as if the lens were an ideal pinhole land decimetres off."""
+    rows, camera = query
+    assert camera.distortion and refinement_map.camera.distortion == camera.distortion
+    errors = {}
+    for label, cam in (("lens", camera), ("pinhole", replace(camera, distortion=()))):
+        refiner = Refiner(refinement_map)
+        errors[label] = np.median([position_errors(refiner.refine(
+            rgb, pos, q, np.diag([1.0, 1.0, 0.1, 0.05, 0.05, 0.05]), cam).position[None],
+            pos[None])[0] for rgb, pos, q in rows])
+    assert errors["lens"] < 0.05 and errors["pinhole"] > 2 * errors["lens"] + 0.05, errors
 
 
 def test_refinement_failures_return_the_prior_with_a_reason(refinement_map, query):

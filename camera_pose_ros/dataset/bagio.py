@@ -142,12 +142,13 @@ def read_camera_info(path: str | os.PathLike, topic: str) -> PinholeCamera | Non
         conns = [c for c in reader.connections if c.topic == topic]
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
-            k = np.asarray(msg.k, dtype=float).reshape(3, 3)
-            if k[0, 0] <= 0 or k[1, 1] <= 0:
-                log.warning("CameraInfo on %s has no focal length; ignoring it", topic)
+            try:
+                return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
+                                                      msg.distortion_model)
+            except ValueError as exc:
+                log.warning("ignoring CameraInfo on %s (COLMAP will estimate the "
+                            "intrinsics): %s", topic, exc)
                 return None
-            return PinholeCamera(int(msg.width), int(msg.height), k[0, 0], k[1, 1],
-                                 k[0, 2], k[1, 2])
         return None
     finally:
         reader.close()
@@ -201,11 +202,16 @@ class BagImageWriter:
         self._writer.write(self._img_conn, stamp_ns,
                            TYPESTORE.serialize_cdr(img, _Image.__msgtype__))
         k = camera.matrix()
+        d = np.zeros(5)
+        d[:len(camera.distortion)] = camera.distortion[:5]
+        if len(camera.distortion) == 8:
+            d = np.array(camera.distortion)
         p = np.zeros((3, 4))
         p[:3, :3] = k
         info = _CameraInfo(
-            header=header, height=h, width=w, distortion_model="plumb_bob",
-            d=np.zeros(5), k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
+            header=header, height=h, width=w,
+            distortion_model="rational_polynomial" if len(d) == 8 else "plumb_bob",
+            d=d, k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
             binning_x=0, binning_y=0,
             roi=_RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
         )

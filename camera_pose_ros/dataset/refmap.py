@@ -134,6 +134,7 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
         format=np.array(_FORMAT), names=np.array([im.name for im in images]),
         map_from_cam=np.array(poses), camera=np.array(
             [camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy]),
+        camera_distortion=np.array(camera.distortion, float),
         points=points.astype(np.float64), offsets=np.array(offsets, dtype=np.int64),
         obs_point=np.concatenate(obs_point), obs_desc=np.concatenate(obs_desc),
         vocabulary=retrieval["vocabulary"], idf=retrieval["idf"],
@@ -150,10 +151,10 @@ def _camera(data: Path, cam: object) -> PinholeCamera:
     """The mapped frames' intrinsics: camera.json when known, else COLMAP's estimate."""
     if (data / "camera.json").exists():
         return PinholeCamera.from_dict(json.loads((data / "camera.json").read_text()))
-    f = cam.focal_length_x, cam.focal_length_y
-    return PinholeCamera(int(cam.width), int(cam.height), float(f[0]), float(f[1]),
-                         float(cam.principal_point_x) - 0.5,
-                         float(cam.principal_point_y) - 0.5)
+    try:
+        return PinholeCamera.from_colmap(cam.model.name, cam.width, cam.height, cam.params)
+    except ValueError as exc:
+        raise RefinementError(f"the SfM camera: {exc}") from exc
 
 
 def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
@@ -180,7 +181,8 @@ def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
     c = arrays["camera"]
     return RefinementMap(
         names=arrays["names"], map_from_cam=arrays["map_from_cam"],
-        camera=PinholeCamera(int(c[0]), int(c[1]), *map(float, c[2:])),
+        camera=PinholeCamera(int(c[0]), int(c[1]), *map(float, c[2:]),
+                             tuple(arrays.get("camera_distortion", ()))),
         points=arrays["points"], offsets=arrays["offsets"], obs_point=arrays["obs_point"],
         obs_desc=arrays["obs_desc"], vocabulary=arrays["vocabulary"], idf=arrays["idf"],
         global_desc=arrays["global_desc"],

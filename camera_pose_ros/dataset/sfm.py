@@ -2,8 +2,9 @@
 
 Steps, each skipped when already done (the stage is resumable):
 
-1. ``features``: SIFT into ``sfm/database.db``; one shared camera, PINHOLE with the known
-   intrinsics of ``camera.json`` (from CameraInfo) when present, else SIMPLE_RADIAL.
+1. ``features``: SIFT into ``sfm/database.db``; one shared camera with the known intrinsics
+   of ``camera.json`` (from CameraInfo: PINHOLE, or OPENCV / FULL_OPENCV with its plumb_bob
+   or rational_polynomial distortion) when present, else SIMPLE_RADIAL.
 2. ``matches``: sequential matching (videos, walks) or exhaustive (small sets), plus loop
    closure pairs found by image retrieval (a bag of visual words over the SIFT descriptors
    already in the database: no vocabulary tree download needed).
@@ -108,7 +109,7 @@ def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> None:
     cam_file = data / "camera.json"
     if cam_file.exists():
         cam = PinholeCamera.from_dict(json.loads(cam_file.read_text()))
-        reader.camera_model = "PINHOLE"
+        reader.camera_model = cam.colmap_model()
         reader.camera_params = ",".join(f"{v:.6f}" for v in cam.colmap_params())
         log.info("sfm: known intrinsics from camera.json (%s)", reader.camera_params)
     else:

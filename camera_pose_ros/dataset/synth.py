@@ -233,7 +233,7 @@ class Building:
 
 
 class Renderer:
-    """Ray-casting renderer of a :class:`Building` for a pinhole camera."""
+    """Ray-casting renderer of a :class:`Building` for a pinhole camera (with distortion)."""
 
     def __init__(self, building: Building, camera: PinholeCamera) -> None:
         self.building = building
@@ -242,8 +242,11 @@ class Renderer:
                            np.arange(camera.height, dtype=np.float32))
         # ray directions in the camera optical frame, one per pixel centre, as contiguous
         # rows (3, N): row-wise float32 arithmetic is several times faster than columns
+        # (a distorted camera sees, at each pixel, the ray of the undistorted coordinates)
+        xy = camera.undistort_normalized(
+            np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy], axis=-1))
         self._rays_cam_3N = np.stack(
-            [(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones_like(u)]
+            [xy[..., 0], xy[..., 1], np.ones_like(u)]
         ).reshape(3, -1).astype(np.float32)
 
     def _visible_walls(self, map_from_cam: np.ndarray) -> list[int]:
@@ -412,7 +415,7 @@ def write_synthetic_building(
     loops: float = 2.0,
     control_points: int = 6, control_point_noise: float = 0.01, bad_control_points: int = 0,
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
-    progress: bool = True,
+    distortion: tuple[float, ...] = (), progress: bool = True,
 ) -> Path:
     """Render a synthetic building and write it as ARCHITECTURE.md's ``synth`` layout.
 
@@ -420,7 +423,9 @@ def write_synthetic_building(
     ``control_points.csv`` (``stamp,x,y,z`` of mapping frames, with ``control_point_noise``
     metres of Gaussian error and ``bad_control_points`` grossly wrong ones), and
     ``floorplan.yaml`` + ``floorplan.pgm``. The mapping walk goes ``loops`` times round the
-    corridor loop, alternately on either side of its centre line. Returns ``out``.
+    corridor loop, alternately on either side of its centre line. ``distortion`` (plumb_bob
+    ``k1 k2 p1 p2 [k3]``) renders a lens with that distortion and writes it in CameraInfo.
+    Returns ``out``.
     """
     if frames < 10 or query_frames < 1:
         raise ConfigError("need at least 10 mapping frames and 1 query frame")
@@ -431,7 +436,11 @@ def write_synthetic_building(
     rng = np.random.default_rng(seed)
     building = Building(BuildingSpec(scale=scale, seed=seed))
     f = 0.82 * width
-    camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5)
+    try:
+        camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5,
+                               tuple(distortion))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     renderer = Renderer(building, camera)
     # mapping: two loops on either side of the corridor centre; query: one loop in between,
     # lower and with another head motion -- a path never walked while mapping

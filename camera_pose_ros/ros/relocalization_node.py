@@ -128,6 +128,7 @@ class RelocalizationNode(LifecycleNode):
         self._refine_worker: threading.Thread | None = None
         self._since_refine = 0
         self._camera: PinholeCamera | None = None
+        self._camera_info_error = ""
         self._publish_lock = threading.Lock()
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -295,10 +296,16 @@ class RelocalizationNode(LifecycleNode):
             self.get_logger().warning(f"ignoring map: {exc}")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        k = msg.k
-        if msg.width > 0 and msg.height > 0 and k[0] > 0 and k[4] > 0:
-            self._camera = PinholeCamera(int(msg.width), int(msg.height), float(k[0]),
-                                         float(k[4]), float(k[2]), float(k[5]))
+        if msg.width <= 0 or msg.height <= 0:
+            return
+        try:
+            self._camera = PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
+                                                          msg.distortion_model)
+        except ValueError as exc:
+            if self._camera_info_error != str(exc):  # once per distinct problem
+                self._camera_info_error = str(exc)
+                self.get_logger().error(f"ignoring camera_info: {exc}; refinement uses the "
+                                        "map's intrinsics")
 
     def _refining(self) -> bool:
         return (self.localizer is not None and self.localizer.refiner is not None

@@ -307,7 +307,8 @@ class Refiner:
         if len(qi) < cfg.min_inliers:
             return fail(f"{len(qi)} matches to the map (< {cfg.min_inliers})")
         params = np.array(camera.colmap_params())
-        colmap_cam = pycolmap.Camera(model="PINHOLE", width=w, height=h, params=params)
+        colmap_cam = pycolmap.Camera(model=camera.colmap_model(), width=w, height=h,
+                                     params=params)
         est = pycolmap.AbsolutePoseEstimationOptions()
         est.ransac.max_error = cfg.max_error_px
         est.ransac.num_threads = cfg.num_threads
@@ -338,8 +339,11 @@ class Refiner:
         if jump > gate:
             log.debug("refined pose %.2f m from the regressed one, trusted on %d inliers",
                       jump, prior.inliers)
+        inl2d = pts2d[mask]
+        if camera.distortion:  # the covariance's model is the ideal pinhole
+            inl2d = colmap_cam.cam_from_img(inl2d) * params[:2] + params[2:4]
         cov = cfg.cov_scale * pose_covariance_from_inliers(
-            pts2d[mask], pts3d[mask], rot_map_cam, centre, params)
+            inl2d, pts3d[mask], rot_map_cam, centre, params[:4])
         cov[:3, :3] += np.eye(3) * max(cfg.cov_floor_m, self.map.alignment_rms_m) ** 2
         cov[3:, 3:] += np.eye(3) * np.radians(cfg.cov_floor_deg) ** 2
         return replace(prior, success=True, position=centre,
