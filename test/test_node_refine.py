@@ -19,6 +19,7 @@ from test.conftest import wait_for
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
+from nav_msgs.msg import Path  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -43,13 +44,17 @@ def refining_node(request, ros_context, spinner, sfm_building, map_checkpoint):
     params = extra + [Parameter("model_path", value=str(ckpt)), Parameter("device", value="cpu"),
               Parameter("max_image_age", value=30.0), Parameter("mc_samples", value=4),
               Parameter("mode", value="refine"), Parameter("refine_every_n", value=1),
+              Parameter("path_period", value=0.0),
               Parameter("refine_config", value=str(cfg)),
               Parameter("qos_overrides./image.subscription.reliability", value="reliable")]
     node = RelocalizationNode(context=ros_context, parameter_overrides=params)
     spinner.add(node)
     helper = spinner.add(rclpy.create_node("refine_probe", context=ros_context))
-    got: dict[str, list] = {"refined": [], "cov": [], "initial": []}
+    got: dict[str, list] = {"refined": [], "cov": [], "initial": [], "path": []}
     lock = threading.Lock()
+    helper.create_subscription(Path, "/relocalization/path",
+                               lambda m: (lock.acquire(), got["path"].append(m),
+                                          lock.release()), RELIABLE)
     for key, topic in (("refined", "/relocalization/pose_refined"),
                        ("cov", "/relocalization/pose_with_covariance"),
                        ("initial", "/initialpose")):
@@ -114,6 +119,16 @@ def test_node_publishes_refined_poses_with_covariance(refining_node):
     assert any(np.allclose(np.array(c.pose.covariance), np.array(m.pose.covariance))
                for c in main for m in refined)
     assert node.stats.counts["refined"] == len(refined)
+    # the trajectory holds one pose per image, in stamp order, the refined one where it exists
+    assert wait_for(lambda: got["path"] and len(got["path"][-1].poses) == len(sent), 10)
+    with lock:
+        path = got["path"][-1]
+    stamps = [_stamp(p) for p in path.poses]
+    assert stamps == sorted(sent)
+    for m in refined:
+        p = path.poses[stamps.index(_stamp(m))].pose.position
+        q = m.pose.pose.position
+        assert (p.x, p.y, p.z) == (q.x, q.y, q.z)
 
 
 @pytest.mark.parametrize("refining_node", [{"refine_on_request_only": True}], indirect=True)

@@ -121,3 +121,25 @@ def test_image_from_another_process(ros_context, spinner):
     assert proc.returncode == 0
     assert sorted(m.header.stamp.sec for m in received) == list(range(42, 52))
     assert all(bytes(m.data[:3]) == bytes([m.header.stamp.sec - 42] * 3) for m in received)
+
+
+def test_trajectory_keeps_stamp_order_and_replaces_a_refined_frame():
+    import collections
+
+    from camera_pose_ros.ros.conversions import insert_by_stamp, ns_to_stamp, pose_stamped
+
+    def ps(t: int, x: float):
+        return pose_stamped(ns_to_stamp(t), "map", np.array([x, 0.0, 0.0]),
+                            np.array([1.0, 0, 0, 0]))
+
+    path: collections.deque = collections.deque(maxlen=4)
+    for t in (10, 20, 30):
+        insert_by_stamp(path, ps(t, 0.0))
+    insert_by_stamp(path, ps(20, 1.0))  # refined pose of frame 20, arriving after frame 30
+    insert_by_stamp(path, ps(25, 2.0))  # late, between two kept poses
+    stamps = [p.header.stamp.sec * 10**9 + p.header.stamp.nanosec for p in path]
+    assert stamps == [10, 20, 25, 30]
+    assert [p.pose.position.x for p in path] == [0.0, 1.0, 2.0, 0.0]
+    insert_by_stamp(path, ps(40, 0.0))  # full: the oldest goes
+    insert_by_stamp(path, ps(5, 9.0))  # older than everything kept: dropped
+    assert [p.header.stamp.nanosec for p in path] == [20, 25, 30, 40]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import (
@@ -102,3 +104,24 @@ def matrix_to_pose(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from camera_pose_ros.geometry import quat_wxyz_from_rotmat
 
     return m[:3, 3].copy(), quat_wxyz_from_rotmat(m[:3, :3])
+
+
+def insert_by_stamp(poses: collections.deque, pose: PoseStamped) -> None:
+    """Put ``pose`` into a bounded trajectory in stamp order, replacing one of the same stamp.
+
+    A refined pose arrives after later regressed ones and supersedes the regressed pose of
+    its own image; a pose older than everything a full deque keeps is dropped.
+    """
+    key = stamp_to_ns(pose.header.stamp)
+    i = len(poses)
+    while i > 0 and stamp_to_ns(poses[i - 1].header.stamp) > key:
+        i -= 1
+    if i > 0 and stamp_to_ns(poses[i - 1].header.stamp) == key:
+        poses[i - 1] = pose
+        return
+    if poses.maxlen is not None and len(poses) == poses.maxlen:
+        if i == 0:
+            return
+        poses.popleft()
+        i -= 1
+    poses.insert(i, pose)

@@ -59,6 +59,7 @@ from camera_pose_ros.geometry import (
 )
 from camera_pose_ros.ros.conversions import (
     image_to_rgb,
+    insert_by_stamp,
     matrix_to_pose,
     pose_stamped,
     pose_to_matrix,
@@ -463,7 +464,7 @@ class RelocalizationNode(LifecycleNode):
         cov = pose_with_covariance(stamp, frame, est.position, est.quat_wxyz, est.covariance)
         self.pub_pose.publish(ps)
         self.pub_cov.publish(cov)
-        self._path.append(ps)
+        insert_by_stamp(self._path, ps)  # a refined pose replaces its image's regressed one
         now = time.monotonic()
         if now - self._last_path_pub >= float(cfg["path_period"]):
             self._last_path_pub = now
