@@ -164,8 +164,10 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
         refiner = _refiner(args, required=True)
         if args.bag is not None:
             from camera_pose_ros.dataset.bagio import camera_info_topic_for, read_camera_info
+            from camera_pose_ros.geometry import is_rectified_topic
 
-            camera = read_camera_info(args.bag, camera_info_topic_for(args.topic))
+            camera = read_camera_info(args.bag, camera_info_topic_for(args.topic),
+                                      rectified=is_rectified_topic(args.topic))
     return localize(args.checkpoint, _source(args), args.out, device=args.device,
                     progress=not args.quiet, refiner=refiner, camera=camera)
 

@@ -253,6 +253,16 @@ def rotation_errors_deg(pred_wxyz_N4: np.ndarray, gt_wxyz_N4: np.ndarray) -> np.
     return np.degrees(2.0 * np.arccos(dot))
 
 
+def is_rectified_topic(image_topic: str) -> bool:
+    """Whether an image topic carries rectified images by image_pipeline's naming.
+
+    ``image_rect``, ``image_rect_color`` (and their ``/compressed``) are rectified;
+    ``image_raw``, ``image_color``, ``image`` are not.
+    """
+    parts = [p for p in image_topic.split("/") if p and p != "compressed"]
+    return bool(parts) and parts[-1].startswith("image_rect")
+
+
 @dataclass(frozen=True)
 class PinholeCamera:
     """Pinhole intrinsics in the ROS convention (pixel centres at integer coordinates).
@@ -336,13 +346,22 @@ class PinholeCamera:
 
     @classmethod
     def from_camera_info(cls, width: int, height: int, k: Sequence[float], d: Sequence[float],
-                         distortion_model: str) -> PinholeCamera:
-        """Intrinsics from ``sensor_msgs/CameraInfo`` fields (K row-major, D, its model).
+                         distortion_model: str, p: Sequence[float] = (),
+                         rectified: bool = False) -> PinholeCamera:
+        """Intrinsics from ``sensor_msgs/CameraInfo`` fields (K and P row-major, D, its model).
+
+        ``rectified``: the images are ``image_rect`` (undistorted by image_proc), so their
+        camera is P's left 3x3 without distortion (K when P is unset); else K with D.
 
         Raises:
             ValueError: no focal length, or a distortion model other than ``plumb_bob`` /
                 ``rational_polynomial`` (an ``equidistant`` fisheye camera) with non-zero D.
         """
+        if rectified:
+            p = [float(v) for v in p]
+            if len(p) == 12 and p[0] > 0 and p[5] > 0:
+                return cls(int(width), int(height), p[0], p[5], p[2], p[6])
+            d, distortion_model = (), ""
         k = [float(v) for v in k]
         if len(k) != 9 or k[0] <= 0 or k[4] <= 0:
             raise ValueError("CameraInfo has no focal length (K is unset)")

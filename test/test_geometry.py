@@ -187,3 +187,20 @@ def test_camera_spellings_and_conversions():
         PinholeCamera.from_camera_info(320, 240, k, [0.1, 0, 0, 0], "equidistant")
     with pytest.raises(ValueError, match="focal length"):
         PinholeCamera.from_camera_info(320, 240, [0.0] * 9, [], "plumb_bob")
+
+
+def test_rectified_images_use_the_projection_matrix():
+    from camera_pose_ros.geometry import is_rectified_topic
+
+    assert is_rectified_topic("/cam/image_rect") and is_rectified_topic("image_rect_color")
+    assert is_rectified_topic("/cam/image_rect/compressed")
+    assert not any(map(is_rectified_topic, ("/cam/image_raw", "/cam/image_color", "image",
+                                            "/rect/image_raw", "")))
+    k = LENS.matrix().ravel()
+    p = [250.0, 0, 158.0, 0, 0, 249.0, 118.0, 0, 0, 0, 1, 0]
+    rect = PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob", p, True)
+    assert rect == PinholeCamera(320, 240, 250.0, 249.0, 158.0, 118.0)
+    unset = PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob",
+                                           [0.0] * 12, True)
+    assert unset == PinholeCamera(320, 240, LENS.fx, LENS.fy, LENS.cx, LENS.cy)
+    assert PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob", p) == LENS

@@ -300,3 +300,38 @@ def test_floor_plan_from_map_topic_snaps_estimates(ros_context, spinner, checkpo
     p = probe.msgs["pose"][-1].pose.position
     assert 8.0 <= p.y < 9.0 and 1.0 <= p.x < 9.0  # moved onto the walkable strip
     assert node.stats.counts["snapped"] >= 1
+
+
+@pytest.mark.parametrize("remap,setting,rectified", [
+    ("image:=/cam/image_raw", "auto", False), ("image:=/cam/image_rect", "auto", True),
+    ("image:=/cam/image_raw", "true", True)])
+def test_camera_info_gives_raw_or_rectified_intrinsics(ros_context, spinner, checkpoint,
+                                                       remap, setting, rectified):
+    """Raw images use K and D; image_rect (by name or parameter) uses P without distortion."""
+    from sensor_msgs.msg import CameraInfo
+
+    from camera_pose_ros.geometry import PinholeCamera
+
+    params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
+              Parameter("rectified_images", value=setting)]
+    node = RelocalizationNode(context=ros_context, parameter_overrides=params,
+                              cli_args=["--ros-args", "-r", remap])
+    spinner.add(node)
+    helper = spinner.add(rclpy.create_node("info_probe", context=ros_context))
+    pub = helper.create_publisher(CameraInfo, "/camera_info", RELIABLE)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 20)
+    info = CameraInfo(width=320, height=240, distortion_model="equidistant")
+    info.k = [260.0, 0.0, 161.0, 0.0, 258.0, 121.0, 0.0, 0.0, 1.0]
+    info.d = [-0.2, 0.05, 0.001, -0.001]
+    info.p = [240.0, 0.0, 158.0, 0.0, 0.0, 238.0, 118.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    pub.publish(info)  # a fisheye model on raw images: refused, the node keeps going
+    if not rectified:
+        assert wait_for(lambda: "equidistant" in node._camera_info_error, 10)
+        assert node._camera is None
+    info.distortion_model = "plumb_bob"
+    info.d = [-0.2, 0.05, 0.001, -0.001, 0.0]
+    pub.publish(info)
+    expected = (PinholeCamera(320, 240, 240.0, 238.0, 158.0, 118.0) if rectified
+                else PinholeCamera(320, 240, 260.0, 258.0, 161.0, 121.0, (-0.2, 0.05, 0.001,
+                                                                          -0.001)))
+    assert wait_for(lambda: node._camera == expected, 10), node._camera

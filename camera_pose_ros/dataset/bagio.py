@@ -135,8 +135,12 @@ def iter_bag_images(
         reader.close()
 
 
-def read_camera_info(path: str | os.PathLike, topic: str) -> PinholeCamera | None:
-    """Intrinsics from the first CameraInfo on ``topic``, or None when the bag has none."""
+def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = False
+                     ) -> PinholeCamera | None:
+    """Intrinsics from the first CameraInfo on ``topic``, or None when the bag has none.
+
+    ``rectified``: the images it describes are rectified (``image_rect``): P, no distortion.
+    """
     reader = _open(path)
     try:
         conns = [c for c in reader.connections if c.topic == topic]
@@ -144,7 +148,7 @@ def read_camera_info(path: str | os.PathLike, topic: str) -> PinholeCamera | Non
             msg = reader.deserialize(raw, conn.msgtype)
             try:
                 return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
-                                                      msg.distortion_model)
+                                                      msg.distortion_model, msg.p, rectified)
             except ValueError as exc:
                 log.warning("ignoring CameraInfo on %s (COLMAP will estimate the "
                             "intrinsics): %s", topic, exc)

@@ -27,7 +27,7 @@ from camera_pose_ros.dataset.bagio import camera_info_topic_for, iter_bag_images
 from camera_pose_ros.dataset.posecsv import format_stamp, parse_stamp, seconds_to_ns
 from camera_pose_ros.errors import ConfigError, InputDataError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
-from camera_pose_ros.geometry import PinholeCamera
+from camera_pose_ros.geometry import PinholeCamera, is_rectified_topic
 
 __all__ = [
     "KeyframeConfig",
@@ -99,11 +99,15 @@ class FrameSource:
         return ((seconds_to_ns(s), rgb) for s, rgb in iter_image_folder(self.images))
 
     def camera(self) -> PinholeCamera | None:
-        """Intrinsics carried by the source (CameraInfo in a bag), else None."""
+        """Intrinsics carried by the source (CameraInfo in a bag), else None.
+
+        An ``image_rect*`` topic is already undistorted: its camera is CameraInfo's P.
+        """
         if self.bag is None:
             return None
         return read_camera_info(self.bag, self.camera_info_topic or
-                                camera_info_topic_for(self.topic))
+                                camera_info_topic_for(self.topic),
+                                rectified=is_rectified_topic(self.topic))
 
 
 def sharpness(gray: np.ndarray) -> float:

@@ -64,5 +64,8 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
               min_value=1, max_value=10000),
     ParamSpec("refine_on_request_only", False,
               "refine only after ~/relocalize or tracking_lost"),
+    ParamSpec("rectified_images", "auto", "whether the images are rectified (camera = "
+              "camera_info's P, no distortion) or raw (K and D); auto: rectified when the image "
+              "topic is image_rect*", ("auto", "true", "false")),
     ParamSpec("autostart", True, "configure and activate without a lifecycle manager"),
 )

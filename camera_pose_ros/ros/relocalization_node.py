@@ -54,6 +54,7 @@ from camera_pose_ros.errors import CameraPoseError, ImageDecodeError
 from camera_pose_ros.geometry import (
     PinholeCamera,
     invert_pose,
+    is_rectified_topic,
     pose_matrix,
     rotmat_from_quat_wxyz,
 )
@@ -130,6 +131,7 @@ class RelocalizationNode(LifecycleNode):
         self._since_refine = 0
         self._camera: PinholeCamera | None = None
         self._camera_info_error = ""
+        self._image_topic = ""
         self._publish_lock = threading.Lock()
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -209,6 +211,7 @@ class RelocalizationNode(LifecycleNode):
                     durability=qos_profile_sensor_data.durability),
                 callback_group=group,
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._image_topic = sub.topic_name
         other = ReentrantCallbackGroup()
         self._subs = [
             sub,
@@ -300,8 +303,11 @@ class RelocalizationNode(LifecycleNode):
         if msg.width <= 0 or msg.height <= 0:
             return
         try:
-            self._camera = PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
-                                                          msg.distortion_model)
+            setting = str(self._cfg["rectified_images"])
+            rectified = (setting == "true" if setting != "auto"
+                         else is_rectified_topic(self._image_topic))
+            self._camera = PinholeCamera.from_camera_info(
+                msg.width, msg.height, msg.k, msg.d, msg.distortion_model, msg.p, rectified)
         except ValueError as exc:
             if self._camera_info_error != str(exc):  # once per distinct problem
                 self._camera_info_error = str(exc)
