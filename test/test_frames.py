@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -206,6 +207,16 @@ def test_keyframe_config_validation():
 
 
 LENS = PinholeCamera(128, 96, 100, 100, 63.5, 47.5, (-0.2, 0.05, 0.001, -0.002, 0.01))
+
+
+def test_rectified_topic_takes_the_projection_without_distortion(tmp_path):
+    img = textured(0, 96, 128)
+    for topic, expected in (("/cam/image_raw", LENS), ("/cam/image_rect", replace(
+            LENS, distortion=()))):
+        bag = tmp_path / topic.rsplit("/", 1)[1]
+        with BagImageWriter(bag, image_topic=topic) as w:
+            w.write(10**18, img, LENS)  # P is K here, D the lens's
+        assert FrameSource(bag=bag, topic=topic).camera() == expected
 
 
 def test_extract_frames_from_bag(tmp_path):
