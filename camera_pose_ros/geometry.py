@@ -295,38 +295,41 @@ class PinholeCamera:
         """3x3 calibration matrix K."""
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
 
-    def _coefficients(self) -> np.ndarray:
-        d = np.zeros(8)
-        d[:len(self.distortion)] = self.distortion
-        return d
+    def _radial_tangential(self, x: np.ndarray, y: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """OpenCV's radial factor and tangential offsets at ideal coordinates ``x, y``."""
+        k1, k2, p1, p2, k3, k4, k5, k6 = (*self.distortion, 0.0, 0.0, 0.0, 0.0)[:8]
+        r2 = x * x + y * y
+        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+        return (radial, 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
 
     def distort_normalized(self, xy_N2: np.ndarray) -> np.ndarray:
         """Ideal normalised image coordinates (x/z, y/z) to distorted ones (OpenCV model)."""
         xy = np.asarray(xy_N2, float)
         if not self.distortion:
             return xy.copy()
-        k1, k2, p1, p2, k3, k4, k5, k6 = self._coefficients()
-        x, y = xy[..., 0], xy[..., 1]
-        r2 = x * x + y * y
-        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
-        return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                         y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], axis=-1)
+        radial, dx, dy = self._radial_tangential(xy[..., 0], xy[..., 1])
+        return np.stack([xy[..., 0] * radial + dx, xy[..., 1] * radial + dy], axis=-1)
 
     def undistort_normalized(self, xy_N2: np.ndarray, iterations: int = 30) -> np.ndarray:
         """Inverse of :meth:`distort_normalized` by fixed-point iteration (as OpenCV does)."""
         xd = np.asarray(xy_N2, float)
         if not self.distortion:
             return xd.copy()
-        k1, k2, p1, p2, k3, k4, k5, k6 = self._coefficients()
-        x, y = xd[..., 0].copy(), xd[..., 1].copy()
+        x, y = xd[..., 0], xd[..., 1]
         for _ in range(iterations):
-            r2 = x * x + y * y
-            radial = ((1 + r2 * (k1 + r2 * (k2 + r2 * k3)))
-                      / (1 + r2 * (k4 + r2 * (k5 + r2 * k6))))
-            dx = 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-            dy = p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+            radial, dx, dy = self._radial_tangential(x, y)
             x, y = (xd[..., 0] - dx) / radial, (xd[..., 1] - dy) / radial
         return np.stack([x, y], axis=-1)
+
+    def camera_info_distortion(self) -> tuple[str, list[float]]:
+        """CameraInfo's ``distortion_model`` and ``D`` for this camera (inverse of
+        :meth:`from_camera_info`): rational_polynomial with 8 coefficients, else plumb_bob
+        with 5."""
+        if len(self.distortion) == 8:
+            return "rational_polynomial", list(self.distortion)
+        return "plumb_bob", list((*self.distortion, 0.0, 0.0, 0.0, 0.0, 0.0)[:5])
 
     def colmap_model(self) -> str:
         """COLMAP's camera model for these intrinsics: PINHOLE, OPENCV or FULL_OPENCV."""
@@ -372,7 +375,7 @@ class PinholeCamera:
         if len(d) > 8 or len(d) in (1, 2, 3, 6, 7):
             raise ValueError(f"CameraInfo has {len(d)} distortion coefficients; "
                              "plumb_bob has 5, rational_polynomial 8")
-        return cls(int(width), int(height), k[0], k[4], k[2], k[5], d if any(d) else ())
+        return cls(int(width), int(height), k[0], k[4], k[2], k[5], d)
 
     @classmethod
     def from_colmap(cls, model: str, width: int, height: int,

@@ -67,9 +67,9 @@ def refining_node(request, ros_context, spinner, sfm_building, map_checkpoint):
     assert node.localizer.refiner is not None
     cam = read_camera_info(synth / "query", "/camera/camera_info")
     assert cam.distortion, "the session building has a lens with distortion"
-    info = CameraInfo(width=cam.width, height=cam.height, distortion_model="plumb_bob")
+    model, d = cam.camera_info_distortion()
+    info = CameraInfo(width=cam.width, height=cam.height, distortion_model=model, d=d)
     info.k = [cam.fx, 0.0, cam.cx, 0.0, cam.fy, cam.cy, 0.0, 0.0, 1.0]
-    info.d = [*cam.distortion, 0.0, 0.0, 0.0, 0.0, 0.0][:5]
     gt = read_poses(synth / "gt_query.csv")
     frames = list(iter_bag_images(synth / "query"))
     ig, _ = match_by_stamp(gt.stamps, np.array([f.stamp for f in frames]), max_dt=1e-6)

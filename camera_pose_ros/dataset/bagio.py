@@ -206,16 +206,12 @@ class BagImageWriter:
         self._writer.write(self._img_conn, stamp_ns,
                            TYPESTORE.serialize_cdr(img, _Image.__msgtype__))
         k = camera.matrix()
-        d = np.zeros(5)
-        d[:len(camera.distortion)] = camera.distortion[:5]
-        if len(camera.distortion) == 8:
-            d = np.array(camera.distortion)
+        model, d = camera.camera_info_distortion()
         p = np.zeros((3, 4))
         p[:3, :3] = k
         info = _CameraInfo(
-            header=header, height=h, width=w,
-            distortion_model="rational_polynomial" if len(d) == 8 else "plumb_bob",
-            d=d, k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
+            header=header, height=h, width=w, distortion_model=model, d=np.array(d),
+            k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
             binning_x=0, binning_y=0,
             roi=_RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
         )
