@@ -169,7 +169,8 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
             camera = read_camera_info(args.bag, camera_info_topic_for(args.topic),
                                       rectified=is_rectified_topic(args.topic))
     return localize(args.checkpoint, _source(args), args.out, device=args.device,
-                    progress=not args.quiet, refiner=refiner, camera=camera)
+                    progress=not args.quiet, refiner=refiner, camera=camera,
+                    ground_truth=args.ground_truth, max_dt=args.max_dt)
 
 
 def _cmd_refinement_map(args: argparse.Namespace) -> Path:
@@ -303,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="regress", choices=("regress", "refine"),
                    help="regress: fast; refine: refine each pose against the SfM map "
                         "(intrinsics from the bag's camera_info, else the map's)")
+    p.add_argument("--ground-truth", type=Path,
+                   help="pose CSV of the same frames: match by stamp and write "
+                        "OUT.metrics.json (errors, covariance honesty, refined share)")
+    p.add_argument("--max-dt", type=float, default=1e-3,
+                   help="largest stamp difference (s) matched with --ground-truth")
     refine_opts(p)
     p.set_defaults(func=_cmd_localize)
 

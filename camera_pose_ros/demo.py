@@ -43,6 +43,20 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def _honesty(m: dict) -> str:
+    """Covariance honesty of one report entry, as a table cell."""
+    if "outside_99_any" not in m:
+        return "no covariance"
+    text = (f"outside 99% {m['outside_99_any']:.0%} (position {m['outside_99_position']:.0%}),"
+            f" position coverage 68/95 {m['coverage_68_position']:.0%}/"
+            f"{m['coverage_95_position']:.0%}, confidently wrong "
+            f"{m['overconfident_1m_0.5m']:.0%}, claimed sigma "
+            f"{m['median_claimed_sigma_m']:.2f} m")
+    if "false_acceptance_25cm" in m:
+        text += f", false acceptance {m['false_acceptance_25cm']:.0%}"
+    return text
+
+
 def _ros_env() -> dict:
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 40))
@@ -76,7 +90,11 @@ def record_through_ros(bag: Path, out: Path, env: dict) -> int:
 
 def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: str,
                   env: dict) -> tuple[dict[int, np.ndarray], list[float]]:
-    """Start relocalization_node, play the query bag into it; poses by stamp and latencies."""
+    """Start relocalization_node, play the query bag into it; poses by stamp and latencies.
+
+    Each stamp's entry is 43 numbers: the pose (x, y, z, qw, qx, qy, qz) and the published
+    6x6 covariance, row-major.
+    """
     import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.executors import SingleThreadedExecutor
@@ -107,7 +125,7 @@ def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: st
         ns = stamp_to_ns(msg.header.stamp)
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         with lock:
-            got[ns] = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z])
+            got[ns] = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z, *msg.pose.covariance])
             if ns in sent:
                 latency.append(time.perf_counter() - sent[ns])
 
@@ -202,7 +220,12 @@ def _run(args: argparse.Namespace) -> int:
         plot_error_cdf,
     )
     from camera_pose_ros.learning.train import load_train_config, train
-    from camera_pose_ros.metrics import error_summary, match_by_stamp
+    from camera_pose_ros.metrics import (
+        error_summary,
+        honesty_summary,
+        match_by_stamp,
+        pose_error_vectors,
+    )
     from camera_pose_ros.runtime.refine import Refiner
 
     out, work = args.out, args.out / "work"
@@ -260,9 +283,12 @@ def _run(args: argparse.Namespace) -> int:
     idx = [i for i, s in enumerate(gt.stamps_ns) if int(s) in got]
     if not idx:
         raise CameraPoseError("the node published no pose for the query frames")
-    live = np.array([got[int(gt.stamps_ns[i])] for i in idx])
+    live_full = np.array([got[int(gt.stamps_ns[i])] for i in idx])
+    live, live_cov = live_full[:, :7], live_full[:, 7:].reshape(-1, 6, 6)
     g = np.concatenate([gt.positions_N3, gt.quats_wxyz_N4], 1)[idx]
     live_err = error_summary(live[:, :3], live[:, 3:], g[:, :3], g[:, 3:])
+    live_err.update(honesty_summary(
+        pose_error_vectors(live[:, :3], live[:, 3:], g[:, :3], g[:, 3:]), live_cov))
     lat_ms = np.array(latency) * 1000.0
     out.mkdir(parents=True, exist_ok=True)
     plan = FloorPlan.load(synth / "floorplan.yaml")
@@ -308,6 +334,11 @@ def _run(args: argparse.Namespace) -> int:
         ("live within 25cm,2deg / 50cm,5deg / 1m,10deg",
          f"{lv['within_25cm_2deg']:.0%} / {lv['within_50cm_5deg']:.0%} / "
          f"{lv['within_100cm_10deg']:.0%}"),
+        ("honesty, test split", _honesty(test)),
+        ("honesty, test split refined", _honesty(test.get("modes", {}).get("refine", {}))),
+        ("honesty, query bag offline", _honesty(offline)),
+        ("honesty, query bag offline refined", _honesty(refined)),
+        ("honesty, query bag live node", _honesty(lv)),
         ("node latency p50 / p99", f"{lv['latency_ms_p50']:.0f} / {lv['latency_ms_p99']:.0f} ms"),
         ("time", ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "done")),
     ]

@@ -1,16 +1,19 @@
 """Honesty of covariances: coverage, outside-99% shares, confidently wrong frames.
 
-Pure numpy: seeded Gaussian errors drawn from known covariances, hand-built cases.
+The metric itself on seeded Gaussian errors drawn from known covariances and hand-built
+cases; then where it is reported: ``localize --ground-truth`` and ``evaluate``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.metrics import (
     CHI2_3_99,
     block_mahalanobis_sq,
@@ -20,6 +23,10 @@ from camera_pose_ros.metrics import (
     pose_error_vectors,
     refinement_summary,
 )
+
+HONESTY_KEYS = {"outside_99_position", "outside_99_rotation", "outside_99_any",
+                "coverage_68_position", "coverage_95_position", "coverage_68_rotation",
+                "coverage_95_rotation", "overconfident_1m_0.5m", "median_claimed_sigma_m"}
 
 
 def _random_spd(rng: np.random.Generator, scale: float) -> np.ndarray:
@@ -151,3 +158,143 @@ def test_refinement_summary_false_acceptance_among_accepted():
 
 def test_chi2_bound_is_the_99_percent_quantile_of_3_dof():
     assert CHI2_3_99 == pytest.approx(11.345, abs=1e-3)
+
+
+# --- where the metric is reported -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_query(tmp_path_factory):
+    """A small synthetic query walk and a random tiny network (metres off, as a rule)."""
+    from camera_pose_ros.dataset.synth import write_synthetic_building
+    from camera_pose_ros.learning.checkpoint import build_regressor, save_checkpoint
+
+    root = tmp_path_factory.mktemp("honesty")
+    synth = write_synthetic_building(root / "synth", seed=4, frames=10, query_frames=6,
+                                     width=128, height=96, progress=False)
+    model = {"kind": "posenet", "backbone": "mobilenet_v3_small", "hidden": 32,
+             "dropout": 0.2, "pool_grid": [1, 1], "pos_mean": [4.0, 3.0, 1.5],
+             "pos_scale": 2.0}
+    inp = {"height": 48, "width": 64, "mean": [0.485, 0.456, 0.406],
+           "std": [0.229, 0.224, 0.225]}
+    calib = {"method": "mc_dropout", "samples": 4, "k_pos": 1.0, "k_rot": 1.0,
+             "floor_pos": 0.05, "floor_rot": 0.01}
+    ckpt = root / "model.pt"
+    import torch
+
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, build_regressor(model).eval(), model_cfg=model, input_cfg=inp,
+                    map_frame="map", extra={"calibration": calib})
+    return synth, ckpt
+
+
+def _expected(pred_csv, gt_csv) -> dict:
+    """Honesty figures recomputed here from the two CSV files."""
+    pred, gt = read_poses(pred_csv), read_poses(gt_csv)
+    from camera_pose_ros.metrics import match_by_stamp
+
+    ip, ig = match_by_stamp(pred.stamps, gt.stamps)
+    err = pose_error_vectors(pred.positions_N3[ip], pred.quats_wxyz_N4[ip],
+                             gt.positions_N3[ig], gt.quats_wxyz_N4[ig])
+    cov = covariances_from_columns(pred.extra)[ip]
+    return honesty_summary(err, cov)
+
+
+@pytest.mark.slow
+def test_cli_localize_with_ground_truth_writes_honesty_metrics(tiny_query, venv_bin, tmp_path):
+    synth, ckpt = tiny_query
+    cli = str(venv_bin / "camera-pose")
+    out = tmp_path / "pred.csv"
+    proc = subprocess.run([cli, "-q", "localize", "--checkpoint", str(ckpt), "--bag",
+                           str(synth / "query"), "--out", str(out), "--device", "cpu",
+                           "--ground-truth", str(synth / "gt_query.csv")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file()
+    text = (tmp_path / "pred.metrics.json").read_text()
+    m = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the metrics"))
+    assert HONESTY_KEYS <= set(m)
+    assert m["frames"] == 6 and m["mode"] == "regress" and m["ms_per_frame"] > 0
+    for key in ("median_position_m", "within_25cm_2deg", "within_100cm_10deg"):
+        assert key in m
+    assert "refined_share" not in m
+    exp = _expected(out, synth / "gt_query.csv")
+    for key in HONESTY_KEYS:
+        assert m[key] == pytest.approx(exp[key], abs=1e-6), key
+    assert "outside 99%" in proc.stderr  # the one-line summary
+
+    # a random network claiming centimetres while metres off is confidently wrong
+    assert m["median_claimed_sigma_m"] < 0.5 and m["median_position_m"] > 1.0
+    assert m["overconfident_1m_0.5m"] > 0.5 and m["outside_99_any"] > 0.5
+
+    # ground truth of other stamps: nothing to compare, a named error (CLI: status 2)
+    from camera_pose_ros.dataset.frames import FrameSource
+    from camera_pose_ros.dataset.posecsv import PoseTable, write_poses
+    from camera_pose_ros.errors import InputDataError
+    from camera_pose_ros.learning.evaluate import localize
+
+    gt = read_poses(synth / "gt_query.csv")
+    write_poses(tmp_path / "other.csv", PoseTable(gt.stamps_ns + 10**9, gt.positions_N3,
+                                                  gt.quats_wxyz_N4))
+    with pytest.raises(InputDataError, match="stamp"):
+        localize(ckpt, FrameSource(bag=synth / "query"), tmp_path / "p2.csv", device="cpu",
+                 progress=False, ground_truth=tmp_path / "other.csv")
+    assert not (tmp_path / "p2.metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_localize_refine_with_ground_truth_reports_refined_share_and_false_acceptance(
+        sfm_building, map_checkpoint, venv_bin, tmp_path):
+    synth, _ = sfm_building
+    ckpt, cfg = map_checkpoint
+    out = tmp_path / "refined.csv"
+    proc = subprocess.run([str(venv_bin / "camera-pose"), "-q", "localize", "--checkpoint",
+                           str(ckpt), "--bag", str(synth / "query"), "--out", str(out),
+                           "--mode", "refine", "--refine-config", str(cfg),
+                           "--ground-truth", str(synth / "gt_query.csv")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "refined.metrics.json").read_text())
+    table = read_poses(out)
+    refined = np.array([v == "1" for v in table.extra["refined"]])
+    assert m["mode"] == "refine" and m["frames"] == len(table)
+    assert m["refined_share"] == pytest.approx(refined.mean())
+    assert m["accepted_frames"] == int(refined.sum()) > 0
+    gt = read_poses(synth / "gt_query.csv")
+    t_err = np.linalg.norm(table.positions_N3 - gt.positions_N3, axis=1)
+    assert m["false_acceptance_25cm"] == pytest.approx(np.mean(t_err[refined] > 0.25))
+    # honesty over every published pose (regressed ones where refinement failed)
+    exp = _expected(out, synth / "gt_query.csv")
+    for key in HONESTY_KEYS:
+        assert m[key] == pytest.approx(exp[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_evaluate_reports_honesty_for_both_modes(sfm_building, map_checkpoint, tmp_path,
+                                                 caplog):
+    import logging
+
+    from camera_pose_ros.config import load_yaml
+    from camera_pose_ros.dataset.refmap import load_refinement_map
+    from camera_pose_ros.learning.evaluate import evaluate
+    from camera_pose_ros.runtime.refine import RefineConfig, Refiner
+
+    _, data = sfm_building
+    ckpt, cfg = map_checkpoint
+    refiner = Refiner(load_refinement_map(data), RefineConfig.from_dict(load_yaml(cfg)))
+    with caplog.at_level(logging.INFO, logger="camera_pose_ros"):
+        path = evaluate(ckpt, data, out=tmp_path / "eval", device="cpu", progress=False,
+                        refiner=refiner)
+    m = json.loads(path.read_text())
+    assert HONESTY_KEYS <= set(m)  # the top level stays the regressed figures
+    for mode in ("regress", "refine"):
+        assert HONESTY_KEYS <= set(m["modes"][mode]), mode
+        assert m["modes"][mode]["frames"] == m["frames"]
+    ref = m["modes"]["refine"]
+    assert {"false_acceptance_25cm", "accepted_frames", "refined_share"} <= set(ref)
+    # the regressed figures agree with the predictions CSV evaluate wrote
+    exp = _expected(path.parent / "predictions_test.csv", data / "test.csv")
+    for key in HONESTY_KEYS:
+        assert m[key] == pytest.approx(exp[key], abs=1e-6), key
+    log_text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "| regress |" in log_text and "| refine |" in log_text

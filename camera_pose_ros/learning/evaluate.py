@@ -34,10 +34,19 @@ from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.data import load_split, poses_tensor
 from camera_pose_ros.learning.predict import Predictor
 from camera_pose_ros.learning.uncertainty import coverage, error_vectors
-from camera_pose_ros.metrics import error_summary
+from camera_pose_ros.metrics import (
+    covariances_from_columns,
+    error_summary,
+    honesty_summary,
+    match_by_stamp,
+    pose_error_vectors,
+    refinement_summary,
+    summary_table,
+)
 
 __all__ = ["evaluate", "localize", "prediction_table", "plot_error_cdf", "COV_COLUMNS",
-           "compare_with_ground_truth", "PoseRefiner", "EVAL_MODES"]
+           "compare_with_ground_truth", "PoseRefiner", "EVAL_MODES",
+           "localization_metrics_path"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +217,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
             np.linalg.norm(base[:, :3] - gt[:, :3], axis=1),
             rotation_errors_deg(base[:, 3:], gt[:, 3:]))
     metrics["uncertainty"] = coverage(error_vectors(pred, gt), cov)
+    metrics.update(honesty_summary(_errors(pred, gt), cov))
+    table_rows = {"regress": metrics}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_poses(out.parent / f"predictions_{split}.csv",
                 prediction_table(table.stamps_ns, pred, cov, table.images))
@@ -220,7 +231,11 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
                "median_inliers": float(np.median(refined.inliers)) if refined.inliers else 0.0,
                "ms_per_frame": 1000.0 * (seconds + refined.seconds) / max(len(rp), 1),
                "uncertainty": coverage(error_vectors(rp, gt), rc),
+               **honesty_summary(_errors(rp, gt), rc),
+               **refinement_summary(np.linalg.norm(rp[:, :3] - gt[:, :3], axis=1),
+                                    np.array(refined.success, bool)),
                "split_frames_excluded_from_matching": bool(exclude_split_from_map)}
+        table_rows["refine"] = ref
         metrics["modes"] = {"regress": {k: v for k, v in metrics.items()
                                         if k not in ("split", "checkpoint")},
                             "refine": ref}
@@ -242,7 +257,13 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
                       title=title)
     log.info("evaluate %s: median %.3f m, %.2f deg over %d frames", split,
              metrics["median_position_m"], metrics["median_rotation_deg"], len(pred))
+    log.info("evaluate %s summary:\n%s", split, summary_table(table_rows))
     return write_json_atomic(out, metrics)
+
+
+def _errors(pred_N7: np.ndarray, gt_N7: np.ndarray) -> np.ndarray:
+    """(N, 6) position and rotation-vector errors (metrics.pose_error_vectors)."""
+    return pose_error_vectors(pred_N7[:, :3], pred_N7[:, 3:], gt_N7[:, :3], gt_N7[:, 3:])
 
 
 def _mean_quat(q_N4: np.ndarray) -> np.ndarray:
@@ -255,13 +276,21 @@ def _mean_quat(q_N4: np.ndarray) -> np.ndarray:
 
 def localize(checkpoint: str | os.PathLike, source: FrameSource, out: str | os.PathLike, *,
              device: str = "auto", batch: int = 16, progress: bool = True,
-             refiner: PoseRefiner | None = None, camera: Any = None) -> Path:
+             refiner: PoseRefiner | None = None, camera: Any = None,
+             ground_truth: str | os.PathLike | None = None, max_dt: float = 1e-3) -> Path:
     """Predict every frame of ``source`` into a pose CSV with covariance columns.
 
     With a ``refiner`` (the ``refine`` mode) the CSV holds the refined poses, with columns
     ``refined`` (1: refined, 0: the regressed pose, refinement failed) and ``inliers``;
     ``camera`` gives the frames' intrinsics (default: the refinement map's).
+
+    With ``ground_truth`` (a pose CSV) the predictions are matched to it by stamp (within
+    ``max_dt`` seconds) and :func:`localization_metrics_path` (``OUT.metrics.json``) gets
+    the error summary, the covariance honesty figures, the refined share and false
+    acceptance rate (refine mode) and ms per frame. No matching stamp raises
+    :class:`InputDataError` (the CSV is written all the same).
     """
+    gt_table = read_poses(ground_truth) if ground_truth is not None else None
     predictor = Predictor(load_checkpoint(checkpoint), device=device)
     stamps: list[int] = []
 
@@ -285,15 +314,69 @@ def localize(checkpoint: str | os.PathLike, source: FrameSource, out: str | os.P
     path = write_poses(out, table)
     log.info("localized %d frames (%.1f ms per frame)", len(pred),
              1000 * seconds / len(pred))
+    if gt_table is not None:
+        metrics = _table_metrics(table, gt_table, max_dt)
+        if metrics["frames"] == 0:
+            raise InputDataError(f"no localized frame matches a stamp of {ground_truth} "
+                                 f"(within {max_dt * 1e3:g} ms): nothing to compare")
+        metrics = {"mode": "regress" if refined is None else "refine",
+                   "predictions": str(path), "ground_truth": str(ground_truth),
+                   "frames_localized": len(pred), **metrics,
+                   "ms_per_frame": 1000.0 * seconds / len(pred)}
+        mpath = write_json_atomic(localization_metrics_path(path), metrics)
+        log.info("%s", _one_line(metrics))
+        log.info("wrote %s", mpath)
     return path
+
+
+def localization_metrics_path(out_csv: str | os.PathLike) -> Path:
+    """Where ``localize`` with ground truth writes its metrics: ``preds.csv`` gives
+    ``preds.metrics.json`` beside it."""
+    return Path(out_csv).with_suffix(".metrics.json")
+
+
+def _one_line(m: dict) -> str:
+    """One-line summary of localization metrics against ground truth."""
+    text = (f"localize vs ground truth ({m.get('mode', '')}): {m['frames']} frames, median "
+            f"{m['median_position_m']:.3f} m, {m['median_rotation_deg']:.2f} deg, "
+            f"{m['within_25cm_2deg']:.0%} within 25cm,2deg")
+    if "outside_99_any" in m:
+        text += (f"; outside 99% {m['outside_99_any']:.0%} (position "
+                 f"{m['outside_99_position']:.0%}), confidently wrong "
+                 f"{m['overconfident_1m_0.5m']:.0%}, claimed sigma "
+                 f"{m['median_claimed_sigma_m']:.2f} m")
+    if "refined_share" in m:
+        text += (f"; refined {m['refined_share']:.0%}, false acceptance "
+                 f"{m['false_acceptance_25cm']:.0%}")
+    return text
+
+
+def _table_metrics(pred: PoseTable, gt: PoseTable, max_dt: float = 1e-3) -> dict:
+    """Errors of ``pred`` against ``gt`` matched by stamp; honesty when the prediction has
+    covariance columns, refined share and false acceptance when it has ``refined``."""
+    ip, ig = match_by_stamp(pred.stamps, gt.stamps, max_dt)
+    out = error_summary(pred.positions_N3[ip], pred.quats_wxyz_N4[ip], gt.positions_N3[ig],
+                        gt.quats_wxyz_N4[ig])
+    if len(ip) == 0:
+        return out
+    cov = covariances_from_columns(pred.extra)
+    if cov is not None:
+        err = pose_error_vectors(pred.positions_N3[ip], pred.quats_wxyz_N4[ip],
+                                 gt.positions_N3[ig], gt.quats_wxyz_N4[ig])
+        out.update(honesty_summary(err, cov[ip]))
+    if "refined" in pred.extra:
+        accepted = np.array([pred.extra["refined"][i].strip() == "1" for i in ip], bool)
+        t_err = np.linalg.norm(pred.positions_N3[ip] - gt.positions_N3[ig], axis=1)
+        out.update(refinement_summary(t_err, accepted))
+    return out
 
 
 def compare_with_ground_truth(pred_csv: str | os.PathLike, gt_csv: str | os.PathLike,
                               max_dt: float = 1e-3) -> dict:
-    """Error summary of a prediction CSV against a ground-truth CSV, matched by stamp."""
-    from camera_pose_ros.metrics import match_by_stamp
+    """Error summary of a prediction CSV against a ground-truth CSV, matched by stamp.
 
-    pred, gt = read_poses(pred_csv), read_poses(gt_csv)
-    ip, ig = match_by_stamp(pred.stamps, gt.stamps, max_dt)
-    return error_summary(pred.positions_N3[ip], pred.quats_wxyz_N4[ip], gt.positions_N3[ig],
-                         gt.quats_wxyz_N4[ig])
+    With covariance columns (``cov_ij``) the covariance honesty figures are added
+    (:func:`camera_pose_ros.metrics.honesty_summary`), with a ``refined`` column the refined
+    share and false acceptance rate (:func:`camera_pose_ros.metrics.refinement_summary`).
+    """
+    return _table_metrics(read_poses(pred_csv), read_poses(gt_csv), max_dt)
