@@ -11,9 +11,11 @@ from camera_pose_ros.dataset.bagio import iter_bag_images, list_topics, read_cam
 from camera_pose_ros.dataset.maps import FloorPlan
 from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.dataset.synth import (
+    SCENARIOS,
     Building,
     BuildingSpec,
     Renderer,
+    walk_trajectory,
     write_synthetic_building,
 )
 from camera_pose_ros.errors import ConfigError
@@ -102,3 +104,61 @@ def test_bad_options():
         Building(BuildingSpec(scale=0.1))
     with pytest.raises(ConfigError):
         write_synthetic_building("/nonexistent/never", frames=2, progress=False)
+
+
+def _travel_angles_deg(poses: list[np.ndarray]) -> np.ndarray:
+    """Angle between each camera's horizontal viewing direction and its direction of travel."""
+    pos = np.array([p[:3, 3] for p in poses])
+    travel = np.gradient(pos[:, :2], axis=0)
+    view = np.array([p[:3, 2][:2] for p in poses])
+    cos = np.einsum("ni,ni->n", travel, view) / (
+        np.linalg.norm(travel, axis=1) * np.linalg.norm(view, axis=1))
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+def test_offpath_query_leaves_the_mapping_lanes_and_turns_away():
+    """The offpath scenario's query walk is a new lane, turned away from the direction of
+    travel further than the mapping walk ever looks, at other heights."""
+    b = Building(BuildingSpec(seed=1))
+    mapping = walk_trajectory(b, 300, loops=2.0, offsets=(0.35, -0.35))
+    query = walk_trajectory(b, 120, loops=1.0, phase=0.37, start_fraction=0.05,
+                            **SCENARIOS["offpath"]["query"])
+    map_xy = np.array([p[:3, 3][:2] for p in mapping])
+    q_xy = np.array([p[:3, 3][:2] for p in query])
+    nearest = np.min(np.linalg.norm(q_xy[:, None] - map_xy[None], axis=2), axis=1)
+    assert np.median(nearest) > 0.3, np.median(nearest)
+    turned_map, turned_query = _travel_angles_deg(mapping), _travel_angles_deg(query)
+    assert np.median(turned_query) > np.median(turned_map) + 10
+    assert np.mean(turned_query > np.percentile(turned_map, 75)) > 0.6
+    heights = np.array([p[2, 3] for p in query])
+    assert heights.max() - heights.min() > 0.4
+    # the walk stays in walkable space (never inside a wall or block)
+    plan = b.floor_plan()
+    assert plan.is_walkable(q_xy).all()
+
+
+def test_lookalike_building_repeats_its_posters():
+    """The lookalike building hangs the same poster (same pixels, up to the wall's
+    brightness) in several places; the standard one never does."""
+    def repeats(spec: BuildingSpec) -> int:
+        b = Building(spec)
+        crops = [b.atlas[v0 + 4:v1 - 4, u0 + 4:u1 - 4].astype(float)
+                 for u0, v0, u1, v1, _ in b.posters]
+        found = 0
+        for i in range(len(crops)):
+            for j in range(i + 1, len(crops)):
+                a, c = crops[i], crops[j]
+                if a.shape != c.shape or a.size < 300:
+                    continue
+                r = np.corrcoef(a.ravel(), c.ravel())[0, 1]
+                found += bool(r > 0.99)
+        return found
+
+    assert repeats(BuildingSpec(seed=4, lookalike_posters=3)) >= 10
+    assert repeats(BuildingSpec(seed=4)) == 0
+
+
+def test_unknown_scenario_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="scenario"):
+        write_synthetic_building(tmp_path / "x", frames=10, query_frames=1, width=64,
+                                 height=48, scenario="castle", progress=False)

@@ -37,6 +37,7 @@ from camera_pose_ros.geometry import PinholeCamera, look_at_rotation, quat_wxyz_
 __all__ = [
     "BuildingSpec",
     "Building",
+    "SCENARIOS",
     "Renderer",
     "walk_trajectory",
     "write_synthetic_building",
@@ -54,12 +55,16 @@ class BuildingSpec:
         wall_height: floor to ceiling.
         texels_per_metre: texture resolution of walls (floor and ceiling use half).
         seed: drives every texture and every random choice.
+        lookalike_posters: 0 draws every poster anew (no two places look alike); N > 0
+            draws the posters of every wall from one pool of N designs, repeated across the
+            floor as real buildings repeat doors, signs and posters.
     """
 
     scale: float = 1.0
     wall_height: float = 2.8
     texels_per_metre: int = 160
     seed: int = 0
+    lookalike_posters: int = 0
 
 
 @dataclass
@@ -93,6 +98,11 @@ class Building:
         #: rectangles of floor that are not walkable but do not block sight (a low planter)
         self.no_walk = [(7.0 * s, 0.2 * s, 9.0 * s, 0.8 * s)]
         self._rng = np.random.default_rng(spec.seed)
+        self._poster_pool = [
+            self._rng.integers(0, 256, size=(int(self._rng.integers(6, 12)),
+                                             int(self._rng.integers(6, 12)), 3)).astype(np.uint8)
+            for _ in range(max(0, spec.lookalike_posters))
+        ]
         self._build_walls()
         self._build_atlas()
 
@@ -152,11 +162,21 @@ class Building:
                 ph = int(pw * rng.uniform(0.7, 1.5))
                 x = int(rng.integers(0, max(1, w_px - pw)))
                 y = int(rng.integers(h_px // 8, max(h_px // 8 + 1, h_px - ph - h_px // 4)))
-                sub = rng.integers(0, 256, size=(max(2, ph // 12), max(2, pw // 12), 3))
+                design = -1
+                if self._poster_pool:  # one of a few designs, repeated across the floor
+                    design = int(rng.integers(len(self._poster_pool)))
+                    sub = self._poster_pool[design]
+                    pw = h_px // 3  # same design, same size: truly alike
+                    ph = int(pw * sub.shape[0] / sub.shape[1])
+                    x = int(rng.integers(0, max(1, w_px - pw)))
+                    y = int(rng.integers(h_px // 8, max(h_px // 8 + 1, h_px - ph - h_px // 4)))
+                else:
+                    sub = rng.integers(0, 256, size=(max(2, ph // 12), max(2, pw // 12), 3))
                 poster = cv2.resize(sub.astype(np.uint8), (pw, ph),
                                     interpolation=cv2.INTER_NEAREST)
                 y1, x1 = min(h_px, y + ph), min(w_px, x + pw)
                 tex[y:y1, x:x1] = poster[: y1 - y, : x1 - x]
+                self._drawn_posters.append((x, y, x1, y1, design))
                 cv2.rectangle(tex, (x, y), (x1 - 1, y1 - 1), (20, 20, 20), 3)
             # skirting board: a cue for the floor line, as in real corridors
             tex[-max(2, h_px // 28):] = (tex[-max(2, h_px // 28):] * 0.4).astype(np.uint8)
@@ -193,8 +213,13 @@ class Building:
             raise ConfigError("building too large for the texture atlas; lower scale or "
                               "texels_per_metre")
         atlas = np.zeros((atlas_h, atlas_w, 3), np.uint8)
+        #: posters on the walls: atlas rectangle (u0, v0, u1, v1) and design (-1: unique)
+        self.posters: list[tuple[int, int, int, int, int]] = []
         for wall, (ax, ay, w_px) in zip(self.walls, placements, strict=True):
+            self._drawn_posters: list[tuple[int, int, int, int, int]] = []
             tex = self._texture(w_px, h_wall, "wall")
+            self.posters += [(ax + x0, ay + y0, ax + x1, ay + y1, d)
+                             for x0, y0, x1, y1, d in self._drawn_posters]
             atlas[ay:ay + h_wall, ax:ax + w_px] = (tex * wall.brightness).clip(0, 255)
             wall.atlas_u0, wall.atlas_v0 = float(ax), float(ay)
         atlas[floor_y:floor_y + fh, :fw] = self._texture(fw, fh, "floor")
@@ -265,8 +290,13 @@ class Renderer:
         return keep
 
     def render(self, map_from_cam: np.ndarray, *, noise_sigma: float = 0.0,
-               rng: np.random.Generator | None = None) -> np.ndarray:
-        """RGB uint8 image seen by a camera at ``map_from_cam`` (4x4)."""
+               rng: np.random.Generator | None = None,
+               light: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+        """RGB uint8 image seen by a camera at ``map_from_cam`` (4x4).
+
+        ``light`` multiplies the red, green and blue channels (other lighting: dimmer,
+        warmer or colder than the mapping walk's).
+        """
         b = self.building
         cam = self.camera
         rot = map_from_cam[:3, :3].astype(np.float32)
@@ -322,6 +352,8 @@ class Renderer:
         img = cv2.blendLinear(far.astype(np.float32), near.astype(np.float32), w_far,
                               1.0 - w_far)
         img *= shade[:, :, None]
+        if tuple(light) != (1.0, 1.0, 1.0):
+            img *= np.asarray(light, np.float32)
         if noise_sigma > 0:
             rng = rng or np.random.default_rng()
             img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise_sigma)
@@ -361,13 +393,17 @@ def _loop_path(building: Building, offset: float,
 def walk_trajectory(
     building: Building, n_frames: int, *, loops: float = 2.0, offsets: tuple[float, ...] = (0.0,),
     height: float = 1.5, yaw_amplitude_deg: float = 18.0, pitch_amplitude_deg: float = 5.0,
-    phase: float = 0.0, start_fraction: float = 0.0,
+    phase: float = 0.0, start_fraction: float = 0.0, reverse: bool = False,
+    yaw_offset_deg: float = 0.0, yaw_cycles: float = 5.0, height_amplitude: float = 0.0,
 ) -> list[np.ndarray]:
     """``map_from_cam`` poses of a walk around the corridor loop.
 
     The camera looks along the direction of travel, swinging its yaw and pitch slowly (a
     hand-held or head camera), so the frames see the walls from varied angles. Each loop
     uses the next lateral offset in ``offsets`` (cycling), so repeated loops see new views.
+    ``reverse`` walks the loop clockwise; ``yaw_offset_deg`` turns the camera away from the
+    direction of travel, alternately left and right (``yaw_cycles`` swings of yaw per loop
+    around that offset); ``height_amplitude`` raises and lowers the camera (metres).
     """
     if n_frames < 1:
         raise ConfigError(f"need at least 1 frame, got {n_frames}")
@@ -385,20 +421,46 @@ def walk_trajectory(
         def at(path: np.ndarray, fraction: float) -> np.ndarray:
             return path[int(round(fraction * len(path))) % len(path)]
 
-        pos2 = (1 - w) * at(this, frac) + w * at(nxt, frac)
-        look = frac + 0.8 / (len(this) * 0.02)  # look 0.8 m ahead: smooth heading
+        u = (1.0 - frac) % 1.0 if reverse else frac  # position along the loop
+        pos2 = (1 - w) * at(this, u) + w * at(nxt, u)
+        step = 0.8 / (len(this) * 0.02)  # look 0.8 m ahead: smooth heading
+        look = u - step if reverse else u + step
         ahead = (1 - w) * at(this, look) + w * at(nxt, look) - pos2
         yaw = np.arctan2(ahead[1], ahead[0])
-        yaw += np.radians(yaw_amplitude_deg) * np.sin(2 * np.pi * (f * 5.0 + phase))
+        swing = np.sin(2 * np.pi * (f * yaw_cycles + phase))
+        # turned away: to one side for a while, then to the other (never straight ahead)
+        side = float(np.clip(3.0 * np.sin(2 * np.pi * (f * 1.5 + phase)), -1.0, 1.0))
+        yaw += np.radians(yaw_offset_deg) * side + np.radians(yaw_amplitude_deg) * swing
         pitch = np.radians(pitch_amplitude_deg) * np.sin(2 * np.pi * (f * 3.0 + phase + 0.3))
         forward = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch),
                             np.sin(pitch)])
         z = height + 0.03 * np.sin(2 * np.pi * f * 40)  # footsteps
+        z += height_amplitude * np.sin(2 * np.pi * (f * 2.0 + phase))
         pose = np.eye(4)
         pose[:3, :3] = look_at_rotation(forward)
         pose[:3, 3] = [pos2[0], pos2[1], z]
         poses.append(pose)
     return poses
+
+
+#: Scenes: the building's look and the query walk (the mapping walk is the same in all).
+#: ``standard``: the query walk runs between the mapping lanes, 10 cm lower, with another
+#: head motion. ``offpath``: it runs 0.8 m inside the loop (0.45 m beyond the inner mapping
+#: lane), the camera turned 35 deg +- 10 deg to either side of the direction of travel
+#: (the mapping walk swings +-18 deg), 1.25-1.75 m high, under dimmer, warmer light.
+#: ``lookalike``: the offpath query in a building whose posters repeat three designs.
+SCENARIOS: dict[str, dict] = {
+    "standard": {"building": {}, "light": (1.0, 1.0, 1.0),
+                 "query": {"offsets": (0.0,), "height": 1.4, "yaw_amplitude_deg": 12.0}},
+    "offpath": {"building": {}, "light": (0.8, 0.74, 0.62),
+                "query": {"offsets": (-0.8,), "height": 1.5, "height_amplitude": 0.25,
+                          "yaw_offset_deg": 35.0, "yaw_amplitude_deg": 10.0,
+                          "yaw_cycles": 3.0}},
+    "lookalike": {"building": {"lookalike_posters": 3}, "light": (0.8, 0.74, 0.62),
+                  "query": {"offsets": (-0.8,), "height": 1.5, "height_amplitude": 0.25,
+                            "yaw_offset_deg": 35.0, "yaw_amplitude_deg": 10.0,
+                            "yaw_cycles": 3.0}},
+}
 
 
 def _pose_table(stamps_ns: list[int], poses: list[np.ndarray]) -> PoseTable:
@@ -415,7 +477,7 @@ def write_synthetic_building(
     loops: float = 2.0,
     control_points: int = 6, control_point_noise: float = 0.01, bad_control_points: int = 0,
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
-    distortion: tuple[float, ...] = (), progress: bool = True,
+    distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
 ) -> Path:
     """Render a synthetic building and write it as ARCHITECTURE.md's ``synth`` layout.
 
@@ -425,8 +487,12 @@ def write_synthetic_building(
     ``floorplan.yaml`` + ``floorplan.pgm``. The mapping walk goes ``loops`` times round the
     corridor loop, alternately on either side of its centre line. ``distortion`` (plumb_bob
     ``k1 k2 p1 p2 [k3]``) renders a lens with that distortion and writes it in CameraInfo.
+    ``scenario`` (a key of :data:`SCENARIOS`) picks the building's look and the query walk.
     Returns ``out``.
     """
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    scene = SCENARIOS[scenario]
     if frames < 10 or query_frames < 1:
         raise ConfigError("need at least 10 mapping frames and 1 query frame")
     if width < 64 or height < 48:
@@ -434,7 +500,7 @@ def write_synthetic_building(
     if control_points < 3 or control_points > frames:
         raise ConfigError(f"control_points must be in [3, frames], got {control_points}")
     rng = np.random.default_rng(seed)
-    building = Building(BuildingSpec(scale=scale, seed=seed))
+    building = Building(BuildingSpec(scale=scale, seed=seed, **scene["building"]))
     f = 0.82 * width
     try:
         camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5,
@@ -442,11 +508,11 @@ def write_synthetic_building(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     renderer = Renderer(building, camera)
-    # mapping: two loops on either side of the corridor centre; query: one loop in between,
-    # lower and with another head motion -- a path never walked while mapping
+    # mapping: two loops on either side of the corridor centre; query: one loop on a path
+    # never walked while mapping (the scenario says which)
     mapping = walk_trajectory(building, frames, loops=loops, offsets=(0.35, -0.35))
-    query = walk_trajectory(building, query_frames, loops=1.0, offsets=(0.0,), height=1.4,
-                            yaw_amplitude_deg=12.0, phase=0.37, start_fraction=0.05)
+    query = walk_trajectory(building, query_frames, loops=1.0, phase=0.37,
+                            start_fraction=0.05, **scene["query"])
     t0_ns = 1_700_000_000_000_000_000 + seed * 1_000_000_000
     period_ns = int(round(1e9 / rate_hz))
     out = Path(out)
@@ -464,7 +530,8 @@ def write_synthetic_building(
                 for stamp, pose in tqdm(list(zip(stamps, poses, strict=True)),
                                         desc=f"render {name}", disable=not progress,
                                         unit="frame"):
-                    img = renderer.render(pose, noise_sigma=noise_sigma, rng=rng)
+                    light = scene["light"] if name == "query" else (1.0, 1.0, 1.0)
+                    img = renderer.render(pose, noise_sigma=noise_sigma, rng=rng, light=light)
                     writer.write(stamp, img, camera)
             for item in bag_dir.iterdir():
                 item.rename(tmp / item.name)
