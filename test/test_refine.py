@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pycolmap
 import pytest
+from scipy.spatial.transform import Rotation
 
 from camera_pose_ros.dataset.bagio import iter_bag_images, read_camera_info
 from camera_pose_ros.dataset.posecsv import read_poses
@@ -24,6 +25,7 @@ from camera_pose_ros.dataset.refmap import (
 from camera_pose_ros.errors import ConfigError, RefinementError
 from camera_pose_ros.geometry import (
     position_errors,
+    quat_wxyz_from_rotmat,
     rotation_errors_deg,
     rotmat_from_quat_wxyz,
 )
@@ -129,13 +131,45 @@ def test_refinement_failures_return_the_prior_with_a_reason(refinement_map, quer
         assert not out.success and out.reason
         np.testing.assert_allclose(out.position, pos + 0.3)
         np.testing.assert_allclose(out.covariance, cov)
-    # a prior 1.5 m off with a tight covariance: the (right) refined pose fails the gate
-    strict = Refiner(refinement_map, RefineConfig(gate_min_m=0.5, trust_inliers=0))
+    # the optional gate on the regressed pose: a prior 1.5 m off with a tight covariance
+    strict = Refiner(refinement_map, RefineConfig(gate_sigma=4.0, gate_min_m=0.5))
     out = strict.refine(rgb, pos + [1.5, 0, 0], q, cov, camera)
     assert not out.success and "from the regressed one" in out.reason
-    # ... unless enough inliers are trusted to overrule it
-    trusting = Refiner(refinement_map, RefineConfig(gate_min_m=0.5, trust_inliers=30))
-    assert trusting.refine(rgb, pos + [1.5, 0, 0], q, cov, camera).success
+
+
+def test_refinement_rests_on_the_map_not_on_a_wrong_prior(refinement_map, query):
+    """A prior metres off, turned away and claiming a tight covariance does not stop a pose
+    the map supports: retrieval picks the frames and verification around the solution
+    confirms it (by default the regressed pose only proposes candidate frames)."""
+    rows, camera = query
+    refiner = Refiner(refinement_map)
+    turned = Rotation.from_euler("z", 120, degrees=True).as_matrix()
+    accepted = []
+    for rgb, pos, q in rows:
+        far = pos + np.array([4.0, -3.0, 0.5])
+        q_far = quat_wxyz_from_rotmat(turned @ rotmat_from_quat_wxyz(q))
+        out = refiner.refine(rgb, far, q_far, np.eye(6) * 0.01, camera)
+        if out.success:
+            accepted.append(position_errors(out.position[None], pos[None])[0])
+    assert len(accepted) >= 0.8 * len(rows), f"{len(accepted)}/{len(rows)} refined"
+    assert max(accepted) < 0.25, accepted
+
+
+def test_a_pose_carried_by_part_of_the_image_is_refused(refinement_map, query):
+    """Inliers from the top half of the image only cover 8 of 16 grid cells: refused when
+    the configured spread asks for more, accepted (and right) when it does not."""
+    rows, camera = query
+    rgb, pos, q = rows[len(rows) // 2]
+    half = np.zeros_like(rgb)
+    half[: rgb.shape[0] // 2] = rgb[: rgb.shape[0] // 2]
+    cov = np.eye(6) * 0.01
+    out = Refiner(refinement_map, RefineConfig(min_inliers=12, min_spread=0.6)).refine(
+        half, pos, q, cov, camera)
+    assert not out.success and "cover" in out.reason, out.reason
+    out = Refiner(refinement_map, RefineConfig(min_inliers=12, min_spread=0.25)).refine(
+        half, pos, q, cov, camera)
+    assert out.success, out.reason
+    assert position_errors(out.position[None], pos[None])[0] < 0.25
 
 
 def test_covariance_from_inliers_matches_the_spread_of_noisy_solutions():

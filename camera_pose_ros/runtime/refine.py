@@ -8,9 +8,11 @@ Given an RGB image, its regressed pose and the camera intrinsics:
 2. extract SIFT from the image (pycolmap, CPU) and match it to those frames' observations
    of 3D points (mutual nearest neighbour per 3D point, Lowe's ratio test);
 3. solve the absolute pose with LO-RANSAC and refine it (pycolmap);
-4. accept it when enough inliers support it and it lies within the regressed pose's own
-   uncertainty (``gate_sigma``, at least ``gate_min_m``); its covariance comes from the
-   inliers' reprojection residuals (Gauss-Newton, REP 103 order, map frame).
+4. verify it on the map's own evidence, not on the regressor: match again against the
+   mapped frames nearest the *solution* and solve again; accept when both solutions agree,
+   enough inliers support it, they spread over the image, and they explain a large enough
+   share of the map points the solution says the camera should see. Its covariance comes
+   from the inliers' reprojection residuals (Gauss-Newton, REP 103 order, map frame).
 
 When a check fails the regressed pose comes back unchanged with the reason.
 """
@@ -53,11 +55,18 @@ class RefineConfig:
         max_error_px: RANSAC inlier threshold on the reprojection error.
         min_inliers: fewer inliers than this is a failure.
         min_inlier_ratio: inliers / matches below this is a failure.
-        gate_sigma: the refined position must lie within this many standard deviations of
-            the regressed one (its covariance's largest axis) ...
-        gate_min_m: ... or this many metres, whichever is larger.
-        trust_inliers: with at least this many inliers the map's evidence overrules the gate
-            (a regressor can be metres off in a new viewpoint; 0: always gate).
+        min_spread: share of the cells of a 4x4 grid over the image that must hold an
+            inlier (a pose carried by one poster or one corner is not accepted).
+        verify: match again against the ``k_verify`` mapped frames nearest the solution and
+            solve again; the two solutions must agree within ``verify_max_m`` and
+            ``verify_max_deg``.
+        min_explained: share of the map points seen by the verification frames and
+            projecting into the image that must be inliers (0: off).
+        gate_sigma: 0 (default): the regressed pose only picks candidate frames. Above 0 the
+            refined position must also lie within this many standard deviations of the
+            regressed one (its covariance's largest axis) ...
+        gate_min_m: ... or this many metres, whichever is larger. Off by default: a
+            regressor can be metres off in a new viewpoint while the map is right.
         cov_floor_m: position standard deviation added for the map's own error (at least
             the map's alignment RMS, which measures it).
         cov_floor_deg: rotation standard deviation added likewise.
@@ -66,7 +75,7 @@ class RefineConfig:
     """
 
     k_pose: int = 4
-    k_retrieval: int = 4
+    k_retrieval: int = 6
     max_view_angle_deg: float = 60.0
     max_features: int = 2048
     first_octave: int = 0
@@ -74,9 +83,14 @@ class RefineConfig:
     max_error_px: float = 6.0
     min_inliers: int = 30
     min_inlier_ratio: float = 0.15
-    gate_sigma: float = 4.0
+    min_spread: float = 0.25
+    verify: bool = True
+    k_verify: int = 4
+    verify_max_m: float = 0.15
+    verify_max_deg: float = 2.0
+    min_explained: float = 0.0
+    gate_sigma: float = 0.0
     gate_min_m: float = 2.0
-    trust_inliers: int = 150
     cov_floor_m: float = 0.01
     cov_floor_deg: float = 0.1
     cov_scale: float = 1.0
@@ -89,9 +103,17 @@ class RefineConfig:
             raise ConfigError(f"refine ratio must be in (0, 1], got {self.ratio}")
         if self.min_inliers < 4:
             raise ConfigError("refine min_inliers must be at least 4 (a pose needs 4 points)")
-        for name in ("max_error_px", "gate_sigma", "cov_scale", "max_view_angle_deg"):
-            if getattr(self, name) <= 0:
+        for name in ("max_error_px", "cov_scale", "max_view_angle_deg", "verify_max_m",
+                     "verify_max_deg"):
+            if not getattr(self, name) > 0:
                 raise ConfigError(f"refine {name} must be positive")
+        for name in ("min_spread", "min_explained", "min_inlier_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"refine {name} must be in [0, 1]")
+        if not self.gate_sigma >= 0 or not self.gate_min_m >= 0:
+            raise ConfigError("refine gate_sigma and gate_min_m must be >= 0")
+        if self.verify and self.k_verify < 1:
+            raise ConfigError("refine k_verify must be at least 1 when verify is on")
 
     @classmethod
     def from_dict(cls, data: dict) -> RefineConfig:
@@ -191,6 +213,22 @@ def pose_covariance_from_inliers(points2d_N2: np.ndarray, points3d_N3: np.ndarra
     return sigma2 * np.linalg.pinv(jac.T @ jac)
 
 
+@dataclass
+class _Solution:
+    """One absolute-pose solution and its inliers."""
+
+    rot_map_cam: np.ndarray
+    centre: np.ndarray
+    points2d: np.ndarray
+    points3d: np.ndarray
+    point_ids: np.ndarray
+    matches: int
+
+    @property
+    def inliers(self) -> int:
+        return len(self.points2d)
+
+
 class Refiner:
     """Refines regressed poses against one :class:`RefinementMap`."""
 
@@ -207,21 +245,27 @@ class Refiner:
         self._index = {n: i for i, n in enumerate(self._names)}
 
     def select_frames(self, position: np.ndarray, rot_map_cam: np.ndarray,
-                      global_desc: np.ndarray | None, exclude: frozenset[int] = frozenset()
+                      global_desc: np.ndarray | None, exclude: frozenset[int] = frozenset(),
+                      k_pose: int | None = None, k_retrieval: int | None = None
                       ) -> np.ndarray:
-        """Indices of the mapped frames to match against (by pose, then by retrieval)."""
+        """Indices of the mapped frames to match against (by pose, then by retrieval).
+
+        ``k_pose`` / ``k_retrieval`` override the configured numbers.
+        """
         cfg, m = self.config, self.map
+        k_pose = cfg.k_pose if k_pose is None else k_pose
+        k_retrieval = cfg.k_retrieval if k_retrieval is None else k_retrieval
         allowed = np.ones(len(m), bool)
         allowed[list(exclude)] = False
         chosen: list[int] = []
-        if cfg.k_pose:
+        if k_pose:
             cos = m.optical_axes @ rot_map_cam[:, 2]
             ok = allowed & (cos >= np.cos(np.radians(cfg.max_view_angle_deg)))
             dist = np.where(ok, np.linalg.norm(m.centres - position, axis=1), np.inf)
-            chosen += [int(i) for i in np.argsort(dist)[:cfg.k_pose] if np.isfinite(dist[i])]
-        if cfg.k_retrieval and global_desc is not None:
+            chosen += [int(i) for i in np.argsort(dist)[:k_pose] if np.isfinite(dist[i])]
+        if k_retrieval and global_desc is not None:
             score = np.where(allowed, m.global_desc @ global_desc, -np.inf)
-            chosen += [int(i) for i in np.argsort(-score)[:cfg.k_retrieval]
+            chosen += [int(i) for i in np.argsort(-score)[:k_retrieval]
                        if np.isfinite(score[i]) and i not in chosen]
         return np.array(chosen, dtype=np.int64)
 
@@ -254,6 +298,49 @@ class Refiner:
         pts = point_idx[best[q]]
         _, first = np.unique(pts, return_index=True)  # one query feature per 3D point
         return q[first], pts[first]
+
+    def _solve(self, keypoints: np.ndarray, desc_q: np.ndarray, frames: np.ndarray,
+               colmap_cam: pycolmap.Camera) -> _Solution | str:
+        """Match against ``frames`` and solve the absolute pose; a reason string on failure."""
+        cfg = self.config
+        qi, pi = self._match(desc_q, frames)
+        if len(qi) < cfg.min_inliers:
+            return f"{len(qi)} matches to the map (< {cfg.min_inliers})"
+        est = pycolmap.AbsolutePoseEstimationOptions()
+        est.ransac.max_error = cfg.max_error_px
+        est.ransac.num_threads = cfg.num_threads
+        est.ransac.random_seed = 0
+        pts2d, pts3d = keypoints[qi], self.map.points[pi]
+        result = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, colmap_cam, est)
+        if result is None:
+            return f"absolute pose RANSAC found no pose from {len(qi)} matches"
+        mask = np.asarray(result["inlier_mask"], bool)
+        cam_from_map = np.eye(4)
+        cam_from_map[:3, :] = result["cam_from_world"].matrix()
+        rot_map_cam = cam_from_map[:3, :3].T
+        centre = -rot_map_cam @ cam_from_map[:3, 3]
+        sol = _Solution(rot_map_cam, centre, pts2d[mask], pts3d[mask], pi[mask], len(qi))
+        if sol.inliers < cfg.min_inliers:
+            return f"{sol.inliers} inliers (< {cfg.min_inliers})"
+        if sol.inliers < cfg.min_inlier_ratio * len(qi):
+            return f"inlier ratio {sol.inliers / len(qi):.2f} (< {cfg.min_inlier_ratio})"
+        if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(rot_map_cam))):
+            return "absolute pose is not finite"
+        return sol
+
+    def _explained(self, sol: _Solution, frames: np.ndarray, colmap_cam: pycolmap.Camera
+                   ) -> float:
+        """Inliers / map points of ``frames`` that the solution says the image should see."""
+        point_idx, _ = self.map.observations(frames)
+        pts = self.map.points[np.unique(point_idx)]
+        cam = (pts - sol.centre) @ sol.rot_map_cam
+        cam = cam[cam[:, 2] > 0.1]
+        if len(cam) == 0:
+            return 0.0
+        uv = colmap_cam.img_from_cam(cam)
+        inside = ((uv[:, 0] >= 0) & (uv[:, 0] < colmap_cam.width) & (uv[:, 1] >= 0)
+                  & (uv[:, 1] < colmap_cam.height))
+        return sol.inliers / max(1, int(inside.sum()))
 
     def refine(self, image_rgb: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray,
                covariance: np.ndarray, camera: PinholeCamera | None = None,
@@ -296,56 +383,63 @@ class Refiner:
         if len(desc_q) < cfg.min_inliers:
             return fail(f"only {len(desc_q)} SIFT features in the image")
         rot = rotmat_from_quat_wxyz(prior.quat_wxyz)
+        if not (np.all(np.isfinite(rot)) and np.all(np.isfinite(prior.position))):
+            rot, prior.position = np.eye(3), np.zeros(3)  # retrieval alone picks the frames
         gdesc = bow_descriptor(desc_q, self.map.vocabulary, self.map.idf)
         excluded = frozenset(self._index[n] for n in exclude if n in self._index)
         frames = self.select_frames(prior.position, rot, gdesc, excluded)
         prior.frames = [self._names[i] for i in frames]
-        qi, pi = self._match(desc_q, frames)
-        prior.matches = len(qi)
-        t2 = time.perf_counter()
-        prior.stages_s["matching"] = t2 - t1
-        if len(qi) < cfg.min_inliers:
-            return fail(f"{len(qi)} matches to the map (< {cfg.min_inliers})")
         params = np.array(camera.colmap_params())
         colmap_cam = pycolmap.Camera(model=camera.colmap_model(), width=w, height=h,
                                      params=params)
-        est = pycolmap.AbsolutePoseEstimationOptions()
-        est.ransac.max_error = cfg.max_error_px
-        est.ransac.num_threads = cfg.num_threads
-        est.ransac.random_seed = 0
-        pts2d = keypoints[qi]
-        pts3d = self.map.points[pi]
-        result = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, colmap_cam, est)
-        prior.stages_s["pose"] = time.perf_counter() - t2
-        if result is None:
-            return fail(f"absolute pose RANSAC found no pose from {len(qi)} matches")
-        mask = np.asarray(result["inlier_mask"], bool)
-        prior.inliers = int(mask.sum())
-        if prior.inliers < cfg.min_inliers:
-            return fail(f"{prior.inliers} inliers (< {cfg.min_inliers})")
-        if prior.inliers < cfg.min_inlier_ratio * len(qi):
-            return fail(f"inlier ratio {prior.inliers / len(qi):.2f} "
-                        f"(< {cfg.min_inlier_ratio})")
-        cam_from_map = np.eye(4)
-        cam_from_map[:3, :] = result["cam_from_world"].matrix()
-        rot_map_cam = cam_from_map[:3, :3].T
-        centre = -rot_map_cam @ cam_from_map[:3, 3]
-        pos_sd = np.sqrt(max(np.linalg.eigvalsh(prior.covariance[:3, :3]).max(), 0.0))
-        gate = max(cfg.gate_min_m, cfg.gate_sigma * pos_sd)
-        jump = float(np.linalg.norm(centre - prior.position))
-        trusted = 0 < cfg.trust_inliers <= prior.inliers
-        if not np.isfinite(jump) or (jump > gate and not trusted):
-            return fail(f"refined pose {jump:.2f} m from the regressed one (gate {gate:.2f} m)")
-        if jump > gate:
-            log.debug("refined pose %.2f m from the regressed one, trusted on %d inliers",
-                      jump, prior.inliers)
-        inl2d = pts2d[mask]
+        sol = self._solve(keypoints, desc_q, frames, colmap_cam)
+        t2 = time.perf_counter()
+        prior.stages_s["pose"] = t2 - t1
+        if isinstance(sol, str):
+            return fail(sol)
+        prior.matches, prior.inliers = sol.matches, sol.inliers
+        if cfg.verify:  # the map around the solution must tell the same story
+            vframes = self.select_frames(sol.centre, sol.rot_map_cam, None, excluded,
+                                         k_pose=cfg.k_verify, k_retrieval=0)
+            check = self._solve(keypoints, desc_q, vframes, colmap_cam)
+            prior.stages_s["verify"] = time.perf_counter() - t2
+            if isinstance(check, str):
+                return fail(f"verification against the frames around the solution: {check}")
+            d_m = float(np.linalg.norm(check.centre - sol.centre))
+            d_deg = float(np.degrees(Rotation.from_matrix(
+                check.rot_map_cam @ sol.rot_map_cam.T).magnitude()))
+            if d_m > cfg.verify_max_m or d_deg > cfg.verify_max_deg:
+                return fail(f"the frames around the solution give another pose ({d_m:.2f} m, "
+                            f"{d_deg:.1f} deg away)")
+            if check.inliers >= sol.inliers:
+                sol, frames = check, vframes
+                prior.frames = [self._names[i] for i in frames]
+            prior.matches, prior.inliers = sol.matches, sol.inliers
+        cells = np.unique(np.minimum((sol.points2d / [w, h] * 4).astype(int), 3), axis=0)
+        spread = len(cells) / 16.0
+        if spread < cfg.min_spread:
+            return fail(f"inliers cover {spread:.0%} of the image (< {cfg.min_spread:.0%})")
+        if cfg.min_explained > 0:
+            explained = self._explained(sol, frames, colmap_cam)
+            if explained < cfg.min_explained:
+                return fail(f"inliers explain {explained:.0%} of the map points in view "
+                            f"(< {cfg.min_explained:.0%})")
+        if cfg.gate_sigma > 0:
+            pos_sd = np.sqrt(max(np.linalg.eigvalsh(prior.covariance[:3, :3]).max(), 0.0))
+            gate = max(cfg.gate_min_m, cfg.gate_sigma * pos_sd)
+            jump = float(np.linalg.norm(sol.centre - prior.position))
+            if not jump <= gate:
+                return fail(f"refined pose {jump:.2f} m from the regressed one "
+                            f"(gate {gate:.2f} m)")
+        inl2d = sol.points2d
         if camera.distortion:  # the covariance's model is the ideal pinhole
             inl2d = colmap_cam.cam_from_img(inl2d) * params[:2] + params[2:4]
         cov = cfg.cov_scale * pose_covariance_from_inliers(
-            inl2d, pts3d[mask], rot_map_cam, centre, params[:4])
+            inl2d, sol.points3d, sol.rot_map_cam, sol.centre, params[:4])
         cov[:3, :3] += np.eye(3) * max(cfg.cov_floor_m, self.map.alignment_rms_m) ** 2
         cov[3:, 3:] += np.eye(3) * np.radians(cfg.cov_floor_deg) ** 2
-        return replace(prior, success=True, position=centre,
-                       quat_wxyz=quat_wxyz_from_rotmat(rot_map_cam), covariance=cov,
+        if not np.all(np.isfinite(cov)):
+            return fail("refined covariance is not finite")
+        return replace(prior, success=True, position=sol.centre,
+                       quat_wxyz=quat_wxyz_from_rotmat(sol.rot_map_cam), covariance=cov,
                        latency_s=time.perf_counter() - t0)
