@@ -73,7 +73,8 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         loops=args.loops,
         control_points=args.control_points, control_point_noise=args.control_point_noise,
         bad_control_points=args.bad_control_points, storage=args.storage,
-        distortion=tuple(args.distortion or ()), progress=not args.quiet,
+        distortion=tuple(args.distortion or ()), scenario=args.scenario,
+        progress=not args.quiet,
     )
 
 
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--distortion", type=float, nargs="+", metavar="K",
                    help="lens distortion, plumb_bob k1 k2 p1 p2 [k3] (default: none)")
+    p.add_argument("--scenario", choices=("standard", "offpath", "lookalike"),
+                   default="standard",
+                   help="standard: the query walk between the mapping lanes; offpath: "
+                        "another lane, the camera turned away, other heights and light; "
+                        "lookalike: offpath in a building whose posters repeat")
     p.set_defaults(func=_cmd_synth)
 
     def stage_opts(p: argparse.ArgumentParser) -> None:
