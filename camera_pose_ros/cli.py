@@ -186,6 +186,12 @@ def _cmd_export(args: argparse.Namespace) -> Path:
     return export_model(args.checkpoint, args.format, args.out)
 
 
+def _cmd_bag_repair(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.bagrepair import repair_bag
+
+    return repair_bag(args.bag, args.out).out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (sub-commands as in ARCHITECTURE.md)."""
     parser = argparse.ArgumentParser(
@@ -329,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bag-repair",
+                       help="recover a recording cut off by SIGKILL/OOM/power loss into a "
+                            "complete bag")
+    p.add_argument("bag", type=Path, help="the unfinished bag folder (MCAP or sqlite3)")
+    p.add_argument("--out", type=Path, help="repaired bag folder (default BAG_repaired)")
+    p.set_defaults(func=_cmd_bag_repair)
     return parser
 
 

@@ -21,6 +21,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("min_interval", default_value="0.0",
                               description="seconds between recorded frames (keyframes)"),
         DeclareLaunchArgument("max_bag_size_mb", default_value="0.0"),
+        DeclareLaunchArgument("flush_period", default_value="1.0",
+                              description="seconds between flushes to disk: a killed "
+                                          "recorder loses at most about this much"),
+        DeclareLaunchArgument("chunk_size", default_value="1048576",
+                              description="MCAP chunk size in bytes (at most 1 MiB)"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("namespace", default_value=""),
     ]
@@ -37,6 +42,8 @@ def generate_launch_description() -> LaunchDescription:
             "storage": LaunchConfiguration("storage"),
             "min_interval": LaunchConfiguration("min_interval"),
             "max_bag_size_mb": LaunchConfiguration("max_bag_size_mb"),
+            "flush_period": LaunchConfiguration("flush_period"),
+            "chunk_size": LaunchConfiguration("chunk_size"),
             "use_sim_time": LaunchConfiguration("use_sim_time"),
         }],
         output="screen",

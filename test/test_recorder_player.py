@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from camera_pose_ros.dataset.bagio import BagImageWriter, iter_bag_images, list_topics
+from camera_pose_ros.errors import BagError
 from camera_pose_ros.geometry import PinholeCamera
 from test.conftest import wait_for
 
@@ -116,7 +117,7 @@ def test_bag_player_replays_a_bag(ros_context, spinner, tmp_path, venv_bin):
     assert [m.header.stamp.nanosec for m in got] == [i * 50_000_000 for i in range(8)]
     # in-process API with a topic filter
     node = spinner.add(rclpy.create_node("player", context=ros_context))
-    with pytest.raises(ValueError, match="none of the topics"):
+    with pytest.raises(BagError, match="none of the topics"):
         play(node, bag, topics=["/nope"])
     missing = subprocess.run([str(venv_bin / "bag_player"), str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=60)

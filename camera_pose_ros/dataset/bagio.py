@@ -28,6 +28,11 @@ __all__ = [
     "BagFrame",
     "BagImageWriter",
     "camera_info_topic_for",
+    "open_bag",
+    "read_messages",
+    "storage_files",
+    "unfinished_reason",
+    "repair_hint",
     "list_topics",
     "iter_bag_images",
     "read_camera_info",
@@ -65,21 +70,99 @@ def camera_info_topic_for(image_topic: str) -> str:
     return base.rsplit("/", 1)[0] + "/camera_info"
 
 
-def _open(path: str | os.PathLike) -> AnyReader:
+REPAIR_MAGIC = b"\x89MCAP0\r\n"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def storage_files(bag: Path) -> list[Path]:
+    """The storage files (``*.mcap``, ``*.db3``) of a bag folder, or the bag file itself."""
+    if bag.is_file():
+        return [bag]
+    try:
+        return sorted(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3") and p.is_file())
+    except OSError:
+        return []
+
+
+def unfinished_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` looks like a recording that was cut off (recorder killed), or None.
+
+    A bag folder with storage files but no ``metadata.yaml``, or an MCAP file that does not
+    end with the MCAP magic (no summary and footer: the writer never closed it).
+    """
+    bag = Path(path)
+    files = storage_files(bag)
+    if bag.is_dir() and files and not (bag / "metadata.yaml").exists():
+        return "it has no metadata.yaml (the recorder did not close it)"
+    for f in files:
+        if f.suffix != ".mcap":
+            continue
+        try:
+            with f.open("rb") as fh:
+                head = fh.read(8)
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - 8))
+                tail = fh.read(8)
+        except OSError:
+            continue
+        if head == REPAIR_MAGIC and tail != REPAIR_MAGIC:
+            return f"{f.name} ends without the MCAP footer (cut off while recording)"
+    return None
+
+
+def repair_hint(path: str | os.PathLike) -> str:
+    """The command that recovers what an unfinished bag holds."""
+    return f"recover its messages with `camera-pose bag-repair {path}`"
+
+
+def open_bag(path: str | os.PathLike) -> AnyReader:
+    """An open :class:`AnyReader` on bag ``path`` (close it when done).
+
+    Raises:
+        BagError: the bag is missing, unfinished (recorder killed: the message names
+            ``camera-pose bag-repair``) or unreadable; always a one-line message.
+    """
     bag = Path(path)
     if not bag.exists():
         raise BagError(f"bag not found: {bag}")
+    reason = unfinished_reason(bag)
+    if reason is not None:
+        raise BagError(f"bag {bag} is unfinished: {reason}; {repair_hint(bag)}")
     try:
         reader = AnyReader([bag], default_typestore=TYPESTORE)
         reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
-        raise BagError(f"cannot read bag {bag}: {exc}") from exc
+        raise BagError(f"cannot read bag {bag}: {_one_line(exc)}") from exc
     return reader
+
+
+
+def read_messages(reader: AnyReader, connections: list, path: str | os.PathLike
+                  ) -> Iterator[tuple[object, int, bytes]]:
+    """``(connection, log_time_ns, raw)`` of ``connections`` in bag order.
+
+    Raises:
+        BagError: the bag cannot be read past some point (a corrupt or cut-off chunk).
+    """
+    it = reader.messages(connections=connections)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # rosbags: ReaderError, struct.error, decompression errors
+            raise BagError(f"cannot read bag {path} past a damaged part: {_one_line(exc)}; "
+                           f"{repair_hint(path)}") from exc
+        yield item
 
 
 def list_topics(path: str | os.PathLike) -> dict[str, str]:
     """Topic name -> message type of a bag."""
-    reader = _open(path)
+    reader = open_bag(path)
     try:
         return {c.topic: c.msgtype for c in reader.connections}
     finally:
@@ -92,21 +175,32 @@ def _stamp_of(msg: object, log_time_ns: int) -> int:
     return ns if ns > 0 else int(log_time_ns)
 
 
+#: per-message warnings logged before the rest go to debug (the count comes at the end)
+_WARN_FIRST = 5
+
+
 def iter_bag_images(
     path: str | os.PathLike, topic: str = "/camera/image_raw", *, skip_bad: bool = True
 ) -> Iterator[BagFrame]:
     """Decoded RGB frames of ``topic`` in bag order.
 
+    A message that cannot be deserialized (corrupt CDR) or decoded (bad encoding, size or
+    compressed data) is skipped with a warning; how many were skipped is logged once the
+    iteration ends.
+
     Args:
         path: bag folder (or a single .mcap/.db3 file).
         topic: an Image or CompressedImage topic.
-        skip_bad: log and skip undecodable frames (True) or raise :class:`ImageDecodeError`.
+        skip_bad: log and skip undecodable messages (True) or raise: :class:`ImageDecodeError`
+            for an image that cannot be decoded, :class:`BagError` for a message that cannot
+            be deserialized.
 
     Raises:
-        BagError: missing bag, unreadable bag, or no such image topic (the message lists the
-            image topics the bag has).
+        BagError: missing, unfinished or unreadable bag, or no such image topic (the message
+            lists the image topics the bag has).
     """
-    reader = _open(path)
+    reader = open_bag(path)
+    skipped = total = 0
     try:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
@@ -117,22 +211,36 @@ def iter_bag_images(
             )
         if conns[0].msgtype not in IMAGE_TYPES:
             raise BagError(f"topic '{topic}' in {path} is {conns[0].msgtype}, not an image")
-        for conn, log_ns, raw in reader.messages(connections=conns):
+        for conn, log_ns, raw in read_messages(reader, conns, path):
+            total += 1
             try:
-                msg = reader.deserialize(raw, conn.msgtype)
+                try:
+                    msg = reader.deserialize(raw, conn.msgtype)
+                except Exception as exc:  # rosbags: AnyReaderError, struct/index errors
+                    raise BagError(f"cannot deserialize the message at {log_ns / 1e9:.3f} s "
+                                   f"on {topic} in {path}: {_one_line(exc)}") from exc
                 if conn.msgtype.endswith("CompressedImage"):
                     rgb = decode_compressed(msg.data, msg.format)
                 else:
                     rgb = decode_raw(msg.data, width=msg.width, height=msg.height,
                                      encoding=msg.encoding, step=msg.step)
-            except ImageDecodeError as exc:
+            except (ImageDecodeError, BagError) as exc:
                 if not skip_bad:
                     raise
-                log.warning("skipping frame at %.3f s on %s: %s", log_ns / 1e9, topic, exc)
+                skipped += 1
+                level = logging.WARNING if skipped <= _WARN_FIRST else logging.DEBUG
+                if isinstance(exc, BagError):
+                    log.log(level, "skipping: %s", exc)
+                else:
+                    log.log(level, "skipping frame at %.3f s on %s: %s", log_ns / 1e9, topic,
+                            exc)
                 continue
             yield BagFrame(_stamp_of(msg, log_ns), rgb)
     finally:
         reader.close()
+        if skipped:
+            log.warning("skipped %d undecodable message(s) of %d read on %s in %s",
+                        skipped, total, topic, path)
 
 
 def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = False
@@ -140,16 +248,22 @@ def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = Fals
     """Intrinsics from the first CameraInfo on ``topic``, or None when the bag has none.
 
     ``rectified``: the images it describes are rectified (``image_rect``): P, no distortion.
+    A CameraInfo message that cannot be deserialized is skipped (the next one is used).
     """
-    reader = _open(path)
+    reader = open_bag(path)
     try:
         conns = [c for c in reader.connections if c.topic == topic]
-        for conn, _, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
+        for conn, log_ns, raw in read_messages(reader, conns, path):
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # corrupt CDR: try the next one
+                log.warning("skipping undecodable CameraInfo at %.3f s on %s: %s",
+                            log_ns / 1e9, topic, _one_line(exc))
+                continue
             try:
                 return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
                                                       msg.distortion_model, msg.p, rectified)
-            except ValueError as exc:
+            except (ValueError, AttributeError) as exc:
                 log.warning("ignoring CameraInfo on %s (COLMAP will estimate the "
                             "intrinsics): %s", topic, exc)
                 return None

@@ -1,7 +1,9 @@
 """bag_player: publish a bag's topics at the recorded rate (or a multiple of it).
 
 For demos and tests on machines without ``ros2 bag play``. Messages go out as recorded
-(serialized CDR, no deserialisation); publishers are reliable with depth 10.
+(serialized CDR, no deserialisation); publishers are reliable with depth 10. An unreadable
+bag (missing, unfinished, corrupt, without the requested topics) ends it with one line and
+exit status 2.
 
     ros2 run camera_pose_ros bag_player BAG [--rate 1.0] [--topics /camera/image_raw ...]
 """
@@ -16,26 +18,51 @@ from pathlib import Path
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rosbags.rosbag2 import Reader
 
+from camera_pose_ros.dataset.bagio import open_bag, read_messages
+from camera_pose_ros.errors import BagError, CameraPoseError
 from camera_pose_ros.ros.msgtypes import message_class
 
-__all__ = ["play", "main"]
+__all__ = ["play", "check_bag", "main"]
+
+
+def check_bag(bag: Path, topics: list[str] | None = None) -> list[str]:
+    """The topics of ``bag`` that :func:`play` would publish.
+
+    Raises:
+        BagError: the bag cannot be opened, or has none of ``topics``.
+    """
+    reader = open_bag(bag)
+    try:
+        have = sorted({c.topic for c in reader.connections})
+    finally:
+        reader.close()
+    chosen = [t for t in have if not topics or t in topics]
+    if not chosen:
+        raise BagError(f"bag {bag} has none of the topics {topics}; it has "
+                       + (", ".join(have) if have else "no topics"))
+    return chosen
 
 
 def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None = None,
          wait_for_subscribers: float = 0.0, remap: dict[str, str] | None = None) -> int:
-    """Publish ``bag`` on ``node``; return the number of messages published."""
+    """Publish ``bag`` on ``node``; return the number of messages published.
+
+    Raises:
+        ValueError: ``rate`` is not positive.
+        BagError: the bag cannot be read (also part-way through), or has none of ``topics``.
+    """
     if rate <= 0:
         raise ValueError("rate must be > 0")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     remap = remap or {}
     count = 0
-    with Reader(bag) as reader:
+    reader = open_bag(bag)
+    try:
         conns = [c for c in reader.connections if not topics or c.topic in topics]
         if not conns:
-            raise ValueError(f"bag {bag} has none of the topics {topics}; it has "
-                             + ", ".join(sorted({c.topic for c in reader.connections})))
+            raise BagError(f"bag {bag} has none of the topics {topics}; it has "
+                           + ", ".join(sorted({c.topic for c in reader.connections})))
         pubs = {c.id: node.create_publisher(message_class(c.msgtype),
                                             remap.get(c.topic, c.topic), qos) for c in conns}
         deadline = time.monotonic() + wait_for_subscribers
@@ -43,7 +70,7 @@ def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None =
                 p.get_subscription_count() for p in pubs.values()):
             time.sleep(0.05)
         start_wall, start_bag = None, None
-        for conn, stamp_ns, raw in reader.messages(connections=conns):
+        for conn, stamp_ns, raw in read_messages(reader, conns, bag):
             if start_wall is None:
                 start_wall, start_bag = time.monotonic(), stamp_ns
             due = start_wall + (stamp_ns - start_bag) / 1e9 / rate
@@ -52,6 +79,8 @@ def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None =
                 time.sleep(delay)
             pubs[conn.id].publish(bytes(raw))
             count += 1
+    finally:
+        reader.close()
     return count
 
 
@@ -65,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=5.0,
                    help="seconds to wait for subscribers before playing")
     args = p.parse_args(args_in)
-    if not args.bag.exists():
-        sys.stderr.write(f"bag_player: bag not found: {args.bag}\n")
+    if args.rate <= 0:
+        sys.stderr.write("bag_player: --rate must be > 0\n")
+        return 2
+    try:  # before ROS starts: an unreadable bag is one line, not a node
+        check_bag(args.bag, args.topics)
+    except CameraPoseError as exc:
+        sys.stderr.write(f"bag_player: {exc}\n")
         return 2
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = rclpy.create_node("bag_player")
@@ -75,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                  wait_for_subscribers=args.wait)
         node.get_logger().info(f"published {n} messages from {args.bag}")
         time.sleep(0.5)  # let reliable deliveries finish before the publishers go
-    except ValueError as exc:
+    except (CameraPoseError, ValueError) as exc:
         sys.stderr.write(f"bag_player: {exc}\n")
         return 2
     except KeyboardInterrupt:
