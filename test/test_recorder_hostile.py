@@ -202,6 +202,29 @@ def test_bag_repair_salvages_a_cut_off_mcap(tmp_path, venv_bin):
     assert none.returncode == 2 and _one_line_error(none.stderr), none.stderr
 
 
+def test_bag_repair_keeps_the_complete_compressed_chunks(tmp_path):
+    from camera_pose_ros.dataset.bagrepair import repair_bag
+
+    bag = tmp_path / "z"
+    writer = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    n = 150  # 9 kB of noise each: rosbags closes a chunk past 1 MiB, so two chunks
+    with writer:
+        conn = writer.add_connection("/camera/image_raw", _Image.__msgtype__,
+                                     typestore=TYPESTORE)
+        for i in range(n):
+            writer.write(conn, (100 + i) * 10**9, _image_cdr(i))
+    data = (bag / "z.mcap").read_bytes()
+    second = data.index(b"\x28\xb5\x2f\xfd", data.index(b"\x28\xb5\x2f\xfd") + 1)
+    (bag / "metadata.yaml").unlink()
+    _truncate(bag / "z.mcap", second + 1000)  # cut inside the second chunk
+    result = repair_bag(bag, tmp_path / "fixed")
+    frames = list(iter_bag_images(tmp_path / "fixed"))
+    assert 0 < len(frames) < n and result.messages == len(frames)
+    assert [f.stamp_ns // 10**9 for f in frames] == list(range(100, 100 + len(frames)))
+    assert any("compressed chunk cut off" in note for note in result.notes)
+
+
 # ------------------------------------------------------------------ ROS: recorder, player
 
 rclpy = pytest.importorskip("rclpy")

@@ -131,22 +131,24 @@ class _McapScan:
     channels: dict[int, _Channel] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def records(self, data: memoryview, where: str) -> Iterator[tuple[int, int, bytes]]:
+    def records(self, data: memoryview, where: str, complete: bool = True
+                ) -> Iterator[tuple[int, int, bytes]]:
         """``(channel_id, log_time, payload)`` of the Message records in ``data``.
 
         Schema and Channel records update the scan's tables. Stops at an incomplete record
-        (the end of a cut-off chunk).
+        (the end of a cut-off chunk; noted only when ``data`` should have been
+        ``complete``).
         """
         buf = _Buf(data)
         while buf.pos < len(data):
-            if len(data) - buf.pos < 9:
-                self.notes.append(f"{where}: {len(data) - buf.pos} trailing byte(s) lost")
+            if len(data) - buf.pos < 9 or struct.unpack_from(
+                    "<Q", data, buf.pos + 1)[0] > len(data) - buf.pos - 9:
+                if complete:
+                    self.notes.append(f"{where}: {len(data) - buf.pos} byte(s) of a broken "
+                                      "record lost")
                 return
             op = data[buf.pos]
             length = struct.unpack_from("<Q", data, buf.pos + 1)[0]
-            if length > len(data) - buf.pos - 9:
-                self.notes.append(f"{where}: the last record is cut off")
-                return
             buf.pos += 9
             rec = _Buf(buf.take(length))
             try:
@@ -190,22 +192,26 @@ class _McapScan:
             self.notes.append(f"{where}: chunk header cut off")
             return
         body = content[buf.pos:buf.pos + length]
+        complete = complete and len(body) == length
         if compression:
-            if not complete or len(body) < length:
+            if not complete:
                 self.notes.append(f"{where}: compressed chunk cut off, its messages lost")
                 return
             try:
-                body = memoryview(_decompress(bytes(body), compression, size))
+                body = memoryview(_decompress(bytes(body), compression))
             except Exception as exc:  # noqa: BLE001 -- zstd/lz4 errors have no common base
                 self.notes.append(f"{where}: corrupt {compression} chunk skipped ({exc})")
                 return
-        if crc and len(body) == size and zlib.crc32(body) != crc:
+        if complete and len(body) != size:
+            self.notes.append(f"{where}: chunk of the wrong size skipped")
+            return
+        if complete and crc and zlib.crc32(body) != crc:
             self.notes.append(f"{where}: chunk with a wrong checksum skipped")
             return
-        yield from self.records(body, where)
+        yield from self.records(body, where, complete)
 
 
-def _decompress(data: bytes, compression: str, size: int) -> bytes:
+def _decompress(data: bytes, compression: str) -> bytes:
     if compression == "zstd":
         try:
             from compression import zstd  # Python 3.14
