@@ -2,6 +2,9 @@
 
     ros2 launch camera_pose_ros relocalization.launch.py model:=/path/model.pt \
         camera_topic:=/camera/image_raw [mode:=refine refinement_map:=/path/DATA]
+
+The node is started as a lifecycle node. With ``autostart:=true`` (default) it configures and
+activates itself; with ``autostart:=false`` a lifecycle manager drives it.
 """
 
 import os
@@ -13,6 +16,11 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
+
+try:  # a lifecycle node, so that a lifecycle manager (e.g. Nav2's) can drive it
+    from launch_ros.actions import LifecycleNode
+except ImportError:  # a launch_ros without lifecycle support: a plain node
+    LifecycleNode = None
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -32,13 +40,15 @@ def generate_launch_description() -> LaunchDescription:
                               description="refinement map or dataset (\"\": beside the model)"),
         DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
                               description="sensor_msgs/CameraInfo topic (refine mode)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="true when a bag is played with --clock"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate without a lifecycle "
+                              "manager"),
         DeclareLaunchArgument("namespace", default_value=""),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz too"),
     ]
-    node = Node(
-        package="camera_pose_ros",
-        executable="relocalization_node",
+    common = dict(
         name="relocalization",
         namespace=LaunchConfiguration("namespace"),
         parameters=[
@@ -46,12 +56,18 @@ def generate_launch_description() -> LaunchDescription:
             {"model_path": LaunchConfiguration("model"),
              "mode": LaunchConfiguration("mode"),
              "refinement_map": LaunchConfiguration("refinement_map"),
+             "autostart": LaunchConfiguration("autostart"),
              "use_sim_time": LaunchConfiguration("use_sim_time")},
         ],
         remappings=[("image", LaunchConfiguration("camera_topic")),
                     ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",
     )
+    if LifecycleNode is not None:
+        node = LifecycleNode(package="camera_pose_ros", executable="relocalization_node",
+                             **common)
+    else:
+        node = Node(package="camera_pose_ros", executable="relocalization_node", **common)
     rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", rviz_config],
                 condition=IfCondition(LaunchConfiguration("rviz")), output="screen")
     return LaunchDescription([*args, node, rviz])

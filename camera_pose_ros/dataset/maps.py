@@ -8,6 +8,7 @@ Free cells are walkable.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,42 @@ class FloorPlan:
             "free_thresh": 0.196,  # as ROS map_saver: unknown (205) must not read as free
         }
         return write_text_atomic(yaml_path, yaml.safe_dump(meta, sort_keys=False))
+
+    @classmethod
+    def from_grid(cls, data: Sequence[int] | bytes | np.ndarray, width: int, height: int,
+                  resolution: float, origin_xy: tuple[float, float],
+                  max_cells: int = 100_000_000) -> FloorPlan:
+        """A plan from the fields of a ``nav_msgs/OccupancyGrid`` (row-major, row 0 at origin).
+
+        Raises:
+            InputDataError: zero width or height, more than ``max_cells`` cells, ``data``
+                not ``width * height`` long, a resolution that is not a positive finite
+                number, or a non-finite origin.
+        """
+        width, height = int(width), int(height)
+        if width <= 0 or height <= 0:
+            raise InputDataError(f"occupancy grid is empty ({width}x{height} cells)")
+        if width * height > max_cells:
+            raise InputDataError(f"occupancy grid of {width}x{height} cells is larger than "
+                                 f"{max_cells} cells")
+        res = float(resolution)
+        if not (np.isfinite(res) and res > 0):
+            raise InputDataError(f"occupancy grid resolution {res} is not a positive number "
+                                 "of metres per cell")
+        x0, y0 = (float(v) for v in origin_xy)
+        if not (np.isfinite(x0) and np.isfinite(y0)):
+            raise InputDataError(f"occupancy grid origin ({x0}, {y0}) is not finite")
+        try:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                occ = np.frombuffer(data, dtype=np.int8)
+            else:
+                occ = np.asarray(data, dtype=np.int8).reshape(-1)
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise InputDataError(f"occupancy grid data is not int8 cells ({exc})") from exc
+        if occ.size != width * height:
+            raise InputDataError(f"occupancy grid data has {occ.size} cells, width*height = "
+                                 f"{width * height}")
+        return cls(occ.reshape(height, width).copy(), res, (x0, y0))
 
     @classmethod
     def load(cls, yaml_path: str | os.PathLike) -> FloorPlan:

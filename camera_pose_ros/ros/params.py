@@ -34,6 +34,10 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
               ("raw", "compressed")),
     ParamSpec("max_image_age", 0.5, "seconds; older frames are dropped and counted",
               min_value=0.0, max_value=3600.0),
+    ParamSpec("max_future_stamp", 2.0, "seconds; frames stamped further ahead of the node's "
+              "clock are dropped and counted (0: no check)", min_value=0.0, max_value=3600.0),
+    ParamSpec("max_image_pixels", 4096 * 4096, "larger images are refused before decoding "
+              "(a compressed one by its header)", min_value=1, max_value=1 << 30),
     ParamSpec("publish_tf", True, "publish TF map_frame -> child_frame"),
     ParamSpec("publish_map_to_odom", False,
               "publish map -> odom from odometry instead (only one node may own that edge)"),

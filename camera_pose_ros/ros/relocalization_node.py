@@ -1,7 +1,10 @@
 """relocalization_node: camera images in, map-frame poses with covariance out.
 
-A lifecycle node. ``on_configure`` loads the checkpoint and the optional floor plan;
-``on_activate`` subscribes. With ``autostart`` (default) it configures and activates itself.
+A lifecycle node. ``on_configure`` loads the checkpoint and the optional floor plan and
+creates the (lifecycle) publishers and the service, which ``on_cleanup`` and ``on_shutdown``
+destroy; ``on_activate`` subscribes and starts the workers, ``on_deactivate`` stops them.
+With ``autostart`` (default) it configures and activates itself. A malformed message on any
+topic is logged (throttled per topic), counted in /diagnostics and dropped.
 Inference runs on a worker thread that always takes the newest frame (older unprocessed
 frames are dropped and counted), so the subscription callback never blocks. Every output is
 stamped with the image's stamp.
@@ -50,7 +53,7 @@ from tf2_msgs.msg import TFMessage
 
 from camera_pose_ros.config import load_yaml
 from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.errors import CameraPoseError, ImageDecodeError
+from camera_pose_ros.errors import CameraPoseError, ConfigError, ImageDecodeError
 from camera_pose_ros.geometry import (
     PinholeCamera,
     invert_pose,
@@ -59,6 +62,7 @@ from camera_pose_ros.geometry import (
     rotmat_from_quat_wxyz,
 )
 from camera_pose_ros.ros.conversions import (
+    camera_from_info,
     image_to_rgb,
     insert_by_stamp,
     matrix_to_pose,
@@ -122,7 +126,9 @@ class RelocalizationNode(LifecycleNode):
         self._path = collections.deque()
         self._subs: list = []
         self._timers: list = []
+        self._pubs: list = []
         self._service = None
+        self._warned: dict[str, float] = {}
         self._gate: JumpGate | None = None
         self._refine_cond = threading.Condition()
         self._refine_job: tuple | None = None
@@ -148,85 +154,114 @@ class RelocalizationNode(LifecycleNode):
     def _cache_params(self) -> None:
         """Parameters read on every frame, read once per configure."""
         self._cfg = {spec.name: self._p(spec.name) for spec in RELOCALIZATION_PARAMS}
-        e = [float(v) for v in self._cfg["base_to_camera"]]
-        self._base_from_cam = pose_matrix(rotmat_from_quat_wxyz([e[6], e[3], e[4], e[5]]),
-                                          e[:3])
+        e = np.array(self._cfg["base_to_camera"], dtype=float)
+        if e.shape != (7,) or not np.all(np.isfinite(e)) or np.linalg.norm(e[3:]) < 1e-6:
+            raise ConfigError(f"base_to_camera must be 7 finite numbers x y z qx qy qz qw "
+                              f"with a non-zero quaternion, got {e.tolist()}")
+        q = np.array([e[6], e[3], e[4], e[5]]) / np.linalg.norm(e[3:])
+        self._base_from_cam = pose_matrix(rotmat_from_quat_wxyz(q), e[:3])
         self._last_path_pub = 0.0
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        """Load the checkpoint and the floor plan; create publishers."""
-        plan = None
+        """Load the checkpoint and the floor plan; create publishers and the service.
+
+        Every failure is logged in one line and returns FAILURE (the node stays unconfigured).
+        """
         try:
-            if self._p("floorplan_yaml"):
-                plan = FloorPlan.load(self._p("floorplan_yaml"))
-            model = str(self._p("model_path"))
-            if not model:
-                raise CameraPoseError("parameter model_path is empty: give a checkpoint")
-            samples = int(self._p("mc_samples")) or None
-            self.localizer = Localizer(model, device=str(self._p("device")), floorplan=plan,
-                                       mc_samples=samples)
-            if self._p("half_precision"):
-                self.localizer.predictor.enable_half()
-            if self._p("mode") == "refine":
-                path = str(self._p("refine_config"))
-                config = RefineConfig.from_dict(load_yaml(path) if path else {})
-                where = self.localizer.enable_refinement(
-                    str(self._p("refinement_map")) or None, config)
-                self.get_logger().info(f"refinement map: {where}")
+            plan = self._load()
         except (CameraPoseError, ValueError) as exc:
+            self.localizer = None
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        if not self._p("snap_to_floorplan"):
-            self.localizer.set_floorplan(None)
-        self._cache_params()
+        except Exception as exc:  # rclpy would swallow it without a word
+            self.localizer = None
+            self.get_logger().error(f"configure failed: unexpected {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
         self._gate = JumpGate(float(self._p("max_jump"))) if self._p("jump_gate") else None
         self._path = collections.deque(maxlen=int(self._p("path_length")))
-        self.pub_pose = self.create_publisher(PoseStamped, "~/pose", RELIABLE_10)
-        self.pub_cov = self.create_publisher(PoseWithCovarianceStamped, "~/pose_with_covariance",
-                                             RELIABLE_10)
-        self.pub_path = self.create_publisher(Path, "~/path", RELIABLE_10)
-        self.pub_tf = self.create_publisher(TFMessage, "/tf", TF_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_10)
-        self.pub_initial = self.create_publisher(PoseWithCovarianceStamped, "/initialpose",
-                                                 RELIABLE_10)
-        self.pub_refined = self.create_publisher(PoseWithCovarianceStamped, "~/pose_refined",
-                                                 RELIABLE_10)
+
+        def pub(typ: type, topic: str, qos: QoSProfile = RELIABLE_10) -> object:
+            self._pubs.append(self.create_lifecycle_publisher(typ, topic, qos))
+            return self._pubs[-1]
+
+        self.pub_pose = pub(PoseStamped, "~/pose")
+        self.pub_cov = pub(PoseWithCovarianceStamped, "~/pose_with_covariance")
+        self.pub_path = pub(Path, "~/path")
+        self.pub_tf = pub(TFMessage, "/tf", TF_QOS)
+        self.pub_diag = pub(DiagnosticArray, "/diagnostics")
+        self.pub_initial = pub(PoseWithCovarianceStamped, "/initialpose")
+        self.pub_refined = pub(PoseWithCovarianceStamped, "~/pose_refined")
+        self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
+                                            callback_group=ReentrantCallbackGroup())
         self.get_logger().info(
             f"configured: {self.localizer.model_name} on {self.localizer.device}, map frame "
             f"'{self._p('map_frame')}', floor plan {'yes' if plan else 'no'}")
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_configure(state)
+
+    def _load(self) -> FloorPlan | None:
+        """The configure work that can fail: parameters, checkpoint, floor plan, refiner."""
+        self._cache_params()
+        plan = None
+        if self._p("floorplan_yaml"):
+            plan = FloorPlan.load(self._p("floorplan_yaml"))
+        model = str(self._p("model_path"))
+        if not model:
+            raise CameraPoseError("parameter model_path is empty: give a checkpoint")
+        samples = int(self._p("mc_samples")) or None
+        self.localizer = Localizer(model, device=str(self._p("device")), floorplan=plan,
+                                   mc_samples=samples)
+        if self._p("half_precision"):
+            self.localizer.predictor.enable_half()
+        if self._p("mode") == "refine":
+            path = str(self._p("refine_config"))
+            config = RefineConfig.from_dict(load_yaml(path) if path else {})
+            where = self.localizer.enable_refinement(
+                str(self._p("refinement_map")) or None, config)
+            self.get_logger().info(f"refinement map: {where}")
+        if not self._p("snap_to_floorplan"):
+            self.localizer.set_floorplan(None)
+        return plan
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        """Subscribe and start the inference worker."""
+        """Enable the publishers, subscribe and start the inference worker."""
+        ret = super().on_activate(state)
+        if ret != TransitionCallbackReturn.SUCCESS:
+            return ret
         group = MutuallyExclusiveCallbackGroup()
+        on_image = self._guarded(self._on_image, "image", "rejected_bad_input")
         if self._p("image_transport") == "compressed":
             sub = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data,
+                CompressedImage, "image/compressed", on_image, qos_profile_sensor_data,
                 callback_group=group,
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         else:
             sub = self.create_subscription(
-                Image, "image", self._on_image, QoSProfile(
+                Image, "image", on_image, QoSProfile(
                     depth=1, reliability=qos_profile_sensor_data.reliability,
                     durability=qos_profile_sensor_data.durability),
                 callback_group=group,
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._image_topic = sub.topic_name
         other = ReentrantCallbackGroup()
+        guarded = self._guarded
         self._subs = [
             sub,
-            self.create_subscription(Odometry, "odom", self._on_odom, 50, callback_group=other),
-            self.create_subscription(OccupancyGrid, "map", self._on_map, LATCHED,
-                                     callback_group=other),
-            self.create_subscription(Bool, "tracking_lost", self._on_tracking_lost, 10,
-                                     callback_group=other),
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                     qos_profile_sensor_data, callback_group=other),
+            self.create_subscription(Odometry, "odom", guarded(
+                self._on_odom, "odom", "rejected_odometry"), 50, callback_group=other),
+            self.create_subscription(OccupancyGrid, "map", guarded(
+                self._on_map, "map", "rejected_map", "; the previous map (if any) stays in use"),
+                LATCHED, callback_group=other),
+            self.create_subscription(Bool, "tracking_lost", guarded(
+                self._on_tracking_lost, "tracking_lost", "rejected_other"), 10,
+                callback_group=other),
+            self.create_subscription(CameraInfo, "camera_info", guarded(
+                self._on_camera_info, "camera_info", "rejected_camera_info"),
+                qos_profile_sensor_data, callback_group=other),
         ]
-        self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
-                                            callback_group=other)
-        self._timers = [self.create_timer(float(self._p("diagnostics_period")),
-                                          self._publish_diagnostics, callback_group=other)]
+        self._timers = [self.create_timer(
+            float(self._p("diagnostics_period")),
+            guarded(self._publish_diagnostics, "diagnostics", "rejected_other"),
+            callback_group=other)]
         self._running = True
         self._worker = threading.Thread(target=self._work, name="relocalization-inference",
                                         daemon=True)
@@ -236,47 +271,93 @@ class RelocalizationNode(LifecycleNode):
                                                    name="relocalization-refine", daemon=True)
             self._refine_worker.start()
         self.get_logger().info(f"active: listening on {sub.topic_name}")
-        return TransitionCallbackReturn.SUCCESS
+        return ret
 
     def _stop(self) -> None:
+        """Stop the workers; destroy the subscriptions and timers (``on_activate``'s)."""
         self._running = False
         with self._cond:
             self._cond.notify_all()
         with self._refine_cond:
             self._refine_cond.notify_all()
         for worker in (self._worker, self._refine_worker):
-            if worker is not None:
+            if worker is not None and worker is not threading.current_thread():
                 worker.join(timeout=5)
         self._worker = self._refine_worker = None
+        with self._cond:
+            self._latest = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         for timer in self._timers:
             self.destroy_timer(timer)
+        self._subs, self._timers = [], []
+
+    def _release(self) -> None:
+        """Destroy the publishers and the service (``on_configure``'s); drop the model."""
+        for pub in self._pubs:
+            self.destroy_lifecycle_publisher(pub)
         if self._service is not None:
             self.destroy_service(self._service)
-        self._subs, self._timers, self._service = [], [], None
+        self._pubs, self._service = [], None
+        self.localizer = None
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        """Unsubscribe and stop the worker."""
+        """Unsubscribe, stop the workers, disable the publishers."""
         self._stop()
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        """Release the model."""
-        self.localizer = None
-        return TransitionCallbackReturn.SUCCESS
+        """Destroy the publishers and the service; release the model."""
+        self._release()
+        return super().on_cleanup(state)
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        """Stop everything."""
+        """Stop and destroy everything."""
         self._stop()
-        self.localizer = None
-        return TransitionCallbackReturn.SUCCESS
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """A transition raised: stop and destroy everything (back to unconfigured)."""
+        self._stop()
+        self._release()
+        return super().on_error(state)
+
+    def _guarded(self, callback: Callable[..., object], what: str, key: str,
+                 consequence: str = "") -> Callable[..., object]:
+        """``callback`` that logs (throttled), counts under ``key`` and drops what it raises."""
+
+        def run(*args: object) -> object:
+            try:
+                return callback(*args)
+            except Exception as exc:  # one bad message must never stop the node
+                self.stats.add(key)
+                text = str(exc) if isinstance(exc, (CameraPoseError, ValueError)) else (
+                    f"{type(exc).__name__}: {exc}")
+                self._warn(what, f"ignoring {what}: {text}{consequence}")
+                return None
+
+        return run
+
+    def _warn(self, key: str, text: str, period: float = 5.0) -> None:
+        """A warning at most once per ``period`` seconds per ``key`` (per topic, not per line)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -period) >= period:
+            self._warned[key] = now
+            self.get_logger().warning(text)
 
     # -- inputs ---------------------------------------------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.add("received")
         with self.stats.lock:
             self.stats.arrivals.append(time.monotonic())
+        ahead = (stamp_to_ns(msg.header.stamp) - self.get_clock().now().nanoseconds) / 1e9
+        max_ahead = float(self._cfg["max_future_stamp"])
+        if max_ahead > 0 and ahead > max_ahead:
+            self.stats.add("dropped_future")
+            self._warn("future", f"dropping a frame stamped {ahead:.2f} s ahead of this "
+                       f"node's clock (max_future_stamp {max_ahead} s)")
+            return
         with self._cond:
             if self._latest is not None:
                 self.stats.add("dropped_superseded")
@@ -287,32 +368,26 @@ class RelocalizationNode(LifecycleNode):
         self._odom.append((stamp_to_ns(msg.header.stamp), pose_to_matrix(msg.pose.pose)))
 
     def _on_map(self, msg: OccupancyGrid) -> None:
-        if self.localizer is None or not self._p("snap_to_floorplan"):
+        localizer = self.localizer
+        if localizer is None or not self._cfg["snap_to_floorplan"]:
             return
         info = msg.info
-        occ = np.asarray(msg.data, dtype=np.int8).reshape(info.height, info.width)
-        plan = FloorPlan(occ, float(info.resolution),
-                         (float(info.origin.position.x), float(info.origin.position.y)))
-        try:
-            self.localizer.set_floorplan(plan)
-            self.get_logger().info(f"floor plan from 'map' ({info.width}x{info.height})")
-        except ValueError as exc:
-            self.get_logger().warning(f"ignoring map: {exc}")
+        plan = FloorPlan.from_grid(msg.data, info.width, info.height, info.resolution,
+                                   (info.origin.position.x, info.origin.position.y))
+        localizer.set_floorplan(plan)
+        self.get_logger().info(f"floor plan from 'map' ({info.width}x{info.height})")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        if msg.width <= 0 or msg.height <= 0:
-            return
+        setting = str(self._cfg["rectified_images"])
+        rectified = (setting == "true" if setting != "auto"
+                     else is_rectified_topic(self._image_topic))
         try:
-            setting = str(self._cfg["rectified_images"])
-            rectified = (setting == "true" if setting != "auto"
-                         else is_rectified_topic(self._image_topic))
-            self._camera = PinholeCamera.from_camera_info(
-                msg.width, msg.height, msg.k, msg.d, msg.distortion_model, msg.p, rectified)
+            self._camera = camera_from_info(msg, rectified)
         except ValueError as exc:
-            if self._camera_info_error != str(exc):  # once per distinct problem
-                self._camera_info_error = str(exc)
-                self.get_logger().error(f"ignoring camera_info: {exc}; refinement uses the "
-                                        "map's intrinsics")
+            self._camera_info_error = str(exc)
+            raise ValueError(f"{exc}; refinement uses the "
+                             f"{'previous camera_info' if self._camera else 'map'}'s "
+                             "intrinsics") from exc
 
     def _refining(self) -> bool:
         return (self.localizer is not None and self.localizer.refiner is not None
@@ -324,10 +399,11 @@ class RelocalizationNode(LifecycleNode):
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response
                        ) -> Trigger.Response:
-        self._reloc_requested.set()
-        response.success = self.localizer is not None
+        response.success = self._running
+        if self._running:
+            self._reloc_requested.set()
         response.message = ("the next good estimate goes out on /initialpose"
-                            if response.success else "not configured: no model loaded")
+                            if response.success else "not active: activate the node first")
         return response
 
     # -- inference ------------------------------------------------------------------------
@@ -361,7 +437,7 @@ class RelocalizationNode(LifecycleNode):
                                       f"{max_age} s)", throttle_duration_sec=5.0)
             return
         try:
-            rgb = image_to_rgb(msg)
+            rgb = image_to_rgb(msg, int(self._cfg["max_image_pixels"]))
         except ImageDecodeError as exc:
             self.stats.add("rejected_bad_input")
             self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
@@ -451,7 +527,8 @@ class RelocalizationNode(LifecycleNode):
         return self._odom[i][1]
 
     def _publish_initial(self, stamp: object, est: PoseEstimate) -> None:
-        self.pub_initial.publish(pose_with_covariance(stamp, "map", est.position,
+        self.pub_initial.publish(pose_with_covariance(stamp, str(self._cfg["map_frame"]),
+                                                      est.position,
                                                       est.quat_wxyz, est.covariance))
         how = ("refined" if est.refined else
                f"regressed; refinement failed: {est.refine_note}" if est.refine_note else
@@ -524,8 +601,10 @@ class RelocalizationNode(LifecycleNode):
             "model": self.localizer.model_name if self.localizer else "",
         }
         for key in ("received", "published", "dropped_stale", "dropped_superseded",
-                    "rejected_bad_input", "rejected_nan", "rejected_jump", "rejected_error",
-                    "snapped", "no_odometry", "refined", "refine_failed", "refine_error"):
+                    "dropped_future", "rejected_bad_input", "rejected_nan", "rejected_jump",
+                    "rejected_error", "rejected_odometry", "rejected_map",
+                    "rejected_camera_info", "rejected_other", "snapped", "no_odometry",
+                    "refined", "refine_failed", "refine_error"):
             values[key] = str(counts.get(key, 0))
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr_msg = DiagnosticArray(status=[status])
