@@ -54,12 +54,20 @@ def median_ms(samples_s: list[float]) -> float:
     return 1000.0 * statistics.median(samples_s)
 
 
-def write_results(name: str, results: dict) -> Path:
-    """Write ``results/<date>-<host>-<name>.json`` and return its path."""
+def write_results(name: str, results: dict, markdown: str | None = None) -> Path:
+    """Write ``results/<date>-<host>-<name>.json`` (and ``.md`` with ``markdown``).
+
+    Returns the JSON path.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     host = socket.gethostname().split(".")[0][:20] or "machine"
     path = RESULTS / f"{stamp}-{host}-{name}.json"
     payload = {"benchmark": name, "date": stamp, "machine": machine(), **results}
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    if markdown is not None:
+        m = payload["machine"]
+        path.with_suffix(".md").write_text(
+            f"Measured {stamp} on {m.get('cpu')} ({m.get('cores')} cores), torch "
+            f"{m.get('torch')}, GPU: {m.get('cuda')}\n\n{markdown}")
     return path

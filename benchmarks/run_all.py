@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and write one JSON plus a Markdown table.
 
-    python -m benchmarks.run_all [--quick]
+    python -m benchmarks.run_all [--quick] [--honesty-scenes standard,offpath]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from benchmarks import bench_dataset, bench_node, bench_refine, bench_training
+from benchmarks import bench_dataset, bench_honesty, bench_node, bench_refine, bench_training
 from benchmarks.common import RESULTS, machine
 
 
@@ -87,6 +87,9 @@ def _markdown(results: dict) -> str:
             lines.append(f"| refined position errors inside 1 / 2 sigma | "
                          f"{c['position_inside_1sigma']:.0%} / {c['position_inside_2sigma']:.0%}"
                          f" (expected 68% / 95%) | |")
+    ho = results.get("honesty")
+    if ho:
+        lines += ["", bench_honesty.markdown(ho).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     p.add_argument("--checkpoint", type=Path,
                    help="model for the node benchmark (default: untrained, preset shape)")
+    p.add_argument("--honesty-scenes", default="standard,offpath",
+                   help="scenes of the honesty benchmark (empty: skip it)")
     args = p.parse_args(argv)
+    scenes = [s.strip() for s in args.honesty_scenes.split(",") if s.strip()]
+    bench_honesty.check_scenes(scenes)  # before an hour of other benchmarks
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     results = {"date": date, "machine": machine()}
     keep = tempfile.TemporaryDirectory()
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or bench_node._tiny_checkpoint(Path(tmp))
         results["node"] = bench_node.run(ckpt, frames=30 if args.quick else 200)
+    if scenes:
+        results["honesty"] = bench_honesty.run(scenes, quick=args.quick)
     host = socket.gethostname().split(".")[0][:20] or "machine"
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"{date}-{host}"

@@ -1,0 +1,67 @@
+"""The honesty benchmark's stage cache: finished stages are skipped, later ones re-run.
+
+Stages here are tiny Python commands that append their name to a log file, so the test
+sees exactly which ran.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from benchmarks.bench_honesty import STAGES, check_scenes, run_stages
+
+
+def _commands(root, log, tag: str = "") -> dict:
+    out = {}
+    for name in STAGES:
+        code = (f"import pathlib; p = pathlib.Path({str(log)!r}); "
+                f"p.write_text(p.read_text() + '{name}\\n' if p.exists() else '{name}\\n'); "
+                f"pathlib.Path({str(root / name)!r}).write_text('{tag}')")
+        out[name] = ([sys.executable, "-c", code, tag], [root / name])
+    return out
+
+
+def _ran(log) -> list[str]:
+    text = log.read_text() if log.exists() else ""
+    log.unlink(missing_ok=True)
+    return text.split()
+
+
+def test_finished_stages_are_skipped_and_from_stage_reruns_the_rest(tmp_path):
+    root, log = tmp_path / "scene", tmp_path / "ran.txt"
+    ran_now: list[str] = []
+    run_stages(root, _commands(root, log), None, ran_now)
+    assert _ran(log) == list(STAGES) == ran_now
+    run_stages(root, _commands(root, log), None)
+    assert _ran(log) == []  # all cached
+    run_stages(root, _commands(root, log), "localize_refine")
+    assert _ran(log) == ["localize_refine", "evaluate"]
+    # a stage whose command changed runs again, and so does everything after it
+    cmds = _commands(root, log)
+    cmds["train"] = _commands(root, log, tag="more-epochs")["train"]
+    run_stages(root, cmds, None)
+    assert _ran(log) == list(STAGES[STAGES.index("train"):])
+    assert (root / "train").read_text() == "more-epochs"
+    # an interrupted stage (no marker) runs again with the rest
+    (root / ".stage-localize_regress.json").unlink()
+    run_stages(root, cmds, None)
+    assert _ran(log) == ["localize_regress", "localize_refine", "evaluate"]
+
+
+def test_a_failing_stage_stops_the_run_without_a_marker(tmp_path):
+    root, log = tmp_path / "scene", tmp_path / "ran.txt"
+    cmds = _commands(root, log)
+    cmds["dataset"] = ([sys.executable, "-c", "import sys; sys.exit('SfM failed')"], [])
+    with pytest.raises(SystemExit, match="dataset failed.*SfM failed"):
+        run_stages(root, cmds, None)
+    assert _ran(log) == ["synth"]
+    assert not (root / ".stage-dataset.json").exists()
+    assert (root / ".stage-synth.json").exists()
+
+
+def test_unknown_scenes_are_refused_before_any_work():
+    with pytest.raises(SystemExit, match="unknown scene"):
+        check_scenes(["standard", "upside-down"])
+    check_scenes(["standard"])
