@@ -372,3 +372,170 @@ def test_compressed_images_larger_than_the_pixel_cap_are_refused_before_decoding
     assert image_to_rgb(small, max_pixels=64 * 48).shape == (48, 64, 3)
     with pytest.raises(ImageDecodeError, match="64x48"):
         image_to_rgb(small, max_pixels=64 * 48 - 1)
+
+
+# -- Part B: fuzzing a running node ------------------------------------------------------------
+ENCODINGS = ["rgb8", "bgr8", "mono8", "rgba8", "bgra8", "RGB8", "16UC1", "32FC1", "yuv422",
+             "bayer_rggb8", "", "rgb8" * 40, "\u00e9\u00e8"]
+SIZES = [0, 1, 7, 120, 160, 4096, 65535, 2**31 - 1, 2**32 - 1]
+FLOATS = [float("nan"), float("inf"), float("-inf"), 0.0, -1.0, 1e308, -1e-308, 0.5, 260.0]
+
+
+def _pick(rng, values):
+    return values[int(rng.integers(len(values)))]
+
+
+def _float(rng) -> float:
+    return float(_pick(rng, FLOATS)) if rng.random() < 0.6 else float(rng.normal(0, 100))
+
+
+def _stamp(rng, helper):
+    stamp = helper.get_clock().now().to_msg()
+    if rng.random() < 0.3:
+        stamp.sec = int(rng.integers(-2**31, 2**31))
+        stamp.nanosec = int(rng.integers(0, 2**32))
+    return stamp
+
+
+def _hostile_image(rng, helper) -> Image:
+    msg = image_msg(helper, frame(int(rng.integers(100))))
+    roll = rng.random()
+    if roll < 0.25:  # a good frame with its data cut or padded
+        data = bytes(msg.data)
+        msg.data = data[:int(rng.integers(len(data)))] if rng.random() < 0.5 else (
+            data + rng.bytes(int(rng.integers(1, 5000))))
+    elif roll < 0.5:  # a good frame with a wrong step or encoding
+        msg.step = int(rng.integers(0, 2**32))
+        msg.encoding = _pick(rng, ENCODINGS)
+    else:  # everything random
+        msg.width, msg.height = _pick(rng, SIZES), _pick(rng, SIZES)
+        msg.step = int(rng.integers(0, 2**32))
+        msg.encoding = _pick(rng, ENCODINGS)
+        msg.is_bigendian = int(rng.integers(2))
+        msg.data = rng.bytes(int(_pick(rng, [0, 1, 99, 57600, 200000])))
+    msg.header.stamp = _stamp(rng, helper)
+    return msg
+
+
+def _hostile_compressed(rng, helper, good: list[bytes], huge: list[bytes]) -> CompressedImage:
+    data = _pick(rng, good)
+    roll = rng.random()
+    if roll < 0.2:
+        data = data[:int(rng.integers(len(data)))]
+    elif roll < 0.4:
+        buf = bytearray(data)
+        for i in rng.integers(0, len(buf), int(rng.integers(1, 50))):
+            buf[int(i)] = int(rng.integers(256))
+        data = bytes(buf)
+    elif roll < 0.6:
+        data = _pick(rng, huge)
+    elif roll < 0.8:
+        data = data[:2] + rng.bytes(int(rng.integers(0, 3000)))
+    else:
+        data = rng.bytes(int(rng.integers(0, 3000)))
+    msg = CompressedImage(format=_pick(rng, ["jpeg", "png", "", "bmp", "rgb8; jpeg compressed "
+                                             "bgr8", "\u00e9" * 9]), data=data)
+    msg.header.stamp = _stamp(rng, helper)
+    return msg
+
+
+def _hostile_camera_info(rng, helper) -> CameraInfo:
+    msg = CameraInfo(width=_pick(rng, SIZES), height=_pick(rng, SIZES),
+                     distortion_model=_pick(rng, ["plumb_bob", "rational_polynomial",
+                                                  "equidistant", "", "x" * 300]))
+    msg.k = [_float(rng) for _ in range(9)]
+    msg.d = [_float(rng) for _ in range(int(rng.integers(0, 15)))]
+    msg.p = [_float(rng) for _ in range(12)]
+    msg.header.stamp = _stamp(rng, helper)
+    return msg
+
+
+def _hostile_odometry(rng, helper) -> Odometry:
+    msg = Odometry()
+    msg.header.stamp = _stamp(rng, helper)
+    p, o = msg.pose.pose.position, msg.pose.pose.orientation
+    p.x, p.y, p.z = _float(rng), _float(rng), _float(rng)
+    o.x, o.y, o.z, o.w = _float(rng), _float(rng), _float(rng), _float(rng)
+    msg.pose.covariance = [_float(rng) for _ in range(36)]
+    return msg
+
+
+def _hostile_grid(rng) -> OccupancyGrid:
+    width, height = (int(_pick(rng, [0, 1, 10, 200, 100000, 2**32 - 1])) for _ in range(2))
+    cells = width * height if width * height <= 40000 else int(rng.integers(0, 1000))
+    if rng.random() < 0.5:
+        cells = int(rng.integers(0, 2000))
+    grid = _grid(width, height, _float(rng), (_float(rng), _float(rng)),
+                 rng.integers(-128, 128, cells).tolist())
+    return grid
+
+
+def test_fuzzed_inputs_never_stop_the_node(ros_context, spinner, checkpoint):  # noqa: F811
+    """~12 s of random malformed messages on every input topic, good frames in between."""
+    import cv2
+
+    raw = spinner.add(RelocalizationNode(context=ros_context, parameter_overrides=_params(
+        checkpoint, publish_map_to_odom=True, max_image_pixels=1_000_000)))
+    comp = spinner.add(RelocalizationNode("relocalization_c", context=ros_context,
+                                          parameter_overrides=_params(
+        checkpoint, image_transport="compressed", max_image_pixels=1_000_000, **{
+            "qos_overrides./image/compressed.subscription.reliability": "reliable"})))
+    helper = spinner.add(rclpy.create_node("fuzzer", context=ros_context))
+    probes = {"raw": Probe(helper), "comp": Probe(helper, "/relocalization_c")}
+    pubs = {"image": helper.create_publisher(Image, "/image", RELIABLE),
+            "compressed": helper.create_publisher(CompressedImage, "/image/compressed",
+                                                  RELIABLE),
+            "camera_info": helper.create_publisher(CameraInfo, "/camera_info", RELIABLE),
+            "odom": helper.create_publisher(Odometry, "/odom", RELIABLE),
+            "map": helper.create_publisher(OccupancyGrid, "/map", LATCHED)}
+    assert wait_for(lambda: all(p.get_subscription_count() >= (1 if k in ("image",
+                                                                          "compressed") else 2)
+                                for k, p in pubs.items()), 20), "nodes did not subscribe"
+    good = [cv2.imencode(ext, frame(i))[1].tobytes() for i, ext in ((0, ".jpg"), (1, ".png"))]
+    huge = [_png_header_only(20000, 20000), _jpeg_header(30000, 20000)]
+
+    def good_frames(i: int) -> None:
+        pubs["image"].publish(image_msg(helper, frame(i)))
+        msg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame(i))[1].tobytes())
+        msg.header.stamp = helper.get_clock().now().to_msg()
+        pubs["compressed"].publish(msg)
+
+    rng = np.random.default_rng(20240607)
+    makers = {"image": lambda: _hostile_image(rng, helper),
+              "compressed": lambda: _hostile_compressed(rng, helper, good, huge),
+              "camera_info": lambda: _hostile_camera_info(rng, helper),
+              "odom": lambda: _hostile_odometry(rng, helper),
+              "map": lambda: _hostile_grid(rng)}
+    kinds = list(makers)
+    sent = 0
+    deadline = time.monotonic() + 12.0
+    while time.monotonic() < deadline:
+        kind = kinds[int(rng.integers(len(kinds)))]
+        pubs[kind].publish(makers[kind]())
+        sent += 1
+        if sent % 10 == 0:
+            good_frames(sent)
+        time.sleep(0.005)
+    # the executor, the workers and the services are alive, and good frames give poses
+    assert spinner._thread.is_alive(), "the executor thread died"
+    for node in (raw, comp):
+        assert node._worker is not None and node._worker.is_alive(), node.get_name()
+        assert node._state_machine.current_state[1] == "active"
+    for name in ("relocalization", "relocalization_c"):
+        client = helper.create_client(GetState, f"/{name}/get_state")
+        assert client.wait_for_service(timeout_sec=10)
+        future = client.call_async(GetState.Request())
+        assert wait_for(future.done, 10) and future.result().current_state.label == "active"
+    for i in range(3):
+        n0 = {k: p.count("pose") for k, p in probes.items()}
+        good_frames(1000 + i)
+        assert wait_for(lambda n0=n0: all(p.count("pose") > n0[k] for k, p in probes.items()),
+                        20), (f"no pose for a good frame after {sent} messages",
+                              {k: p.count("pose") for k, p in probes.items()},
+                              dict(raw.stats.counts), dict(comp.stats.counts))
+    counts = {k: dict(n.stats.counts) for k, n in (("raw", raw), ("comp", comp))}
+    for key in ("rejected_bad_input", "rejected_odometry", "rejected_map",
+                "rejected_camera_info"):
+        assert counts["raw"].get(key, 0) > 0 and counts["comp"].get(key, 0) > 0, (key, counts)
+    assert counts["raw"].get("rejected_error", 0) == 0, counts
+    assert counts["comp"].get("rejected_error", 0) == 0, counts

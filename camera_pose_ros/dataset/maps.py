@@ -19,7 +19,10 @@ import yaml
 from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import atomic_path, write_text_atomic
 
-__all__ = ["FloorPlan"]
+__all__ = ["FloorPlan", "MAX_COORD"]
+
+#: metres; coordinates beyond this are refused as garbage (UTM northings stay below 1e7)
+MAX_COORD = 1e8
 
 
 @dataclass
@@ -96,8 +99,8 @@ class FloorPlan:
 
         Raises:
             InputDataError: zero width or height, more than ``max_cells`` cells, ``data``
-                not ``width * height`` long, a resolution that is not a positive finite
-                number, or a non-finite origin.
+                not ``width * height`` long, a resolution outside 1e-6 to 1000 m (or not a
+                number), or an origin that is not finite or beyond ``MAX_COORD``.
         """
         width, height = int(width), int(height)
         if width <= 0 or height <= 0:
@@ -106,12 +109,13 @@ class FloorPlan:
             raise InputDataError(f"occupancy grid of {width}x{height} cells is larger than "
                                  f"{max_cells} cells")
         res = float(resolution)
-        if not (np.isfinite(res) and res > 0):
-            raise InputDataError(f"occupancy grid resolution {res} is not a positive number "
-                                 "of metres per cell")
+        if not (np.isfinite(res) and 1e-6 <= res <= 1e3):
+            raise InputDataError(f"occupancy grid resolution {res} is not a number of metres "
+                                 "per cell (1e-6 to 1000)")
         x0, y0 = (float(v) for v in origin_xy)
-        if not (np.isfinite(x0) and np.isfinite(y0)):
-            raise InputDataError(f"occupancy grid origin ({x0}, {y0}) is not finite")
+        if not (np.isfinite(x0) and np.isfinite(y0) and max(abs(x0), abs(y0)) <= MAX_COORD):
+            raise InputDataError(f"occupancy grid origin ({x0}, {y0}) is not finite or beyond "
+                                 f"{MAX_COORD:g} m")
         try:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 occ = np.frombuffer(data, dtype=np.int8)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import struct
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -15,7 +14,11 @@ from geometry_msgs.msg import (
 )
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from camera_pose_ros.dataset.imagecodec import decode_compressed, decode_raw
+from camera_pose_ros.dataset.imagecodec import (
+    compressed_image_size,
+    decode_compressed,
+    decode_raw,
+)
 from camera_pose_ros.errors import ImageDecodeError
 from camera_pose_ros.geometry import PinholeCamera, quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
 
@@ -56,47 +59,6 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageDecodeError(f"image of {width}x{height} pixels is larger than "
                                f"max_image_pixels ({max_pixels})")
-
-
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def compressed_image_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` of a PNG or JPEG stream, read from its header alone.
-
-    Raises:
-        ImageDecodeError: neither a PNG nor a JPEG, or a header that gives no size.
-    """
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageDecodeError("PNG without an IHDR header")
-        width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
-    if data[:2] != b"\xff\xd8":
-        raise ImageDecodeError("compressed image is neither PNG nor JPEG")
-    i = 2
-    while i + 4 <= len(data):  # walk the JPEG segments up to the frame header (SOFn)
-        if data[i] != 0xFF:
-            raise ImageDecodeError(f"corrupt JPEG header (no marker at byte {i})")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            break
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if marker in _JPEG_SOF:
-            if i + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return int(width), int(height)
-        if length < 2:
-            raise ImageDecodeError(f"corrupt JPEG header (segment length {length})")
-        i += 2 + length
-    raise ImageDecodeError("JPEG without a frame header (no image size)")
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -150,11 +112,12 @@ def transform_stamped(stamp: Time, parent: str, child: str, position: np.ndarray
     return t
 
 
-def pose_to_matrix(pose: Pose) -> np.ndarray:
+def pose_to_matrix(pose: Pose, max_abs: float = 1e8) -> np.ndarray:
     """4x4 matrix of a geometry_msgs/Pose (the quaternion is normalised).
 
     Raises:
-        ValueError: a non-finite position or quaternion, or a quaternion of zero length.
+        ValueError: a non-finite position or quaternion, a coordinate beyond ``max_abs``
+            metres, or a quaternion of zero length.
     """
     from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
 
@@ -163,10 +126,13 @@ def pose_to_matrix(pose: Pose) -> np.ndarray:
     t = np.array([pose.position.x, pose.position.y, pose.position.z])
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))):
         raise ValueError(f"non-finite pose (position {t}, quaternion wxyz {q})")
-    norm = float(np.linalg.norm(q))
-    if norm < 1e-6:
-        raise ValueError(f"quaternion of length {norm:.3g} is not a rotation")
-    return pose_matrix(rotmat_from_quat_wxyz(q / norm), t)
+    if np.abs(t).max() > max_abs:
+        raise ValueError(f"position {t} is beyond {max_abs:g} m")
+    scale = float(np.abs(q).max())  # normalise without overflow
+    if scale < 1e-9:
+        raise ValueError(f"quaternion {q} (wxyz) of zero length is not a rotation")
+    q = q / scale
+    return pose_matrix(rotmat_from_quat_wxyz(q / np.linalg.norm(q)), t)
 
 
 def camera_from_info(msg: CameraInfo, rectified: bool) -> PinholeCamera:

@@ -323,6 +323,11 @@ class RelocalizationNode(LifecycleNode):
         self._release()
         return super().on_error(state)
 
+    def destroy_node(self) -> None:
+        """Stop the workers, then destroy the node."""
+        self._stop()
+        super().destroy_node()
+
     def _guarded(self, callback: Callable[..., object], what: str, key: str,
                  consequence: str = "") -> Callable[..., object]:
         """``callback`` that logs (throttled), counts under ``key`` and drops what it raises."""
