@@ -1,13 +1,20 @@
 """``camera-pose`` command line: parse arguments, build configs, call one stage.
 
 Every user error is a :class:`~camera_pose_ros.errors.CameraPoseError`: printed as one line
-without a traceback, exit status 2. Ctrl-C exits 130 and leaves no half-written output.
+without a traceback, exit status 2. So are an operating-system error (a full disk, a file
+that cannot be read) and running out of memory. Outputs are checked before any work (a
+folder where a file is wanted, a parent that is a file, no write permission). Ctrl-C exits
+130 and SIGTERM 143, both after removing the temporaries of unfinished outputs; temporaries
+left by a killed run (SIGKILL) are removed by the next run into the same folder. A failed
+command removes an ``--out`` folder it created and left empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -119,7 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> Path:
 
     cfg = load_train_config(args.config, device=args.device, epochs=args.epochs,
                             seed=args.seed, pretrained=args.pretrained)
-    return train(args.data, cfg, args.out, resume=args.resume, progress=not args.quiet)
+    return train(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                 progress=not args.quiet)
 
 
 def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
@@ -172,6 +180,12 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
     return localize(args.checkpoint, _source(args), args.out, device=args.device,
                     progress=not args.quiet, refiner=refiner, camera=camera,
                     ground_truth=args.ground_truth, max_dt=args.max_dt)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.learning.calibrate import recalibrate_checkpoint
+
+    return recalibrate_checkpoint(args.checkpoint, args.data, out=args.out, device=args.device)
 
 
 def _cmd_refinement_map(args: argparse.Namespace) -> Path:
@@ -288,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True,
                    help="YAML (config/train_posenet.yaml, config/train_mapnet.yaml)")
     p.add_argument("--out", type=Path, required=True, help="run folder (model.pt, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (same config; mc_samples, num_workers "
+                        "and device may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (model.pt, last.pt, metrics); without it, "
+                        "or --resume, a folder holding a run is refused")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--seed", type=int)
     p.add_argument("--pretrained", help="auto | none | path to torchvision weights")
@@ -299,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    p.add_argument("--out", type=Path, help="metrics JSON (default DATA/eval_SPLIT/)")
+    p.add_argument("--out", type=Path,
+                   help="folder for metrics.json, the predictions CSVs and the figures "
+                        "(default DATA/eval_SPLIT/)")
     p.add_argument("--device", **device)
     p.add_argument("--mode", default="auto", choices=("auto", "regress", "refine", "both"),
                    help="regress: the network alone; refine/both: also refine against the "
@@ -330,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="default DATA/refinement_map.npz")
     p.set_defaults(func=_cmd_refinement_map)
 
+    p = sub.add_parser("calibrate",
+                       help="fit a checkpoint's covariance calibration again (off-path views "
+                            "of the validation split, novelty of the features)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="the dataset it was trained on")
+    p.add_argument("--out", type=Path, help="default: overwrite the checkpoint")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=_cmd_calibrate)
+
     p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
@@ -345,6 +375,120 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_synth_args(args: argparse.Namespace) -> None:
+    """Ranges of ``synth``'s numeric options (argparse only checks their types)."""
+    from camera_pose_ros.config import check_range
+
+    for key, low, high in (("frames", 10, 1_000_000), ("query_frames", 1, 1_000_000),
+                           ("width", 64, 8192), ("height", 48, 8192), ("seed", 0, 2**32 - 1),
+                           ("control_points", 3, args.frames),
+                           ("bad_control_points", 0, args.control_points)):
+        check_range(f"--{key.replace('_', '-')}", getattr(args, key), low=low, high=high)
+    check_range("--scale", args.scale, low=0, high=100, low_open=True)
+    check_range("--rate", args.rate, low=0, high=1000, low_open=True)
+    check_range("--loops", args.loops, low=0, high=1000, low_open=True)
+    check_range("--control-point-noise", args.control_point_noise, low=0, high=100)
+    if args.distortion is not None:
+        if len(args.distortion) not in (4, 5):
+            from camera_pose_ros.errors import ConfigError
+
+            raise ConfigError(f"--distortion takes 4 or 5 coefficients (k1 k2 p1 p2 [k3]), "
+                              f"got {len(args.distortion)}")
+        for k in args.distortion:
+            check_range("--distortion", k, low=-100, high=100)
+
+
+def _outputs(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """The folders and files a command writes (checked before any work)."""
+    cmd, dirs, files = args.command, [], []
+    if cmd in ("synth", "dataset", "frames", "train"):
+        dirs.append(args.out)
+    elif cmd in ("sfm", "align", "split"):
+        dirs.append(args.data)
+    elif cmd == "evaluate":
+        dirs.append(args.out or args.data / f"eval_{args.split}")
+    elif cmd == "refinement-map":
+        if args.out is not None:
+            files.append(args.out)
+        else:
+            dirs.append(args.data)
+    elif cmd in ("localize", "export"):
+        files.append(args.out)
+    elif cmd == "bag-repair" and args.out is not None:
+        dirs.append(args.out)
+    if cmd == "dataset":
+        dirs.append(args.out / "sfm")
+    return dirs, files
+
+
+def _preflight(args: argparse.Namespace) -> list[Path]:
+    """Check outputs and options before any work; remove a killed run's temporaries.
+
+    Returns the output folders that do not exist yet (removed again if the command fails
+    and leaves them empty).
+    """
+    from camera_pose_ros.fileio import (
+        check_output_dir,
+        check_output_file,
+        remove_stale_temporaries,
+    )
+
+    if args.command == "synth":
+        _check_synth_args(args)
+    dirs, files = _outputs(args)
+    for d in dirs:
+        check_output_dir(d)
+    for f in files:
+        check_output_file(f)
+    created = [d for d in dirs if not d.exists()]
+    for folder in [*dirs, *(f.parent for f in files)]:
+        remove_stale_temporaries(folder)
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that cleanups run."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _preload_native(args: argparse.Namespace) -> None:
+    """Import pycolmap before SIGTERM is handled: importing it installs a C++ failure
+    handler for SIGTERM that would replace ours (and print a stack dump)."""
+    if args.command in ("dataset", "sfm", "refinement-map") or (
+            args.command in ("evaluate", "localize") and args.mode != "regress"):
+        try:
+            import pycolmap  # noqa: F401
+        except ImportError:
+            pass
+
+
+_TMP_NAME = re.compile(r"\.([^/]+?)\.tmp-\d+-[0-9a-f]{8}(?:\.[^/]*)?$")
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OSError, naming the final path rather than its temporary."""
+    name = exc.filename if exc.filename is not None else ""
+    name = _TMP_NAME.sub(lambda m: m.group(1), str(name))
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {name}" if name else reason
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or (
+        "(no message)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``camera-pose``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -352,14 +496,41 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    prefix = f"camera-pose {args.command}"
+    created: list[Path] = []
+    handled, previous = False, None
     try:
+        _preload_native(args)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        handled = True
+    except ValueError:  # not the main thread (an embedding application): leave it be
+        pass
+    ok = False
+    try:
+        created = _preflight(args)
         out = args.func(args)
+        ok = True
     except CameraPoseError as exc:
-        sys.stderr.write(f"camera-pose {args.command}: error: {exc}\n")
+        sys.stderr.write(f"{prefix}: error: {_one_line(str(exc))}\n")
         return 3 if isinstance(exc, NotBuiltYetError) else 2
+    except _Terminated:
+        sys.stderr.write(f"{prefix}: terminated\n")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        sys.stderr.write(f"camera-pose {args.command}: interrupted\n")
+        sys.stderr.write(f"{prefix}: interrupted\n")
         return 130
+    except MemoryError:
+        sys.stderr.write(f"{prefix}: error: out of memory (smaller inputs, batch or image "
+                         "size?)\n")
+        return 2
+    except OSError as exc:  # the system refused: disk full, permissions, a vanished file
+        sys.stderr.write(f"{prefix}: error: {_one_line(_os_error_line(exc))}\n")
+        return 2
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if not ok:
+            _remove_if_empty(created)
     log.info("wrote %s", out)
     return 0
 

@@ -1,9 +1,17 @@
-"""Frozen-dataclass configs from YAML or dicts: unknown keys and wrong types are errors."""
+"""Frozen-dataclass configs from YAML or dicts: unknown keys and wrong types are errors.
+
+Numbers must be finite (``.nan`` and ``.inf`` are refused for every setting); a number
+written so that YAML 1.1 reads it as a string (``1e-3``) is taken as the number. Ranges are
+checked by each dataclass's ``__post_init__`` (with :func:`check_range`), and a message
+names the key at fault.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -13,9 +21,45 @@ import yaml
 
 from camera_pose_ros.errors import ConfigError
 
-__all__ = ["from_dict", "load_yaml", "to_dict"]
+__all__ = ["from_dict", "load_yaml", "to_dict", "check_range"]
 
 T = TypeVar("T")
+
+# a decimal number as YAML 1.2 writes it; YAML 1.1 (PyYAML) reads 1e-3 as a string
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def check_range(key: str, value: float, *, low: float | None = None,
+                high: float | None = None, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``value`` is finite and in range.
+
+    Args:
+        key: the setting's name, for the message.
+        value: its value.
+        low: the lower bound (None: unbounded).
+        high: the upper bound (None: unbounded).
+        low_open: exclude ``low`` itself.
+        high_open: exclude ``high`` itself.
+    """
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not math.isfinite(value))
+    if not bad and low is not None:
+        bad = value <= low if low_open else value < low
+    if not bad and high is not None:
+        bad = value >= high if high_open else value > high
+    if bad:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+        if low is not None and high is not None:
+            want = f"in {lo}, {hi}"
+        elif low is not None:
+            want = f"{'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            want = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            want = "a finite number"
+        raise ConfigError(f"{key} must be {want}, got {value!r}")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -48,8 +92,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -76,7 +124,7 @@ def from_dict(cls: type[T], data: dict | None, *, where: str = "") -> T:
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
 
@@ -86,9 +134,15 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte "
+                          f"{exc.start})") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: invalid YAML ({reason})") from exc
+    except (RecursionError, ValueError, TypeError) as exc:  # deep nesting, odd scalars
+        raise ConfigError(f"{path}: unreadable YAML ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -17,6 +17,7 @@ __all__ = [
     "TrainingError",
     "RefinementError",
     "NotBuiltYetError",
+    "OutputError",
 ]
 
 
@@ -66,3 +67,7 @@ class RefinementError(CameraPoseError):
 
 class NotBuiltYetError(CameraPoseError):
     """A command or executable whose implementation has not landed yet."""
+
+
+class OutputError(CameraPoseError):
+    """An output file or folder cannot be written (a parent is a file, not writable)."""

@@ -10,8 +10,8 @@ transform ``map_from_sfm``, per-point residuals, RMS) and ``poses.csv`` (map fra
 
 from __future__ import annotations
 
-import csv
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from camera_pose_ros.dataset.frames import read_frames_csv
-from camera_pose_ros.dataset.posecsv import PoseTable, format_stamp, parse_stamp, write_poses
+from camera_pose_ros.dataset.posecsv import (
+    PoseTable,
+    format_stamp,
+    parse_stamp,
+    read_csv_rows,
+    write_poses,
+)
 from camera_pose_ros.dataset.sfm import load_sfm_model
 from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError
 from camera_pose_ros.fileio import write_json_atomic
@@ -61,26 +67,35 @@ class ControlPoint:
 
 
 def read_control_points(path: str | os.PathLike) -> list[ControlPoint]:
-    """Read ``stamp,x,y,z`` or ``image,x,y,z`` control points."""
+    """Read ``stamp,x,y,z`` or ``image,x,y,z`` control points.
+
+    A spreadsheet export (UTF-8 byte-order mark, spaces around names and values) is
+    accepted; a row with a missing value, a coordinate that is not a finite number of
+    metres, or a stamp that is not a time is an error naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"control points file not found: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if not {"x", "y", "z"} <= cols or not ({"stamp", "image"} & cols):
-            raise InputDataError(f"{path}: expected columns stamp,x,y,z or image,x,y,z")
-        points = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                xyz = (float(row["x"]), float(row["y"]), float(row["z"]))
-                stamp = parse_stamp(row["stamp"]) if row.get("stamp") not in (None, "") else None
-            except ValueError as exc:
-                raise InputDataError(f"{path}:{line}: unparsable number ({exc})") from exc
-            image = row.get("image") or None
-            if stamp is None and image is None:
-                raise InputDataError(f"{path}:{line}: neither stamp nor image given")
-            points.append(ControlPoint(image or format_stamp(stamp), stamp, image, xyz))
+    header, rows = read_csv_rows(path, "control points file")
+    cols = set(header)
+    if not {"x", "y", "z"} <= cols or not ({"stamp", "image"} & cols):
+        raise InputDataError(f"{path}: expected columns stamp,x,y,z or image,x,y,z (found: "
+                             f"{','.join(header) or 'nothing'})")
+    points = []
+    for row in rows:
+        line = row["__line__"]
+        try:
+            xyz = (float(row["x"]), float(row["y"]), float(row["z"]))
+            stamp = parse_stamp(row["stamp"]) if row.get("stamp") else None
+        except ValueError as exc:
+            raise InputDataError(f"{path}:{line}: unparsable number ({exc})") from exc
+        if not all(math.isfinite(v) and abs(v) <= 1e9 for v in xyz):
+            raise InputDataError(f"{path}:{line}: coordinates {row['x']},{row['y']},"
+                                 f"{row['z']} are not finite metres in a map")
+        image = row.get("image") or None
+        if stamp is None and image is None:
+            raise InputDataError(f"{path}:{line}: neither stamp nor image given")
+        points.append(ControlPoint(image or format_stamp(stamp), stamp, image, xyz))
     if len(points) < 3:
         raise AlignmentError(
             f"{path} has {len(points)} control point(s); at least 3, not collinear, are needed"
@@ -151,11 +166,21 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike,
     model = load_sfm_model(data)
     if len(model.names) < 3:
         raise AlignmentError(f"only {len(model.names)} registered frames; cannot align")
+    unknown = [n for n in model.names if n not in stamp_of]
+    if unknown:
+        raise AlignmentError(
+            f"the SfM model has {len(unknown)} frame(s) that {data / 'frames.csv'} lacks "
+            f"({unknown[0]}, ...): the frames were redone after SfM; run `camera-pose sfm "
+            "--overwrite`")
     stamps = np.array([stamp_of[n] for n in model.names], dtype=np.int64)
     src, used = _control_point_sources(points, model.names, stamps, model.sfm_from_cam[:, :3, 3],
                                        config.max_time_offset)
     dst = np.array([cp.xyz for cp in points])
-    sim, inliers = fit_sim3_robust(src, dst, inlier_threshold=config.inlier_threshold)
+    try:
+        sim, inliers = fit_sim3_robust(src, dst, inlier_threshold=config.inlier_threshold)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        raise AlignmentError(f"the similarity fit failed ({exc}): check the control "
+                             "points' coordinates") from exc
     residuals = np.linalg.norm(sim.apply(src) - dst, axis=1)
     rms = float(np.sqrt(np.mean(residuals[inliers] ** 2)))
     if rms > config.max_rms:

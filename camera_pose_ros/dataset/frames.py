@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import csv
 import io
+import json
 import logging
 import os
 import re
@@ -23,9 +24,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from camera_pose_ros.config import check_range
 from camera_pose_ros.dataset.bagio import camera_info_topic_for, iter_bag_images, read_camera_info
-from camera_pose_ros.dataset.posecsv import format_stamp, parse_stamp, seconds_to_ns
-from camera_pose_ros.errors import ConfigError, InputDataError
+from camera_pose_ros.dataset.imagecodec import decode_compressed
+from camera_pose_ros.dataset.posecsv import format_stamp, parse_stamp, read_csv_rows, seconds_to_ns
+from camera_pose_ros.errors import BagError, ConfigError, ImageDecodeError, InputDataError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
 from camera_pose_ros.geometry import PinholeCamera, is_rectified_topic
 
@@ -43,6 +46,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SOURCE_JSON = "source.json"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,12 @@ class KeyframeConfig:
             raise ConfigError("keyframe settings must be >= 0 (blur_ratio in [0, 1))")
         if not 50 <= self.jpeg_quality <= 100:
             raise ConfigError("jpeg_quality must be in [50, 100]")
+        check_range("blur_window", self.blur_window, low=1, high=10_000)
+        check_range("max_frames", self.max_frames, low=0)
+        check_range("max_width", self.max_width, low=0, high=100_000)
+        if 0 < self.max_width < 16:
+            raise ConfigError(f"max_width must be 0 (keep the size) or >= 16, got "
+                              f"{self.max_width}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,23 @@ class FrameSource:
         if self.video is not None:
             return ((seconds_to_ns(s), rgb) for s, rgb in iter_video(self.video))
         return ((seconds_to_ns(s), rgb) for s, rgb in iter_image_folder(self.images))
+
+    def check(self) -> None:
+        """Raise the reader's error now when the bag, video or folder does not exist."""
+        if self.bag is not None and not Path(self.bag).exists():
+            raise BagError(f"bag not found: {self.bag}")
+        if self.video is not None and not Path(self.video).is_file():
+            raise InputDataError(f"video not found: {self.video}")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise InputDataError(f"image folder not found: {self.images}")
+
+    def record(self) -> dict[str, str]:
+        """What the frames come from, as ``DATA/source.json`` keeps it."""
+        if self.bag is not None:
+            return {"bag": str(Path(self.bag).resolve()), "topic": self.topic}
+        if self.video is not None:
+            return {"video": str(Path(self.video).resolve())}
+        return {"images": str(Path(self.images).resolve())}
 
     def camera(self) -> PinholeCamera | None:
         """Intrinsics carried by the source (CameraInfo in a bag), else None.
@@ -140,25 +167,56 @@ def iter_video(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
         raise InputDataError(f"video {path} has no readable frames")
 
 
+def _read_image_file(path: Path) -> np.ndarray:
+    """RGB of an image file; truncated or corrupt files raise ImageDecodeError.
+
+    JPEG and PNG (told by their content, not their name) are checked for their end marker
+    before decoding and go through the decoder of compressed bag messages: libjpeg would
+    pad a truncated JPEG with grey and only warn.
+    """
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if b"IEND" not in data[-16:]:
+            raise ImageDecodeError(f"{path.name}: truncated PNG (no IEND chunk)")
+        return decode_compressed(data)
+    if data.startswith(b"\xff\xd8"):
+        data = data.rstrip(b"\x00")  # zero padding after the end marker is harmless
+        if not data.endswith(b"\xff\xd9"):
+            raise ImageDecodeError(f"{path.name}: truncated JPEG (no end-of-image marker)")
+        return decode_compressed(data)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if bgr is None:
+        raise ImageDecodeError(f"cannot decode {path.name}")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
 def iter_image_folder(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
     """``(stamp, rgb)`` of the images in a folder, sorted by name.
 
     A file named after a number (``1700000000.123.png``) takes it as its stamp; otherwise
-    the stamp is the image's index.
+    the stamp is the image's index. Unreadable, corrupt or truncated files are skipped and
+    counted (one warning at the end), as bad messages in a bag are.
     """
     path = Path(path)
     if not path.is_dir():
         raise InputDataError(f"image folder not found: {path}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and p.is_file())
     if not files:
         raise InputDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    skipped: list[str] = []
     for i, f in enumerate(files):
-        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if bgr is None:
-            log.warning("skipping unreadable image %s", f)
+        try:
+            rgb = _read_image_file(f)
+        except (ImageDecodeError, OSError) as exc:
+            log.debug("skipping %s: %s", f, exc)
+            skipped.append(f.name)
             continue
         stem_num = re.fullmatch(r"\d+(\.\d+)?", f.stem)
-        yield (float(f.stem) if stem_num else float(i)), np.ascontiguousarray(bgr[:, :, ::-1])
+        yield (float(f.stem) if stem_num else float(i)), rgb
+    if skipped:
+        log.warning("skipped %d unreadable, corrupt or truncated image(s) of %d in %s "
+                    "(first: %s)", len(skipped), len(files), path, skipped[0])
 
 
 class KeyframeSelector:
@@ -204,6 +262,7 @@ def extract_frames(
     out = Path(out)
     csv_path = out / "frames.csv"
     if csv_path.exists() and not overwrite:
+        _check_same_source(out, source)
         log.info("frames: %s exists, skipping (use overwrite to redo)", csv_path)
         return csv_path
     out.mkdir(parents=True, exist_ok=True)
@@ -244,9 +303,28 @@ def extract_frames(
     w.writerows((name, format_stamp(stamp_ns)) for name, stamp_ns in rows)
     if camera is not None and size is not None:
         write_json_atomic(out / "camera.json", camera.scaled(*size).to_dict())
+    write_json_atomic(out / SOURCE_JSON, source.record())
     write_text_atomic(csv_path, buf.getvalue())
     log.info("frames: kept %d of %d (skipped: %s)", len(rows), seen, dict(selector.skipped))
     return csv_path
+
+
+def _check_same_source(out: Path, source: FrameSource) -> None:
+    """Refuse to reuse ``out``'s frames when they came from another source."""
+    path = out / SOURCE_JSON
+    if not path.is_file():
+        return  # made before sources were recorded
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        old = None
+    if old != source.record():
+        were = ", ".join(f"{k} {v}" for k, v in old.items()) if isinstance(old, dict) else (
+            "an unreadable source.json")
+        now = ", ".join(f"{k} {v}" for k, v in source.record().items())
+        raise InputDataError(
+            f"{out} holds frames of another source ({were}; now {now}): use --overwrite to "
+            "redo the frames (and the stages after them), or another --out")
 
 
 def read_frames_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -254,10 +332,11 @@ def read_frames_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"{path} not found: run `camera-pose frames` first")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not {"image", "stamp"} <= set(reader.fieldnames or []):
-            raise InputDataError(f"{path}: expected columns image,stamp")
-        rows = list(reader)
-    return [r["image"] for r in rows], np.array([parse_stamp(r["stamp"]) for r in rows],
-                                                 dtype=np.int64)
+    header, rows = read_csv_rows(path, "frames file")
+    if not {"image", "stamp"} <= set(header):
+        raise InputDataError(f"{path}: expected columns image,stamp")
+    try:
+        stamps = np.array([parse_stamp(r["stamp"]) for r in rows], dtype=np.int64)
+    except ValueError as exc:
+        raise InputDataError(f"{path}: unparsable stamp ({exc})") from exc
+    return [r["image"] for r in rows], stamps

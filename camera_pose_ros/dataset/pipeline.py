@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from camera_pose_ros.dataset.align import AlignConfig, align_dataset
+from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
 from camera_pose_ros.dataset.maps import FloorPlan
 from camera_pose_ros.dataset.plots import plot_trajectories
@@ -98,6 +98,15 @@ def build_dataset(
     take effect.
     """
     out = Path(out)
+    # every input file is read before the first stage: a typo in the control points or a
+    # pose file fails in a second, not after the SfM
+    source.check()
+    read_control_points(control_points)
+    for pose_file in (test_poses, ground_truth):
+        if pose_file is not None:
+            read_poses(pose_file)
+    if floorplan is not None:
+        FloorPlan.load(floorplan)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     stages = [

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +20,45 @@ from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import write_text_atomic
 
 __all__ = ["PoseTable", "read_poses", "write_poses", "POSE_COLUMNS", "format_stamp",
-           "parse_stamp", "seconds_to_ns"]
+           "parse_stamp", "seconds_to_ns", "read_csv_rows"]
 
 POSE_COLUMNS = ("x", "y", "z", "qw", "qx", "qy", "qz")
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")
+_MAX_SECONDS = 9.2e9  # int64 nanoseconds
+
+
+def read_csv_rows(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV a person may have written or exported.
+
+    Accepts a UTF-8 byte-order mark (spreadsheet exports) and spaces around the column
+    names; blank lines are skipped.
+
+    Raises:
+        InputDataError: not UTF-8 text, or a CSV the reader cannot parse.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            lines = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"{path}: not a UTF-8 text {what} (byte {exc.start} is "
+                             f"0x{exc.object[exc.start]:02x})") from exc
+    except csv.Error as exc:
+        raise InputDataError(f"{path}: not a readable CSV {what} ({exc})") from exc
+    if not lines:
+        return [], []
+    header = [c.strip() for c in lines[0][1]]
+    rows = []
+    for line, values in lines[1:]:
+        while len(values) > len(header) and not values[-1].strip():
+            values = values[:-1]  # trailing commas
+        if len(values) != len(header):
+            raise InputDataError(f"{path}:{line}: {len(values)} value(s), the header has "
+                                 f"{len(header)} column(s)")
+        row = {k: v.strip() for k, v in zip(header, values, strict=True)}
+        row["__line__"] = str(line)
+        rows.append(row)
+    return header, rows
 
 
 def format_stamp(stamp_ns: int) -> str:
@@ -32,13 +70,24 @@ def format_stamp(stamp_ns: int) -> str:
 
 
 def parse_stamp(text: str) -> int:
-    """Integer nanoseconds from a decimal seconds string (exact up to nine decimals)."""
-    s = text.strip()
-    if "e" in s.lower():
-        return seconds_to_ns(float(s))
+    """Integer nanoseconds from a decimal seconds string (exact up to nine decimals).
+
+    Raises:
+        ValueError: not a number, not finite, or beyond int64 nanoseconds (year 2262).
+    """
+    s = str(text).strip()
+    if "e" in s.lower() or s.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        seconds = float(s)
+        if not math.isfinite(seconds) or abs(seconds) >= _MAX_SECONDS:
+            raise ValueError(f"stamp {s!r} is not a time in seconds")
+        return seconds_to_ns(seconds)
+    if not _DECIMAL.fullmatch(s):
+        raise ValueError(f"stamp {s!r} is not a decimal number of seconds")
     neg = s.startswith("-")
     whole, _, frac = s.lstrip("+-").partition(".")
     ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9] or "0")
+    if ns >= 2**63:
+        raise ValueError(f"stamp {s!r} is beyond int64 nanoseconds")
     return -ns if neg else ns
 
 
@@ -109,30 +158,33 @@ def read_poses(path: str | os.PathLike) -> PoseTable:
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"pose file not found: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        missing = [c for c in ("stamp", *POSE_COLUMNS) if c not in cols]
-        if missing:
-            raise InputDataError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected "
-                "[image,]stamp,x,y,z,qw,qx,qy,qz"
-            )
-        rows = list(reader)
-    try:
-        stamps = np.array([parse_stamp(r["stamp"]) for r in rows], dtype=np.int64)
-        pos = np.array([[float(r[c]) for c in ("x", "y", "z")] for r in rows]).reshape(-1, 3)
-        quat = np.array([[float(r[c]) for c in ("qw", "qx", "qy", "qz")] for r in rows])
-    except (TypeError, ValueError) as exc:
-        raise InputDataError(f"{path}: unparsable number ({exc})") from exc
-    quat = quat.reshape(-1, 4)
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat))):
+    cols, rows = read_csv_rows(path, "pose file")
+    missing = [c for c in ("stamp", *POSE_COLUMNS) if c not in cols]
+    if missing:
+        raise InputDataError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected "
+            "[image,]stamp,x,y,z,qw,qx,qy,qz"
+        )
+    stamps, pos, quat = [], [], []
+    for r in rows:
+        try:
+            stamps.append(parse_stamp(r["stamp"]))
+            pos.append([float(r[c]) for c in ("x", "y", "z")])
+            quat.append([float(r[c]) for c in ("qw", "qx", "qy", "qz")])
+        except (TypeError, ValueError) as exc:
+            raise InputDataError(f"{path}:{r['__line__']}: unparsable number ({exc})") from exc
+    pos_a = np.array(pos, dtype=float).reshape(-1, 3)
+    quat_a = np.array(quat, dtype=float).reshape(-1, 4)
+    if not (np.all(np.isfinite(pos_a)) and np.all(np.isfinite(quat_a))):
         raise InputDataError(f"{path}: non-finite pose values")
-    norms = np.linalg.norm(quat, axis=1) if len(quat) else np.ones(0)
-    if np.any(norms < 1e-6):
-        raise InputDataError(f"{path}: zero quaternion in a row")
-    quat = quat / norms[:, None] if len(quat) else quat
+    if np.any(np.abs(pos_a) > 1e9):
+        raise InputDataError(f"{path}: positions beyond 1e9 m: not metres in a map")
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(quat_a, axis=1) if len(quat_a) else np.ones(0)
+    if np.any(norms < 1e-6) or not np.all(np.isfinite(norms)):
+        raise InputDataError(f"{path}: zero or overflowing quaternion in a row")
+    quat_a = quat_a / norms[:, None] if len(quat_a) else quat_a
     images = [r["image"] for r in rows] if "image" in cols else None
     known = {"image", "stamp", *POSE_COLUMNS}
     extra = {c: [r[c] for r in rows] for c in cols if c not in known}
-    return PoseTable(stamps, pos, quat, images, extra)
+    return PoseTable(np.array(stamps, dtype=np.int64), pos_a, quat_a, images, extra)

@@ -170,12 +170,16 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
     ``exclude_split_from_map`` keeps refinement from matching the split's own frames, which
     are in the SfM map (their 3D points remain: a mild optimism, noted in the JSON).
 
-    Returns the metrics JSON path (``out``, default ``DATA/eval_<split>/metrics.json``).
+    ``out`` is a folder (default ``DATA/eval_<split>/``): ``metrics.json``, the predictions
+    CSVs and the figures go inside it; a refined-predictions CSV of an earlier run that this
+    run does not write is removed, so the folder never mixes two runs.
+
+    Returns the metrics JSON path (``OUT/metrics.json``).
     """
     import cv2
 
     data = Path(data)
-    out = Path(out) if out else data / f"eval_{split}" / "metrics.json"
+    out = (Path(out) if out else data / f"eval_{split}") / "metrics.json"
     loaded = load_checkpoint(checkpoint)
     if loaded.data.get("model", {}).get("kind") == "menet":
         from camera_pose_ros.learning.menet import evaluate_menet
@@ -220,6 +224,9 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
     metrics.update(honesty_summary(_errors(pred, gt), cov))
     table_rows = {"regress": metrics}
     out.parent.mkdir(parents=True, exist_ok=True)
+    stale = out.parent / f"predictions_{split}_refined.csv"
+    if refined is None and stale.exists():  # an earlier run's refined poses
+        stale.unlink()
     write_poses(out.parent / f"predictions_{split}.csv",
                 prediction_table(table.stamps_ns, pred, cov, table.images))
     title = (f"{split}: median {metrics['median_position_m']:.2f} m, "

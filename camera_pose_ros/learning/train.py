@@ -33,11 +33,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from camera_pose_ros.config import from_dict, load_yaml, to_dict
+from camera_pose_ros.config import check_range, from_dict, load_yaml, to_dict
 from camera_pose_ros.dataset.refmap import REFINEMENT_MAP
-from camera_pose_ros.errors import ConfigError, TrainingError
+from camera_pose_ros.errors import CheckpointError, ConfigError, InputDataError, TrainingError
 from camera_pose_ros.fileio import atomic_path, write_text_atomic
-from camera_pose_ros.learning.backbones import build_backbone
+from camera_pose_ros.learning.backbones import BACKBONES, build_backbone
+from camera_pose_ros.learning.calibrate import fit_offpath_calibration
 from camera_pose_ros.learning.checkpoint import save_checkpoint
 from camera_pose_ros.learning.data import (
     ImageTransform,
@@ -51,12 +52,6 @@ from camera_pose_ros.learning.data import (
 from camera_pose_ros.learning.losses import LOSS_KINDS, MapNetLoss, PoseLoss
 from camera_pose_ros.learning.networks import PoseRegressor
 from camera_pose_ros.learning.predict import resolve_device
-from camera_pose_ros.learning.uncertainty import (
-    error_vectors,
-    fit_calibration,
-    mc_samples,
-    mean_and_covariance,
-)
 from camera_pose_ros.metrics import error_summary
 
 __all__ = ["TrainConfig", "load_train_config", "train"]
@@ -106,12 +101,34 @@ class TrainConfig:
                               "images' features)")
         if self.loss not in LOSS_KINDS:
             raise ConfigError(f"loss must be one of {', '.join(LOSS_KINDS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone: unknown '{self.backbone}'; choose one of "
+                              f"{', '.join(BACKBONES)}")
         if self.model == "mapnet" and self.steps < 2:
             raise ConfigError("mapnet needs steps >= 2 (frames per tuple)")
         if not 0 <= self.dropout < 1:
-            raise ConfigError("dropout must be in [0, 1)")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if len(self.pool_grid) != 2:
+            raise ConfigError(f"pool_grid must be two integers [rows, columns], got "
+                              f"{list(self.pool_grid)}")
+        for v in self.pool_grid:
+            check_range("pool_grid", v, low=1, high=32)
+        for key, low, high in (("epochs", 1, 1_000_000), ("batch_size", 1, 1_000_000),
+                               ("hidden", 1, 65536), ("input_height", 16, 4096),
+                               ("input_width", 16, 4096), ("steps", 1, 100),
+                               ("skip", 1, 10_000), ("early_stopping_patience", 1, None),
+                               ("augment_copies", 0, 100), ("mc_samples", 2, 10_000),
+                               ("num_workers", 0, 1024), ("max_steps", 0, None),
+                               ("seed", 0, 2**32 - 1)):
+            check_range(key, getattr(self, key), low=low, high=high)
+        check_range("lr", self.lr, low=0, low_open=True)
+        for key in ("weight_decay", "beta", "relative_weight"):
+            check_range(key, getattr(self, key), low=0)
+        check_range("color_jitter", self.color_jitter, low=0, high=1)
+        check_range("blur_probability", self.blur_probability, low=0, high=1)
+        check_range("rotation_augment_deg", self.rotation_augment_deg, low=0, high=90)
+        if not self.map_frame.strip():
+            raise ConfigError("map_frame must not be empty")
 
 
 def load_train_config(path: str | os.PathLike | None, **overrides: object) -> TrainConfig:
@@ -335,18 +352,11 @@ class _Run:
         gt = self.val_poses.double().numpy()
         return error_summary(p[:, :3], p[:, 3:], gt[:, :3], gt[:, 3:]), p
 
-    @torch.no_grad()
     def calibrate(self) -> dict:
-        """Fit the MC-dropout covariance calibration on the validation split."""
-        feats = self.val_feats if self.cfg.freeze_backbone else torch.cat([
-            self.model.features(x.to(self.device)) for x, _ in DataLoader(
-                PoseImageDataset(self.data, self.val_table, self.transform), batch_size=32)])
-        self.model.eval()
-        pred = self.model.decode(self.model.head(feats)).double().cpu().numpy()
-        samples = mc_samples(self.model, feats, self.cfg.mc_samples).double().cpu().numpy()
-        _, cov = mean_and_covariance(samples)
-        err = error_vectors(pred, self.val_poses.double().numpy())
-        return fit_calibration(err, cov, samples=self.cfg.mc_samples)
+        """Fit the covariance calibration off the training path (learning/calibrate.py)."""
+        return fit_offpath_calibration(self.model, self.transform, self.data,
+                                       samples=self.cfg.mc_samples, seed=self.cfg.seed,
+                                       device=self.device, num_workers=self.cfg.num_workers)
 
     # -- state ------------------------------------------------------------------------------
     def state(self, epoch: int, step: int, best: dict) -> dict:
@@ -401,6 +411,13 @@ def _write_metrics(rows: list[dict], path: Path) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def _remove_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        if (out / name).exists():
+            (out / name).unlink()
+            log.info("overwrite: removed %s", out / name)
+
+
 def _tensorboard(out: Path):  # -> SummaryWriter | None
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -409,37 +426,145 @@ def _tensorboard(out: Path):  # -> SummaryWriter | None
     return SummaryWriter(str(out / "tensorboard"))
 
 
+#: what a run folder holds; ``overwrite`` removes these before training anew
+RUN_FILES = ("model.pt", "last.pt", "metrics.csv", "loss_curve.png")
+#: settings that may change on ``resume``: they do not touch the training state
+RESUMABLE_CHANGES = ("mc_samples", "num_workers", "device")
+METRICS_COLUMNS = ("epoch", "step", "train_loss", "val_median_position_m",
+                   "val_median_rotation_deg", "lr", "seconds")
+
+
+def _resume_state(path: Path, config: TrainConfig) -> dict:
+    """The checked content of ``last.pt``; CheckpointError / ConfigError tell what is wrong."""
+    from camera_pose_ros.learning.checkpoint import load_plain
+
+    state = load_plain(path, "resume state")
+    keys = ("epoch", "step", "best", "model", "loss", "optimizer", "scheduler", "config")
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        raise CheckpointError(f"{path} is not a training state of camera-pose train (a "
+                              "last.pt has epoch, step, weights, optimizer and config); "
+                              "train anew with --overwrite")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is damaged: its config is not a mapping")
+    now = to_dict(config)
+    changed = [k for k in sorted(set(now) | set(state["config"]))
+               if k not in RESUMABLE_CHANGES and state["config"].get(k) != now.get(k)]
+    if changed:
+        diff = ", ".join(f"{k} ({state['config'].get(k)!r} in last.pt, {now.get(k)!r} now)"
+                         for k in changed)
+        raise ConfigError(f"{path} was trained with another config: {diff}; resume with the "
+                          "same config or start a new run folder (or --overwrite)")
+    ints = all(isinstance(state[k], int) and not isinstance(state[k], bool)
+               for k in ("epoch", "step"))
+    if not ints or not 0 <= state["epoch"] <= config.epochs or state["step"] < 0:
+        raise CheckpointError(f"{path} is damaged: epoch {state['epoch']!r}, step "
+                              f"{state['step']!r}")
+    best = state["best"]
+    if not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))
+            and isinstance(best.get("epoch"), int)
+            and isinstance(best.get("state", {}), dict)):
+        raise CheckpointError(f"{path} is damaged: no valid best-epoch record")
+    for k in ("model", "loss", "optimizer", "scheduler"):
+        if not isinstance(state[k], dict):
+            raise CheckpointError(f"{path} is damaged: its {k} state is not a mapping")
+    return state
+
+
+def _read_metrics_rows(path: Path) -> list[dict]:
+    """The rows of an earlier ``metrics.csv``; a damaged file is an InputDataError."""
+    if not path.exists():
+        return []
+    what = (f"{path} is damaged; delete it to resume without the earlier epochs' rows, or "
+            "train anew with --overwrite")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None:
+                return []
+            if tuple(reader.fieldnames) != METRICS_COLUMNS:
+                raise InputDataError(f"{what} (columns {', '.join(reader.fieldnames)})")
+            rows = []
+            for r in reader:
+                row = {k: float(r[k]) for k in METRICS_COLUMNS}
+                if not all(np.isfinite(v) for k, v in row.items() if k != "train_loss"):
+                    raise ValueError("non-finite value")
+                rows.append(row)
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputDataError(f"{what} ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:100]})") from exc
+    for row in rows:
+        row["epoch"], row["step"] = int(row["epoch"]), int(row["step"])
+    return rows
+
+
+def _check_run_folder(out: Path, config: TrainConfig, resume: bool,
+                      overwrite: bool) -> dict | None:
+    """Refuse to train over a finished or running run unless told; the state to resume."""
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: resume continues the run "
+                          "in OUT, overwrite replaces it")
+    existing = [n for n in ("model.pt", "last.pt") if (out / n).exists()]
+    if existing and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}): "
+                          "continue it with --resume, replace it with --overwrite, or "
+                          "choose another --out")
+    if not resume:
+        return None
+    if config.model == "menet":
+        raise ConfigError("menet training cannot resume (it keeps no last.pt); train it "
+                          "anew with --overwrite")
+    if (out / "last.pt").exists():
+        return _resume_state(out / "last.pt", config)
+    if existing:
+        raise ConfigError(f"{out} has model.pt but no last.pt to resume from; train anew "
+                          "with --overwrite, or choose another --out")
+    log.info("nothing to resume in %s: starting a new run", out)
+    return None
+
+
 def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, *,
-          resume: bool = False, progress: bool = True) -> Path:
+          resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Train a regressor on ``DATA`` and write ``OUT/model.pt``; return its path.
 
+    A folder that already holds a run (``model.pt`` or ``last.pt``) is refused unless
+    ``resume`` (continue from ``last.pt``, same config but for :data:`RESUMABLE_CHANGES`)
+    or ``overwrite`` (remove that run's files and train anew).
+
     Raises:
-        SplitError / InputDataError: missing or empty splits, missing columns or images.
+        SplitError / InputDataError: missing or empty splits, missing columns or images,
+            a damaged ``metrics.csv`` on resume.
+        ConfigError: an existing run without resume/overwrite, or a resume with another
+            config (the message names the keys that differ).
+        CheckpointError: a ``last.pt`` that is truncated, foreign or not plain data.
         TrainingError: a non-finite loss (the last good ``last.pt`` is kept).
     """
     data, out = Path(data), Path(out)
+    state = _check_run_folder(out, config, resume, overwrite)
+    rows: list[dict] = _read_metrics_rows(out / "metrics.csv") if state is not None else []
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
     if config.model == "menet":
         from camera_pose_ros.learning.menet import train_menet
 
+        if overwrite:
+            _remove_run_files(out)
         return train_menet(data, config, out, progress=progress)
     t_start = time.perf_counter()
     run = _Run(config, data, out, progress)
     main_rank = run.rank == 0
+    if overwrite and main_rank:
+        _remove_run_files(out)
     if config.freeze_backbone:
         run.cache_features()
     epoch, step, best = 0, 0, {"score": float("inf"), "epoch": -1}
-    rows: list[dict] = []
-    if resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location=run.device, weights_only=True)
-        if state["config"] != to_dict(config):
-            raise ConfigError(f"{out / 'last.pt'} was trained with another config; resume "
-                              "with the same config or start a new run folder")
-        epoch, step, best = run.restore(state)
-        if (out / "metrics.csv").exists():
-            with (out / "metrics.csv").open() as fh:
-                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    if state is not None:
+        try:
+            epoch, step, best = run.restore(state)
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError,
+                IndexError) as exc:
+            raise CheckpointError(
+                f"{out / 'last.pt'} does not fit this run ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:120]}); train anew with --overwrite") from exc
         log.info("resuming at epoch %d (best validation score %.3f)", epoch, best["score"])
     writer = _tensorboard(out) if main_rank else None
     bar = tqdm(range(epoch, config.epochs), desc="train", unit="epoch",
@@ -480,6 +605,8 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
     if not main_rank:
         torch.distributed.destroy_process_group()
         return out / "model.pt"
+    if "state" not in best:
+        raise TrainingError("no epoch gave a finite validation score: nothing to save")
     run.model.load_state_dict(best["state"])
     calibration = run.calibrate()
     final_metrics, _ = run.validate()
