@@ -25,6 +25,7 @@ __all__ = [
     "ImageTransform",
     "load_split",
     "PoseImageDataset",
+    "OffPathViews",
     "rotate_view",
     "camera_matrix",
     "TupleDataset",
@@ -196,3 +197,40 @@ class TupleDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         items = [self.base[int(j)] for j in self.index[i]]
         return torch.stack([x for x, _ in items]), torch.stack([p for _, p in items])
+
+
+class OffPathViews(Dataset):
+    """Frames of a split as a query off the training path would show them, for calibration.
+
+    Each frame comes three times: as recorded; turned 15-25 deg about the camera centre to
+    either side (pitch up to 8 deg; beyond the training augmentation, exact poses by
+    :func:`rotate_view`; skipped without ``K``); and under another light (each colour channel
+    scaled by 0.6-1.3). Deterministic for a ``seed``.
+    """
+
+    def __init__(self, data: str | os.PathLike, table: PoseTable, transform: ImageTransform,
+                 *, K: np.ndarray | None, seed: int = 0) -> None:
+        self.root = Path(data) / "images"
+        self.table = table
+        self.poses_N7 = poses_tensor(table)
+        self.transform = transform
+        self.K = K
+        self.seed = seed
+        self.kinds = ("plain", "turned", "light") if K is not None else ("plain", "light")
+
+    def __len__(self) -> int:
+        return len(self.table) * len(self.kinds)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i, kind = divmod(j, len(self.kinds))
+        rgb = _read_rgb(self.root / self.table.images[i])
+        pose = self.poses_N7[i].numpy()
+        rng = np.random.default_rng((self.seed, j))
+        if self.kinds[kind] == "turned":
+            yaw = np.radians(rng.uniform(15, 25)) * (1 if i % 2 else -1)
+            pitch = np.radians(rng.uniform(-8, 8))
+            rgb, pose = rotate_view(rgb, pose, self.K, np.array([pitch, yaw, 0.0]))
+        elif self.kinds[kind] == "light":
+            gain = rng.uniform(0.6, 1.3, 3).astype(np.float32)
+            rgb = np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        return self.transform(rgb), torch.as_tensor(pose, dtype=torch.float32)

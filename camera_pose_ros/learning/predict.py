@@ -7,7 +7,12 @@ import torch
 
 from camera_pose_ros.errors import CheckpointError
 from camera_pose_ros.learning.checkpoint import LoadedModel
-from camera_pose_ros.learning.uncertainty import apply_calibration, mc_samples, mean_and_covariance
+from camera_pose_ros.learning.uncertainty import (
+    apply_calibration,
+    mc_samples,
+    mean_and_covariance,
+    novelty,
+)
 
 __all__ = ["Predictor", "resolve_device"]
 
@@ -42,6 +47,8 @@ class Predictor:
         self.samples = int(samples if samples is not None
                            else self.calibration.get("samples", 20))
         self.half = False
+        #: training images' features (calibration["novelty"]): covariances grow off the path
+        self.novelty_index = self.calibration.get("novelty") or None
 
     def enable_half(self) -> bool:
         """float16 inference on a GPU (no effect on CPU); returns whether it is on."""
@@ -66,7 +73,11 @@ class Predictor:
             _, cov = mean_and_covariance(
                 mc_samples(self.model, feats_BD, self.samples).double().cpu().numpy())
         if self.calibration:
-            cov = apply_calibration(cov, self.calibration)
+            nov = None
+            if self.novelty_index is not None:
+                nov = novelty(self.novelty_index,
+                              self.model.norm(feats_BD).double().cpu().numpy())
+            cov = apply_calibration(cov, self.calibration, nov)
         return poses, cov
 
     def predict(self, images_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
