@@ -48,6 +48,8 @@ class RefineConfig:
     Attributes:
         k_pose: mapped frames nearest the regressed pose.
         k_retrieval: mapped frames most similar by global descriptor.
+        retrieval_rounds: when no pose is found, try the next ``k_retrieval`` most similar
+            frames, up to this many rounds in all.
         max_view_angle_deg: a frame chosen by pose must look within this angle of the prior.
         max_features: SIFT features extracted from the query image.
         first_octave: SIFT's first octave (-1 upsamples the image: slower, more features).
@@ -76,6 +78,7 @@ class RefineConfig:
 
     k_pose: int = 4
     k_retrieval: int = 6
+    retrieval_rounds: int = 2
     max_view_angle_deg: float = 60.0
     max_features: int = 2048
     first_octave: int = 0
@@ -112,6 +115,8 @@ class RefineConfig:
                 raise ConfigError(f"refine {name} must be in [0, 1]")
         if not self.gate_sigma >= 0 or not self.gate_min_m >= 0:
             raise ConfigError("refine gate_sigma and gate_min_m must be >= 0")
+        if self.retrieval_rounds < 1:
+            raise ConfigError("refine retrieval_rounds must be at least 1")
         if self.verify and self.k_verify < 1:
             raise ConfigError("refine k_verify must be at least 1 when verify is on")
 
@@ -393,10 +398,23 @@ class Refiner:
         colmap_cam = pycolmap.Camera(model=camera.colmap_model(), width=w, height=h,
                                      params=params)
         sol = self._solve(keypoints, desc_q, frames, colmap_cam)
+        tried = set(frames.tolist())
+        for _ in range(cfg.retrieval_rounds - 1):  # the next most similar frames
+            if not isinstance(sol, str):
+                break
+            more = self.select_frames(prior.position, rot, gdesc,
+                                      excluded | frozenset(tried), k_pose=0)
+            if len(more) == 0:
+                break
+            tried |= set(more.tolist())
+            again = self._solve(keypoints, desc_q, more, colmap_cam)
+            sol = again if not isinstance(again, str) else sol
+            frames = more if not isinstance(again, str) else frames
         t2 = time.perf_counter()
         prior.stages_s["pose"] = t2 - t1
         if isinstance(sol, str):
             return fail(sol)
+        prior.frames = [self._names[i] for i in frames]
         prior.matches, prior.inliers = sol.matches, sol.inliers
         if cfg.verify:  # the map around the solution must tell the same story
             vframes = self.select_frames(sol.centre, sol.rot_map_cam, None, excluded,
