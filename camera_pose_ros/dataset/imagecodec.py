@@ -6,12 +6,15 @@ checks apply to live frames and recorded ones. Output is always RGB uint8 (H, W,
 
 from __future__ import annotations
 
+import struct
+
 import cv2
 import numpy as np
 
 from camera_pose_ros.errors import ImageDecodeError
 
-__all__ = ["SUPPORTED_ENCODINGS", "decode_raw", "decode_compressed", "encode_raw"]
+__all__ = ["SUPPORTED_ENCODINGS", "decode_raw", "decode_compressed", "encode_raw",
+           "compressed_image_size"]
 
 #: encoding -> channels
 SUPPORTED_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
@@ -103,3 +106,44 @@ def encode_raw(rgb_HW3: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]
         raise ImageDecodeError(f"unsupported image encoding '{encoding}'")
     out = np.ascontiguousarray(out, dtype=np.uint8)
     return out.tobytes(), out.shape[1] * out.shape[2]
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_image_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of a PNG or JPEG stream, read from its header alone.
+
+    Raises:
+        ImageDecodeError: neither a PNG nor a JPEG, or a header that gives no size.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageDecodeError("PNG without an IHDR header")
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if data[:2] != b"\xff\xd8":
+        raise ImageDecodeError("compressed image is neither PNG nor JPEG")
+    i = 2
+    while i + 4 <= len(data):  # walk the JPEG segments up to the frame header (SOFn)
+        if data[i] != 0xFF:
+            raise ImageDecodeError(f"corrupt JPEG header (no marker at byte {i})")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return int(width), int(height)
+        if length < 2:
+            raise ImageDecodeError(f"corrupt JPEG header (segment length {length})")
+        i += 2 + length
+    raise ImageDecodeError("JPEG without a frame header (no image size)")
