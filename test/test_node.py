@@ -133,16 +133,28 @@ def test_outputs_carry_the_image_stamp(node_setup):
     assert values["model"] == "posenet/mobilenet_v3_small"
 
 
-def test_relocalize_service_and_tracking_lost_send_initialpose(node_setup):
-    node, helper, probe, pub = node_setup
+def test_relocalize_service_and_tracking_lost_send_initialpose(ros_context, spinner,
+                                                              checkpoint):
+    # limits loose enough that the tiny network's estimates count as verified (a failed
+    # request is tested in test_node_verified.py)
+    params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
+              Parameter("max_image_age", value=5.0), Parameter("mc_samples", value=5),
+              Parameter("verify_max_position_sigma", value=1000.0),
+              Parameter("verify_max_rotation_sigma_deg", value=180.0),
+              Parameter("qos_overrides./image.subscription.reliability", value="reliable")]
+    spinner.add(RelocalizationNode(context=ros_context, parameter_overrides=params))
+    helper = spinner.add(rclpy.create_node("probe_r", context=ros_context))
+    probe = Probe(helper)
+    pub = helper.create_publisher(Image, "/image", RELIABLE)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 20)
     assert send(pub, image_msg(helper, frame(0)), probe)
     assert probe.count("initial") == 0  # nothing asked yet
     client = helper.create_client(Trigger, "/relocalization/relocalize")
     assert client.wait_for_service(timeout_sec=10)
-    future = client.call_async(Trigger.Request())
-    assert wait_for(future.done, 10) and future.result().success
+    future = client.call_async(Trigger.Request())  # answers once a frame is verified
     msg = image_msg(helper, frame(1))
     assert send(pub, msg, probe, key="initial")
+    assert wait_for(future.done, 10) and future.result().success
     init = probe.msgs["initial"][-1]
     assert init.header.frame_id == "map"
     assert (init.header.stamp.sec, init.header.stamp.nanosec) == (msg.header.stamp.sec,

@@ -120,18 +120,43 @@ def test_node_publishes_refined_poses_with_covariance(refining_node):
                for c in main for m in refined)
     assert node.stats.counts["refined"] == len(refined)
     # the trajectory holds one pose per image, in stamp order, the refined one where it exists
-    assert wait_for(lambda: got["path"] and len(got["path"][-1].poses) == len(sent), 10)
-    with lock:
-        path = got["path"][-1]
-    stamps = [_stamp(p) for p in path.poses]
-    assert stamps == sorted(sent)
-    for m in refined:
-        p = path.poses[stamps.index(_stamp(m))].pose.position
-        q = m.pose.pose.position
-        assert (p.x, p.y, p.z) == (q.x, q.y, q.z)
+    # (the path carrying the last refined pose may arrive after ~/pose_refined: wait for it)
+    def path_agrees() -> bool:
+        with lock:
+            path = got["path"][-1] if got["path"] else None
+        if path is None or len(path.poses) != len(sent):
+            return False
+        stamps = [_stamp(p) for p in path.poses]
+        assert stamps == sorted(sent)
+        for m in refined:
+            p = path.poses[stamps.index(_stamp(m))].pose.position
+            q = m.pose.pose.position
+            if (p.x, p.y, p.z) != (q.x, q.y, q.z):
+                return False
+        return True
+
+    assert wait_for(path_agrees, 10), "the path does not hold the refined poses"
 
 
-@pytest.mark.parametrize("refining_node", [{"refine_on_request_only": True}], indirect=True)
+def _request_while_feeding(helper, pub, rgb, limit: float = 40.0) -> tuple[object, dict]:
+    """Call ~/relocalize and publish ``rgb`` every 0.3 s until it answers; (response, stamps)."""
+    client = helper.create_client(Trigger, "/relocalization/relocalize")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(Trigger.Request())  # answers with the outcome
+    sent = {}
+    t = 0.0
+    while not future.done() and t < limit:
+        msg = _image(helper, rgb)
+        sent[_stamp(msg)] = msg
+        pub.publish(msg)
+        wait_for(future.done, 0.3)
+        t += 0.3
+    assert future.done(), "~/relocalize did not answer"
+    return future.result(), sent
+
+
+@pytest.mark.parametrize("refining_node", [{"refine_on_request_only": True,
+                                            "relocalize_timeout": 30.0}], indirect=True)
 def test_relocalization_request_answers_with_the_refined_pose(refining_node):
     node, helper, pub, info_pub, info, got, lock, truth = refining_node
     rgb, pos = truth[2]
@@ -139,15 +164,30 @@ def test_relocalization_request_answers_with_the_refined_pose(refining_node):
     pub.publish(msg)
     assert wait_for(lambda: node.stats.counts["published"] >= 1, 20)
     assert node.stats.counts["refined"] == 0  # not asked: regression only
-    client = helper.create_client(Trigger, "/relocalization/relocalize")
-    assert client.wait_for_service(timeout_sec=10)
-    future = client.call_async(Trigger.Request())
-    assert wait_for(future.done, 10) and future.result().success
-    msg = _image(helper, rgb)
-    pub.publish(msg)
-    assert wait_for(lambda: len(got["initial"]) >= 1, 30), dict(node.stats.counts)
+    response, sent = _request_while_feeding(helper, pub, rgb)
+    assert response.success and "refined pose" in response.message, response.message
+    assert wait_for(lambda: len(got["initial"]) >= 1, 10), dict(node.stats.counts)
     init = got["initial"][-1]
-    assert _stamp(init) == _stamp(msg)
+    assert _stamp(init) in sent
     p = init.pose.pose.position
     assert np.linalg.norm(np.array([p.x, p.y, p.z]) - pos) < 0.1
-    assert node.stats.counts["refined"] == 1
+    refined = node.stats.counts["refined"]
+    assert refined >= 1
+    pub.publish(_image(helper, rgb))  # the request is over: regression only again
+    assert wait_for(lambda: node.stats.counts["published"] >= len(sent) + 2, 20)
+    assert len(got["initial"]) == 1 and node.stats.counts["refined"] == refined
+
+
+@pytest.mark.parametrize("refining_node", [{"refine_on_request_only": True,
+                                            "relocalize_timeout": 3.0}], indirect=True)
+def test_relocalization_request_on_unmatched_frames_sends_nothing(refining_node):
+    """Uniform grey frames cannot be refined: no /initialpose, and the reason is given."""
+    node, helper, pub, info_pub, info, got, lock, truth = refining_node
+    grey = np.full_like(truth[0][0], 128)
+    response, sent = _request_while_feeding(helper, pub, grey)
+    assert not response.success
+    assert response.message.startswith("relocalization failed after 3.0 s: "), response.message
+    assert "none verified (last: refinement: " in response.message
+    assert node.stats.counts["refine_failed"] >= 1 and node.stats.counts["refined"] == 0
+    assert got["initial"] == []
+    assert node.stats.counts["relocalization_failed"] == 1

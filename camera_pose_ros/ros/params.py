@@ -67,7 +67,17 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("refine_every_n", 5, "refine one frame in N (when the refiner is free)",
               min_value=1, max_value=10000),
     ParamSpec("refine_on_request_only", False,
-              "refine only after ~/relocalize or tracking_lost"),
+              "refine only while a relocalization request (~/relocalize, tracking_lost) is "
+              "open"),
+    ParamSpec("relocalize_timeout", 5.0, "seconds a relocalization request (~/relocalize, "
+              "tracking_lost) tries frames for a verified estimate before it fails",
+              min_value=0.1, max_value=600.0),
+    ParamSpec("verify_max_position_sigma", 0.25, "metres; a regressed pose is verified (for "
+              "/initialpose and ~/pose_verified) when its largest position standard deviation "
+              "is at most this (refine mode: only refined poses are)",
+              min_value=0.0, max_value=1000.0),
+    ParamSpec("verify_max_rotation_sigma_deg", 5.0, "degrees; and its largest rotation "
+              "standard deviation at most this", min_value=0.0, max_value=180.0),
     ParamSpec("rectified_images", "auto", "whether the images are rectified (camera = "
               "camera_info's P, no distortion) or raw (K and D); auto: rectified when the image "
               "topic is image_rect*", ("auto", "true", "false")),

@@ -10,16 +10,24 @@ frames are dropped and counted), so the subscription callback never blocks. Ever
 stamped with the image's stamp.
 
 Topics: ``image`` (sensor_msgs/Image) or ``image/compressed``; ``odom``, ``map``,
-``tracking_lost`` in; ``~/pose``, ``~/pose_with_covariance``, ``~/path``, ``/tf``,
-``/diagnostics``, ``/initialpose`` out. Service ``~/relocalize`` (std_srvs/Trigger).
+``tracking_lost`` in; ``~/pose``, ``~/pose_with_covariance``, ``~/pose_verified``, ``~/path``,
+``/tf``, ``/diagnostics``, ``/initialpose`` out. Service ``~/relocalize`` (std_srvs/Trigger).
+
+A relocalization request (``~/relocalize`` or ``tracking_lost: true``) tries the next frames
+for up to ``relocalize_timeout`` seconds until an estimate is *verified* (see
+:mod:`camera_pose_ros.runtime.relocalize`: refined in refine mode, else a regressed pose
+under the ``verify_max_*`` covariance limits); that one pose goes to ``/initialpose``, or
+nothing does and the log and /diagnostics say why. ``main()`` spins a multi-threaded
+executor, and the service runs in a reentrant group: it waits for the outcome and answers
+success or failure with the reason, while other threads keep taking images. Under a
+single-threaded executor it answers at once ("started") and the outcome goes only to the log,
+/diagnostics and ``/initialpose``. Every verified estimate also goes to ``~/pose_verified``.
 
 With ``mode: refine`` a second worker refines poses against the SfM map (intrinsics from
 ``camera_info`` when it arrives, else the map's): every ``refine_every_n``-th frame when it
-is free, or only on relocalization requests. Regression keeps its frame rate; each refined
-pose goes out, with its image's stamp, on ``~/pose``, ``~/pose_with_covariance``, the path,
-TF and ``~/pose_refined``; a relocalization request in this mode answers on
-``/initialpose`` with the refined pose (the regressed one, with a warning, when refinement
-fails).
+is free, and every frame it can take while a relocalization request is open. Regression
+keeps its frame rate; each refined pose goes out, with its image's stamp, on ``~/pose``,
+``~/pose_with_covariance``, ``~/pose_verified``, the path, TF and ``~/pose_refined``.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import OccupancyGrid, Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -76,6 +84,12 @@ from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
 from camera_pose_ros.ros.spin import spin_until_shutdown
 from camera_pose_ros.runtime.localizer import JumpGate, Localizer, PoseEstimate
 from camera_pose_ros.runtime.refine import RefineConfig
+from camera_pose_ros.runtime.relocalize import (
+    RelocalizationRequest,
+    RelocalizationResult,
+    VerifyThresholds,
+    verify,
+)
 
 __all__ = ["RelocalizationNode", "main"]
 
@@ -121,7 +135,9 @@ class RelocalizationNode(LifecycleNode):
         self._latest: object | None = None
         self._running = False
         self._worker: threading.Thread | None = None
-        self._reloc_requested = threading.Event()
+        self._reloc_cond = threading.Condition()
+        self._request: RelocalizationRequest | None = None
+        self._last_reloc = ""
         self._odom = collections.deque(maxlen=400)
         self._path = collections.deque()
         self._subs: list = []
@@ -160,6 +176,8 @@ class RelocalizationNode(LifecycleNode):
                               f"with a non-zero quaternion, got {e.tolist()}")
         q = np.array([e[6], e[3], e[4], e[5]]) / np.linalg.norm(e[3:])
         self._base_from_cam = pose_matrix(rotmat_from_quat_wxyz(q), e[:3])
+        self._thresholds = VerifyThresholds(float(self._cfg["verify_max_position_sigma"]),
+                                            float(self._cfg["verify_max_rotation_sigma_deg"]))
         self._last_path_pub = 0.0
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -191,6 +209,7 @@ class RelocalizationNode(LifecycleNode):
         self.pub_diag = pub(DiagnosticArray, "/diagnostics")
         self.pub_initial = pub(PoseWithCovarianceStamped, "/initialpose")
         self.pub_refined = pub(PoseWithCovarianceStamped, "~/pose_refined")
+        self.pub_verified = pub(PoseWithCovarianceStamped, "~/pose_verified")
         self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
                                             callback_group=ReentrantCallbackGroup())
         self.get_logger().info(
@@ -261,6 +280,8 @@ class RelocalizationNode(LifecycleNode):
         self._timers = [self.create_timer(
             float(self._p("diagnostics_period")),
             guarded(self._publish_diagnostics, "diagnostics", "rejected_other"),
+            callback_group=other), self.create_timer(
+            0.2, guarded(self._expire_request, "relocalization", "rejected_other"),
             callback_group=other)]
         self._running = True
         self._worker = threading.Thread(target=self._work, name="relocalization-inference",
@@ -286,6 +307,7 @@ class RelocalizationNode(LifecycleNode):
         self._worker = self._refine_worker = None
         with self._cond:
             self._latest = None
+        self._advance(lambda req, now: req.cancel("the node was deactivated"))
         for sub in self._subs:
             self.destroy_subscription(sub)
         for timer in self._timers:
@@ -399,17 +421,82 @@ class RelocalizationNode(LifecycleNode):
                 and self._cfg.get("mode") == "refine")
 
     def _on_tracking_lost(self, msg: Bool) -> None:
-        if msg.data:
-            self._reloc_requested.set()
+        if msg.data and self._running:
+            self._start_request("tracking_lost")
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response
                        ) -> Trigger.Response:
-        response.success = self._running
-        if self._running:
-            self._reloc_requested.set()
-        response.message = ("the next good estimate goes out on /initialpose"
-                            if response.success else "not active: activate the node first")
+        """Start a request; under a multi-threaded executor wait for its outcome."""
+        try:
+            if not self._running:
+                response.success, response.message = False, "not active: activate the node"
+                return response
+            req = self._start_request("~/relocalize")
+            if not isinstance(self.executor, MultiThreadedExecutor):  # waiting would block
+                response.success = True  # the image callbacks: answer now
+                response.message = (f"relocalization started (timeout {req.timeout:g} s); "
+                                    "the outcome goes to /initialpose, the log and diagnostics")
+                return response
+            with self._reloc_cond:
+                self._reloc_cond.wait_for(lambda: req.reported,
+                                          timeout=req.deadline - time.monotonic() + 1.0)
+            self._expire_request()  # in case the timer has not yet
+            response.success, response.message = req.result.success, req.result.message
+        except Exception as exc:  # a service callback must never stop the executor
+            self.stats.add("rejected_other")
+            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
         return response
+
+    # -- relocalization requests --------------------------------------------------------
+    def _start_request(self, source: str) -> RelocalizationRequest:
+        """The open request, or a new one (a request while one is open joins it)."""
+        with self._reloc_cond:
+            if self._request is None or self._request.done:
+                self._request = RelocalizationRequest(
+                    time.monotonic(), float(self._cfg["relocalize_timeout"]), self._thresholds,
+                    self._refining())
+                self.get_logger().info(f"relocalization requested by {source}: trying frames "
+                                       f"for up to {self._request.timeout:g} s")
+            return self._request
+
+    def _requested(self) -> bool:
+        with self._reloc_cond:
+            return self._request is not None and not self._request.done
+
+    def _advance(self, step: Callable[[RelocalizationRequest, float],
+                                      RelocalizationResult | None]) -> None:
+        """Apply ``step`` (offer, note, expire, cancel) to the open request; report its end."""
+        with self._reloc_cond:
+            req = self._request
+            result = step(req, time.monotonic()) if req is not None else None
+        if result is not None:
+            self._finish(req, result)
+
+    def _offer_request(self, est: PoseEstimate, stamp: object) -> None:
+        self._advance(lambda req, now: req.offer(est, now, stamp))
+
+    def _note_request(self, reason: str) -> None:
+        self._advance(lambda req, now: req.note(reason))
+
+    def _expire_request(self) -> None:
+        self._advance(lambda req, now: req.expire(now))
+
+    def _finish(self, req: RelocalizationRequest, result: RelocalizationResult) -> None:
+        """Report a request's one result; a success goes to /initialpose (exactly once)."""
+        est = result.estimate
+        if result.success and est is not None:
+            self.pub_initial.publish(pose_with_covariance(
+                result.stamp, str(self._cfg["map_frame"]), est.position, est.quat_wxyz,
+                est.covariance))
+            self.stats.add("relocalized")
+            self.get_logger().info(f"{result.message}: published on /initialpose")
+        else:
+            self.stats.add("relocalization_failed")
+            self.get_logger().warning(result.message)
+        self._last_reloc = result.message
+        with self._reloc_cond:
+            req.reported = True  # waiting service calls answer now
+            self._reloc_cond.notify_all()
 
     # -- inference ------------------------------------------------------------------------
     def _serve(self, cond: threading.Condition, slot: str, handle: Callable[[object], None],
@@ -432,59 +519,59 @@ class RelocalizationNode(LifecycleNode):
     def _work(self) -> None:
         self._serve(self._cond, "_latest", self._process, "rejected_error", "frame")
 
+    def _drop(self, key: str, text: str) -> None:
+        """A frame that gives no estimate: count, warn (throttled), tell the open request."""
+        self.stats.add(key)
+        self._warn(key, text)
+        self._note_request(text)
+
     def _process(self, msg: Image | CompressedImage) -> None:
         stamp_ns = stamp_to_ns(msg.header.stamp)
         age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
         max_age = float(self._cfg["max_image_age"])
         if max_age > 0 and age > max_age:
-            self.stats.add("dropped_stale")
-            self.get_logger().warning(f"dropping a frame {age:.2f} s old (max_image_age "
-                                      f"{max_age} s)", throttle_duration_sec=5.0)
-            return
+            return self._drop("dropped_stale", (
+                f"image stamps are {age:.0f} s older than this node's clock: a bag played "
+                "without `--clock`? run the player with --clock and the node with "
+                "use_sim_time:=true, or raise max_image_age" if age > 10.0 else
+                f"dropping a frame {age:.2f} s old (max_image_age {max_age} s)"))
         try:
             rgb = image_to_rgb(msg, int(self._cfg["max_image_pixels"]))
         except ImageDecodeError as exc:
-            self.stats.add("rejected_bad_input")
-            self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
-            return
+            return self._drop("rejected_bad_input", f"bad image: {exc}")
         localizer = self.localizer
         if localizer is None:
-            return
+            return None
         est = localizer.localize(rgb)
         if est is None:
-            self.stats.add("rejected_nan")
-            self.get_logger().warning("non-finite prediction; nothing published",
-                                      throttle_duration_sec=5.0)
-            return
+            return self._drop("rejected_nan", "non-finite prediction; nothing published")
         with self.stats.lock:
             self.stats.latency.append(est.latency_s)
         odom = self._odom_at(stamp_ns)
         if self._gate is not None and not self._gate.accept(
                 est.position, None if odom is None else odom[:3, 3]):
-            self.stats.add("rejected_jump")
-            self.get_logger().warning("estimate rejected by the odometry jump gate",
-                                      throttle_duration_sec=5.0)
-            return
+            return self._drop("rejected_jump", "estimate rejected by the odometry jump gate")
         if est.snapped:
             self.stats.add("snapped")
         self._publish(msg.header.stamp, est, odom)
         self.stats.add("published")
         if self._refining():
             self._offer_refinement(msg.header.stamp, rgb, est, odom)
+        else:
+            self._offer_request(est, msg.header.stamp)
+        return None
 
     # -- refinement -----------------------------------------------------------------------
     def _offer_refinement(self, stamp: object, rgb: np.ndarray, est: PoseEstimate,
                           odom: np.ndarray | None) -> None:
         """Hand the frame to the refine worker when it is due and the worker is free."""
         self._since_refine += 1
-        requested = self._reloc_requested.is_set()
+        requested = self._requested()  # an open request refines every frame it can
         due = requested or (not self._cfg["refine_on_request_only"]
                             and self._since_refine >= int(self._cfg["refine_every_n"]))
         with self._refine_cond:
             if not due or self._refine_busy:
                 return
-            if requested:
-                self._reloc_requested.clear()
             self._since_refine = 0
             self._refine_busy = True
             self._refine_job = (stamp, rgb, est, odom, requested)
@@ -517,10 +604,9 @@ class RelocalizationNode(LifecycleNode):
             self._publish(stamp, est, odom)
         else:
             self.stats.add("refine_failed")
-            self.get_logger().warning(f"refinement failed: {est.refine_note}",
-                                      throttle_duration_sec=5.0)
+            self._warn("refine_failed", f"refinement failed: {est.refine_note}")
         if requested:
-            self._publish_initial(stamp, est)
+            self._offer_request(est, stamp)
 
     def _odom_at(self, stamp_ns: int) -> np.ndarray | None:
         if not self._odom:
@@ -530,15 +616,6 @@ class RelocalizationNode(LifecycleNode):
         if abs(stamps[i] - stamp_ns) / 1e9 > float(self._cfg["max_odom_age"]):
             return None
         return self._odom[i][1]
-
-    def _publish_initial(self, stamp: object, est: PoseEstimate) -> None:
-        self.pub_initial.publish(pose_with_covariance(stamp, str(self._cfg["map_frame"]),
-                                                      est.position,
-                                                      est.quat_wxyz, est.covariance))
-        how = ("refined" if est.refined else
-               f"regressed; refinement failed: {est.refine_note}" if est.refine_note else
-               "regressed")
-        self.get_logger().info(f"relocalization published on /initialpose ({how})")
 
     def _publish(self, stamp: object, est: PoseEstimate, odom: np.ndarray | None) -> None:
         with self._publish_lock:
@@ -552,6 +629,8 @@ class RelocalizationNode(LifecycleNode):
         cov = pose_with_covariance(stamp, frame, est.position, est.quat_wxyz, est.covariance)
         self.pub_pose.publish(ps)
         self.pub_cov.publish(cov)
+        if verify(est, self._thresholds, self._refining())[0]:
+            self.pub_verified.publish(cov)
         insert_by_stamp(self._path, ps)  # a refined pose replaces its image's regressed one
         now = time.monotonic()
         if now - self._last_path_pub >= float(cfg["path_period"]):
@@ -575,9 +654,6 @@ class RelocalizationNode(LifecycleNode):
         elif cfg["publish_tf"]:
             self.pub_tf.publish(TFMessage(transforms=[transform_stamped(
                 stamp, frame, str(cfg["child_frame"]), est.position, est.quat_wxyz)]))
-        if self._reloc_requested.is_set() and not self._refining():
-            self._reloc_requested.clear()
-            self._publish_initial(stamp, est)
 
     # -- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -597,6 +673,8 @@ class RelocalizationNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.ERROR, "no model loaded"
         elif counts.get("received", 0) == 0 or rate == 0.0:
             status.level, status.message = DiagnosticStatus.WARN, "no images"
+        elif self._last_reloc.startswith("relocalization failed"):
+            status.level, status.message = DiagnosticStatus.WARN, self._last_reloc
         values = {
             "input_rate_hz": f"{rate:.2f}",
             "inference_ms_p50": f"{np.percentile(lat, 50):.1f}" if len(lat) else "",
@@ -604,12 +682,14 @@ class RelocalizationNode(LifecycleNode):
             "refine_ms_p50": f"{np.percentile(ref_lat, 50):.1f}" if len(ref_lat) else "",
             "device": self.localizer.device if self.localizer else "",
             "model": self.localizer.model_name if self.localizer else "",
+            "last_relocalization": self._last_reloc,
         }
         for key in ("received", "published", "dropped_stale", "dropped_superseded",
                     "dropped_future", "rejected_bad_input", "rejected_nan", "rejected_jump",
                     "rejected_error", "rejected_odometry", "rejected_map",
                     "rejected_camera_info", "rejected_other", "snapped", "no_odometry",
-                    "refined", "refine_failed", "refine_error"):
+                    "refined", "refine_failed", "refine_error", "relocalized",
+                    "relocalization_failed"):
             values[key] = str(counts.get(key, 0))
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr_msg = DiagnosticArray(status=[status])
@@ -621,9 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ros2 run camera_pose_ros relocalization_node``."""
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = RelocalizationNode()
-    # callbacks only hand frames over; inference has its own thread, so one executor thread
-    # is enough, and fewer Python threads compete with torch for the cores
-    return spin_until_shutdown(node, SingleThreadedExecutor(), on_exit=node._stop)
+    # callbacks only hand frames over (inference has its own threads); a few executor
+    # threads let ~/relocalize wait for its outcome while images keep arriving
+    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4),
+                               on_exit=node._stop)
 
 
 if __name__ == "__main__":
