@@ -10,6 +10,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "benchmarks", "benchmarks.*"]),
+    package_data={f"{PACKAGE}.dashboard": ["static/*"]},  # the dashboard's pages and scripts
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -31,6 +32,7 @@ setup(
             "relocalization_node = camera_pose_ros.ros.relocalization_node:main",
             "recorder_node = camera_pose_ros.ros.recorder_node:main",
             "bag_player = camera_pose_ros.ros.bag_player:main",
+            "dashboard_node = camera_pose_ros.ros.dashboard_node:main",
         ],
     },
 )

@@ -200,6 +200,15 @@ def _cmd_export(args: argparse.Namespace) -> Path:
     return export_model(args.checkpoint, args.format, args.out)
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> None:
+    from camera_pose_ros.dashboard.server import run_dashboard
+
+    run_dashboard(checkpoint=args.checkpoint, data=args.data, floorplan=args.floorplan,
+                  evaluations=args.eval or (), refinement_map=args.map,
+                  refine_config=args.refine_config, host=args.host, port=args.port,
+                  token=args.token, device=args.device, max_upload_mb=args.max_upload_mb)
+
+
 def _cmd_bag_repair(args: argparse.Namespace) -> Path:
     from camera_pose_ros.dataset.bagrepair import repair_bag
 
@@ -372,6 +381,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", type=Path, help="the unfinished bag folder (MCAP or sqlite3)")
     p.add_argument("--out", type=Path, help="repaired bag folder (default BAG_repaired)")
     p.set_defaults(func=_cmd_bag_repair)
+
+    p = sub.add_parser("dashboard",
+                       help="web dashboard: floor plan, image localization, dataset and model "
+                            "pages (the live robot: dashboard_node)")
+    p.add_argument("--checkpoint", type=Path, help="model.pt (the dataset, floor plan and "
+                   "evaluations are found from its provenance)")
+    p.add_argument("--data", type=Path, help="dataset folder (camera-pose dataset output)")
+    p.add_argument("--floorplan", type=Path,
+                   help="map_server YAML (default DATA/floorplan.yaml)")
+    p.add_argument("--eval", type=Path, action="append",
+                   help="camera-pose evaluate output folder (repeatable; default DATA/eval_* "
+                        "and eval_* beside the checkpoint)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on; another than loopback needs an access token")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token", help="access token (made and printed when serving beyond "
+                                   "loopback without one)")
+    p.add_argument("--device", **device)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload")
+    refine_opts(p)
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 
@@ -465,7 +495,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _preload_native(args: argparse.Namespace) -> None:
     """Import pycolmap before SIGTERM is handled: importing it installs a C++ failure
     handler for SIGTERM that would replace ours (and print a stack dump)."""
-    if args.command in ("dataset", "sfm", "refinement-map") or (
+    if args.command in ("dataset", "sfm", "refinement-map", "dashboard") or (
             args.command in ("evaluate", "localize") and args.mode != "regress"):
         try:
             import pycolmap  # noqa: F401
@@ -531,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if not ok:
             _remove_if_empty(created)
-    log.info("wrote %s", out)
+    if out is not None:  # None: a command that writes nothing (dashboard)
+        log.info("wrote %s", out)
     return 0
 
 

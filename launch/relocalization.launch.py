@@ -1,7 +1,8 @@
 """Start relocalization_node with a checkpoint on a camera topic.
 
     ros2 launch camera_pose_ros relocalization.launch.py model:=/path/model.pt \
-        camera_topic:=/camera/image_raw [mode:=refine refinement_map:=/path/DATA]
+        camera_topic:=/camera/image_raw [mode:=refine refinement_map:=/path/DATA] \
+        [dashboard:=true dashboard_port:=8080]
 
 The node is started as a lifecycle node. With ``autostart:=true`` (default) it configures and
 activates itself; with ``autostart:=false`` a lifecycle manager drives it.
@@ -14,6 +15,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -47,6 +49,19 @@ def generate_launch_description() -> LaunchDescription:
                               "manager"),
         DeclareLaunchArgument("namespace", default_value=""),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz too"),
+        DeclareLaunchArgument("dashboard", default_value="false",
+                              description="start dashboard_node too (web page of the poses "
+                              "on the floor plan)"),
+        DeclareLaunchArgument("dashboard_host", default_value="127.0.0.1",
+                              description="dashboard address (another than loopback needs "
+                              "dashboard_token)"),
+        DeclareLaunchArgument("dashboard_port", default_value="8080"),
+        DeclareLaunchArgument("dashboard_token", default_value="",
+                              description="dashboard access token (\"\": made and logged "
+                              "when needed)"),
+        DeclareLaunchArgument("floorplan", default_value="",
+                              description="map_server YAML for the dashboard (\"\": the "
+                              "model's dataset's floorplan.yaml)"),
     ]
     common = dict(
         name="relocalization",
@@ -70,4 +85,16 @@ def generate_launch_description() -> LaunchDescription:
         node = Node(package="camera_pose_ros", executable="relocalization_node", **common)
     rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", rviz_config],
                 condition=IfCondition(LaunchConfiguration("rviz")), output="screen")
-    return LaunchDescription([*args, node, rviz])
+    dashboard = Node(
+        package="camera_pose_ros", executable="dashboard_node", name="dashboard",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[{"checkpoint": LaunchConfiguration("model"),
+                     "host": LaunchConfiguration("dashboard_host"),
+                     "port": ParameterValue(LaunchConfiguration("dashboard_port"), value_type=int),
+                     "token": LaunchConfiguration("dashboard_token"),
+                     "floorplan_yaml": LaunchConfiguration("floorplan"),
+                     "refinement_map": LaunchConfiguration("refinement_map"),
+                     "use_sim_time": LaunchConfiguration("use_sim_time")}],
+        remappings=[("image", LaunchConfiguration("camera_topic"))],
+        condition=IfCondition(LaunchConfiguration("dashboard")), output="screen")
+    return LaunchDescription([*args, node, rviz, dashboard])
