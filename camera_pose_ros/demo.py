@@ -343,8 +343,15 @@ def _run(args: argparse.Namespace) -> int:
         ("time", ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "done")),
     ]
     sys.stdout.write("\ncamera_pose_ros demo\n" + _table(rows) + f"\n\nwritten {out}/\n")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:  # the bags and renders go; the dataset and the model stay for the dashboard
+        for child in work.iterdir():
+            if child.is_dir() and child.name not in ("data", "run"):
+                shutil.rmtree(child, ignore_errors=True)
+            elif not child.is_dir():
+                child.unlink()
+    sys.stdout.write(f"\nsee it in a browser (the floor plan, the dataset, the model, upload a "
+                     f"photo):\n  camera-pose dashboard --checkpoint {work / 'run' / 'model.pt'}"
+                     "\n")
     return 0
 
 
