@@ -12,7 +12,14 @@ import socket
 import tempfile
 from pathlib import Path
 
-from benchmarks import bench_dataset, bench_honesty, bench_node, bench_refine, bench_training
+from benchmarks import (
+    bench_dashboard,
+    bench_dataset,
+    bench_honesty,
+    bench_node,
+    bench_refine,
+    bench_training,
+)
 from benchmarks.common import RESULTS, machine
 
 
@@ -90,6 +97,9 @@ def _markdown(results: dict) -> str:
     ho = results.get("honesty")
     if ho:
         lines += ["", bench_honesty.markdown(ho).rstrip("\n")]
+    da = results.get("dashboard")
+    if da:
+        lines += ["", bench_dashboard.markdown(da).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or bench_node._tiny_checkpoint(Path(tmp))
         results["node"] = bench_node.run(ckpt, frames=30 if args.quick else 200)
+    results["dashboard"] = bench_dashboard.run(messages=30 if args.quick else 200)
     if scenes:
         results["honesty"] = bench_honesty.run(scenes, quick=args.quick)
     host = socket.gethostname().split(".")[0][:20] or "machine"
