@@ -55,6 +55,10 @@ def _dataset_configs(args: argparse.Namespace) -> dict:
     if unknown:
         raise ConfigError(f"{args.config}: unknown section(s) {', '.join(sorted(unknown))}; "
                           "known: frames, sfm, align, split")
+    for section in ("frames", "sfm", "align", "split"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"{args.config}: section {section} must be a mapping of "
+                              f"settings, got {raw[section]!r}")
     frames = dict(raw.get("frames") or {})
     sfm = dict(raw.get("sfm") or {})
     if getattr(args, "max_frames", None) is not None:

@@ -345,10 +345,10 @@ def test_resume_refuses_a_damaged_metrics_csv(content, capsys, tmp_path, tiny_da
 def test_resume_with_another_config_names_the_keys(capsys, tmp_path, tiny_data, finished_run):
     run = copy_run(finished_run, tmp_path / "run")
     cfg = tmp_path / "other.yaml"
-    cfg.write_text(TINY_CONFIG.replace("epochs: 2", "epochs: 3") + "lr: 0.002\n")
+    cfg.write_text(TINY_CONFIG.replace("batch_size: 8", "batch_size: 4") + "lr: 0.002\n")
     rc, err = run_cli(capsys, "train", "--data", tiny_data, "--config", cfg, "--out", run,
                       "--resume")
-    line = assert_user_error(rc, err, "train", "another config", "epochs", "lr")
+    line = assert_user_error(rc, err, "train", "another config", "batch_size", "lr")
     assert "mc_samples" not in line
 
 
@@ -490,6 +490,29 @@ def test_sigterm_cleans_up_and_exits_143(tmp_path, venv_bin):
     assert [line for line in err.splitlines() if line.strip()] == [
         "camera-pose synth: terminated"]
     assert not out.exists()  # created by the run, left empty: removed
+
+
+def test_sigterm_inside_pycolmap_is_a_clean_exit(capsys, tmp_path, venv_bin):
+    """pycolmap installs a C++ SIGTERM handler (a stack dump); the CLI's own handler wins."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(30):
+        cv2.imwrite(str(frames / f"{i:04d}.png"), rng.integers(0, 256, (480, 640, 3), np.uint8))
+    assert run_cli(capsys, "frames", "--images", frames, "--out", data)[0] == 0
+    proc = subprocess.Popen([str(venv_bin / "camera-pose"), "-q", "sfm", "--data", str(data)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (data / "sfm" / "database.db").exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside feature extraction
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" not in err and "Traceback" not in err  # no C++ or Python stack dump
+    assert err.strip().splitlines()[-1] == "camera-pose sfm: terminated"
+    assert leftovers(tmp_path) == []
 
 
 def test_a_killed_runs_temporaries_are_removed_by_the_next_run(capsys, tmp_path):

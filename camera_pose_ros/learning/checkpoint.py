@@ -211,10 +211,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     """
     path = Path(path)
     data = load_plain(path, "checkpoint")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or not (isinstance(data.get("format"), str)
+                                          and data["format"] == FORMAT):
         raise CheckpointError(f"{path} is not a camera_pose_ros checkpoint")
     version = data.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
+    if not _is_int(version) or version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, this camera_pose_ros "
             f"({__version__}) reads format {CHECKPOINT_FORMAT_VERSION}: retrain with "

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -371,7 +372,29 @@ class _Run:
         }
 
     def restore(self, state: dict) -> tuple[int, int, dict]:
-        """Load a state written by :meth:`state`; returns epoch, step, best."""
+        """Load a state written by :meth:`state`; returns epoch, step, best.
+
+        Raises:
+            ValueError: the state's optimizer, scheduler or best weights differ in shape,
+                type or finiteness from what this run would write.
+        """
+        _check_like(state["scheduler"], self.scheduler.state_dict(), "scheduler")
+        fresh = self.optimizer.state_dict()
+        _check_like(state["optimizer"].get("param_groups"), fresh["param_groups"],
+                    "optimizer.param_groups")
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        per_param = state["optimizer"].get("state")
+        if not isinstance(per_param, dict):
+            raise ValueError("optimizer.state is not a mapping")
+        for i, entry in per_param.items():
+            if not (isinstance(i, int) and 0 <= i < len(params) and isinstance(entry, dict)):
+                raise ValueError(f"optimizer.state has an entry {i!r} for no parameter")
+            for name, v in entry.items():
+                if not isinstance(v, torch.Tensor) or not bool(torch.isfinite(v).all()) or (
+                        v.dim() > 0 and v.shape != params[i].shape):
+                    raise ValueError(f"optimizer.state[{i}].{name} does not fit its parameter")
+        if "state" in state["best"]:
+            _check_like(state["best"]["state"], self.model.state_dict(), "best.state")
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -380,6 +403,37 @@ class _Run:
         if "state" in best:
             best["state"] = {k: v.to(self.device) for k, v in best["state"].items()}
         return int(state["epoch"]), int(state["step"]), best
+
+
+def _check_like(value: object, reference: object, where: str) -> None:
+    """Raise ValueError unless ``value`` has the structure of ``reference``: the same keys,
+    list lengths, leaf types (int and float alike) and tensor shapes, all numbers finite."""
+    if isinstance(reference, torch.Tensor):
+        if not (isinstance(value, torch.Tensor) and value.shape == reference.shape
+                and value.dtype == reference.dtype):
+            raise ValueError(f"{where} is not a tensor of shape {tuple(reference.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where} holds NaN or infinite values")
+    elif isinstance(reference, dict):
+        if not isinstance(value, dict) or set(value) != set(reference):
+            raise ValueError(f"{where} has other keys than this run's")
+        for k in reference:
+            _check_like(value[k], reference[k], f"{where}.{k}")
+    elif isinstance(reference, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(reference):
+            raise ValueError(f"{where} is not a list of {len(reference)}")
+        for i, (v, r) in enumerate(zip(value, reference, strict=True)):
+            _check_like(v, r, f"{where}[{i}]")
+    elif isinstance(reference, bool) or reference is None:
+        if type(value) is not type(reference):
+            raise ValueError(f"{where} is {value!r}, expected {reference!r}")
+    elif isinstance(reference, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise ValueError(f"{where} is {value!r}, not a finite number")
+    elif type(value) is not type(reference):
+        raise ValueError(f"{where} is a {type(value).__name__}, expected "
+                         f"{type(reference).__name__}")
 
 
 def _plot_curve(rows: list[dict], path: Path) -> None:
@@ -434,6 +488,16 @@ METRICS_COLUMNS = ("epoch", "step", "train_loss", "val_median_position_m",
                    "val_median_rotation_deg", "lr", "seconds")
 
 
+def _same_value(a: object, b: object) -> bool:
+    """Plain-data equality that a tensor (from a foreign file) never satisfies."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
 def _resume_state(path: Path, config: TrainConfig) -> dict:
     """The checked content of ``last.pt``; CheckpointError / ConfigError tell what is wrong."""
     from camera_pose_ros.learning.checkpoint import load_plain
@@ -447,16 +511,23 @@ def _resume_state(path: Path, config: TrainConfig) -> dict:
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path} is damaged: its config is not a mapping")
     now = to_dict(config)
-    changed = [k for k in sorted(set(now) | set(state["config"]))
-               if k not in RESUMABLE_CHANGES and state["config"].get(k) != now.get(k)]
+    changed = [k for k in sorted(set(now) | set(map(str, state["config"])))
+               if k not in RESUMABLE_CHANGES and not _same_value(state["config"].get(k),
+                                                                  now.get(k))]
     if changed:
-        diff = ", ".join(f"{k} ({state['config'].get(k)!r} in last.pt, {now.get(k)!r} now)"
-                         for k in changed)
+        def short(v: object) -> str:
+            text = " ".join(repr(v).split())
+            return text if len(text) <= 40 else text[:37] + "..."
+
+        diff = ", ".join(f"{k} ({short(state['config'].get(k))} in last.pt, "
+                         f"{short(now.get(k))} now)" for k in changed[:8])
+        if len(changed) > 8:
+            diff += f" and {len(changed) - 8} more"
         raise ConfigError(f"{path} was trained with another config: {diff}; resume with the "
                           "same config or start a new run folder (or --overwrite)")
     ints = all(isinstance(state[k], int) and not isinstance(state[k], bool)
                for k in ("epoch", "step"))
-    if not ints or not 0 <= state["epoch"] <= config.epochs or state["step"] < 0:
+    if not ints or not 0 <= state["epoch"] <= 1_000_000 or state["step"] < 0:
         raise CheckpointError(f"{path} is damaged: epoch {state['epoch']!r}, step "
                               f"{state['step']!r}")
     best = state["best"]
@@ -467,6 +538,14 @@ def _resume_state(path: Path, config: TrainConfig) -> dict:
     for k in ("model", "loss", "optimizer", "scheduler"):
         if not isinstance(state[k], dict):
             raise CheckpointError(f"{path} is damaged: its {k} state is not a mapping")
+    for k, weights in (("model", state["model"]), ("loss", state["loss"]),
+                       ("best", best.get("state", {}))):
+        for name, v in weights.items():
+            if not isinstance(v, torch.Tensor):
+                raise CheckpointError(f"{path} is damaged: {k} weight {name!r} is not a tensor")
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise CheckpointError(f"{path} is damaged: {k} weight {name} holds NaN or "
+                                      "infinite values")
     return state
 
 
@@ -608,6 +687,9 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
     if "state" not in best:
         raise TrainingError("no epoch gave a finite validation score: nothing to save")
     run.model.load_state_dict(best["state"])
+    if not np.all(np.isfinite(run.validate()[1])):  # weights from a damaged last.pt
+        raise TrainingError("the best weights give non-finite poses on the validation split; "
+                            "nothing to save (train anew with --overwrite)")
     calibration = run.calibrate()
     final_metrics, _ = run.validate()
     _plot_curve(rows, out / "loss_curve.png")
