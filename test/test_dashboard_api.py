@@ -129,15 +129,17 @@ def test_coverage_stops_at_walls_and_names_the_room_nobody_looked_into():
     occ[[0, -1], :] = 100
     occ[:, [0, -1, 40]] = 100
     plan = FloorPlan(occ, 0.1, (0.0, 0.0))
-    # two cameras in the west room, looking west and north-west: the east room stays unseen
-    pos = np.array([[3.0, 2.0, 1.5], [3.5, 1.0, 1.5]])
+    # two cameras in the west room: one looks east at the dividing wall, one north-west
+    pos = np.array([[2.0, 2.0, 1.5], [3.5, 1.0, 1.5]])
     quats = np.array([quat_wxyz_from_rotmat(look_at_rotation(np.array(d, float)))
-                      for d in ([-1, 0, 0], [-1, 1, 0])])
+                      for d in ([1, 0, 0], [-1, 1, 0])])
     cov = view_coverage(plan, pos, quats, math.radians(90))
     codes = np.frombuffer(base64.b64decode(cov["grid"]["codes"]), np.uint8).reshape(40, 80)
-    assert (codes[1:-1, 41:-1] == 1).all(), "the east room must be unseen"
-    assert (codes[10:30, 5:20] == 2).all(), "the west room in front of the cameras is seen"
-    assert 0.2 < cov["walkable_seen"] < 0.5
+    assert (codes[1:-1, 41:-1] == 1).all(), "the wall hides the east room"
+    assert (codes[15:25, 40] == 3).all(), "the wall face the camera looks at is seen"
+    assert (codes[15:25, 25:38] == 2).all(), "the floor in front of the camera is seen"
+    assert (codes[0, 45:75] == 4).all(), "the east room's walls are unseen"
+    assert 0.3 < cov["walkable_seen"] < 0.5
     gap = cov["gaps"][0]
     assert gap["x"] > 4.0 and gap["area_m2"] > 10.0, cov["gaps"]
 

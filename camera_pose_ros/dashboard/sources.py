@@ -257,7 +257,11 @@ def view_coverage(plan: FloorPlan, positions_N3: np.ndarray, quats_wxyz_N4: np.n
         mark = upto & inside
         seen[rc[mark], cc[mark]] = True
     # rays sample the cells, so a free cell between two rays can be missed: close those gaps
-    seen |= ndimage.binary_dilation(seen, np.ones((3, 3), bool)) & (free | walls)
+    # (from seen floor only: a seen wall must not leak to the floor behind it)
+    near = np.ones((3, 3), bool)
+    seen |= ndimage.binary_dilation(seen & free, near) & free
+    seen |= (walls & ndimage.binary_dilation(seen & walls, near)
+             & ndimage.binary_dilation(seen & free, near))  # along a wall face in view
     free_seen, walls_seen = seen & free, seen & walls
     k = max(1, math.ceil(max(h, w) / max_side))
     hk, wk = math.ceil(h / k), math.ceil(w / k)
