@@ -57,10 +57,25 @@ function kvTable(rows, table = null) {
   for (const [k, v, cls] of rows) {
     const tr = h("tr");
     tr.appendChild(h("th", {}, k));
-    tr.appendChild(h("td", cls ? { class: cls } : {}, v === undefined ? "–" : String(v)));
+    if (v instanceof Node) {
+      const td = h("td", cls ? { class: cls } : {});
+      td.appendChild(v);
+      tr.appendChild(td);
+    } else {
+      tr.appendChild(h("td", cls ? { class: cls } : {}, v === undefined || v === null ? "–" : String(v)));
+    }
     table.appendChild(tr);
   }
   return table;
+}
+
+/** A file path shown by its last two parts; the whole path in its tooltip. */
+function pathText(p) {
+  if (!p) return "–";
+  const parts = String(p).split("/").filter(Boolean);
+  const span = h("span", { title: String(p), class: "path" },
+                 parts.length > 2 ? "…/" + parts.slice(-2).join("/") : String(p));
+  return span;
 }
 
 function showError(container, message) {

@@ -84,7 +84,7 @@ async function main() {
   kvTable(cps.map((cp, i) => [(i + 1) + ": " + cp.key, (100 * cp.residual_m).toFixed(1) + " cm" +
                                (cp.inlier ? "" : " rejected"), "num"]),
           document.getElementById("cp-table"));
-  const rows = [["dataset", d.data]];
+  const rows = [["dataset", pathText(d.data)]];
   for (const [k, v] of Object.entries(r.timings_s || {})) rows.push(["time: " + k, fmt(v, 1, "s")]);
   if (gt) rows.push(["vs ground truth", fmt(100 * gt.median_position_m, 1, "cm") + ", " + fmt(gt.median_rotation_deg, 2, "deg") + " (median)"]);
   if (d.coverage) {

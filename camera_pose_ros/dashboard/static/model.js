@@ -8,7 +8,7 @@ function provenanceRows(m) {
   const meta = m.meta || {};
   const model = meta.model || {}, inp = meta.input || {}, prov = meta.provenance || {};
   const rows = [
-    ["checkpoint", m.checkpoint],
+    ["checkpoint", pathText(m.checkpoint)],
     ["network", (model.kind || "?") + " / " + (model.backbone || "?")],
     ["input", inp.width ? inp.width + "x" + inp.height : "–"],
     ["pretrained", meta.pretrained === undefined ? "–" : (meta.pretrained ? "yes" : "no") +
@@ -16,7 +16,7 @@ function provenanceRows(m) {
     ["map frame", meta.map_frame],
     ["created", meta.created],
     ["package version", meta.package_version],
-    ["dataset", prov.dataset],
+    ["dataset", pathText(prov.dataset)],
     ["dataset registration", prov.dataset_registration_rate !== undefined ? pct(prov.dataset_registration_rate, 1) : "–"],
     ["dataset alignment RMS", prov.dataset_alignment_rms_m !== undefined ? fmt(100 * prov.dataset_alignment_rms_m, 1, "cm") : "–"],
     ["training frames", prov.splits ? prov.splits.train + " train, " + prov.splits.validation + " validation" : "–"],
@@ -31,7 +31,11 @@ function provenanceRows(m) {
   const val = (meta.metrics || {}).validation;
   if (val) rows.push(["validation median", fmt(val.median_position_m, 2, "m") + ", " + fmt(val.median_rotation_deg, 1, "deg")]);
   const cal = meta.calibration;
-  if (cal) rows.push(["covariance calibration", cal.method + ", " + cal.samples + " samples, k_pos " + fmt(cal.k_pos, 2) + ", k_rot " + fmt(cal.k_rot, 2)]);
+  if (cal) {
+    rows.push(["covariance calibration", cal.method + ", " + cal.samples + " samples, k_pos " + fmt(cal.k_pos, 2) +
+               ", k_rot " + fmt(cal.k_rot, 2) + (cal.s_pos !== undefined ? ", s_pos " + fmt(cal.s_pos, 2) +
+               ", s_rot " + fmt(cal.s_rot, 2) : "")]);
+  }
   return rows;
 }
 
@@ -61,7 +65,13 @@ function evaluationPanel(parent, ev, planMeta) {
   const panel = h("section", { class: "panel", "data-split": ev.split });
   parent.appendChild(panel);
   panel.appendChild(h("h2", {}, "Evaluation: " + ev.split + " split"));
-  panel.appendChild(h("div", { class: "muted" }, ev.path + (ev.checkpoint ? " (checkpoint " + ev.checkpoint + ")" : "")));
+  const where = h("div", { class: "muted" });
+  where.appendChild(pathText(ev.path));
+  if (ev.checkpoint) {
+    where.appendChild(document.createTextNode(", checkpoint "));
+    where.appendChild(pathText(ev.checkpoint));
+  }
+  panel.appendChild(where);
   if (ev.same_checkpoint === false) panel.appendChild(h("div", { class: "note" }, "this evaluation was made with another checkpoint (" + ev.checkpoint + ")"));
   if (ev.problem) panel.appendChild(h("div", { class: "note" }, ev.problem));
   const m = ev.metrics || {};
