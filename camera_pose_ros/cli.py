@@ -469,6 +469,13 @@ def _preflight(args: argparse.Namespace) -> list[Path]:
 
     if args.command == "synth":
         _check_synth_args(args)
+    if args.command == "evaluate" and args.out is not None and args.out.suffix == ".json" \
+            and not args.out.is_dir():
+        from camera_pose_ros.errors import ConfigError
+
+        raise ConfigError(f"--out names a folder (metrics.json, the predictions and the "
+                          f"figures go inside it), got {args.out}: use --out "
+                          f"{args.out.with_suffix('')}")
     dirs, files = _outputs(args)
     for d in dirs:
         check_output_dir(d)

@@ -175,7 +175,7 @@ def test_output_file_that_is_a_folder_is_refused_before_any_work(command, capsys
 @pytest.mark.parametrize("command", ["evaluate", "train", "frames"])
 def test_output_folder_that_is_a_file_is_refused(command, capsys, tmp_path, tiny_data,
                                                  tiny_config, finished_run, no_work):
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "results"
     out.write_text("{}\n")
     args = {"evaluate": ["evaluate", "--checkpoint", finished_run / "model.pt", "--data",
                          tiny_data, "--out", out, "--mode", "regress"],
@@ -628,6 +628,10 @@ def test_frames_from_another_source_are_refused_until_overwrite(capsys, tmp_path
 
 def test_evaluate_out_is_a_folder_holding_every_output(capsys, tmp_path, tiny_data,
                                                        finished_run):
+    rc, err = run_cli(capsys, "evaluate", "--checkpoint", finished_run / "model.pt", "--data",
+                      tiny_data, "--out", tmp_path / "metrics.json", "--mode", "regress")
+    assert_user_error(rc, err, "evaluate", "names a folder", str(tmp_path / "metrics"))
+    assert list(tmp_path.iterdir()) == []
     out = tmp_path / "eval"
     out.mkdir()
     (out / "predictions_test_refined.csv").write_text("from an earlier refined run\n")

@@ -240,7 +240,8 @@ def test_cli_localize_refine_and_evaluate_both_modes(sfm_building, map_checkpoin
 
     metrics_path = tmp_path / "eval" / "metrics.json"
     proc = subprocess.run([cli, "-q", "evaluate", "--checkpoint", str(ckpt), "--data",
-                           str(data), "--out", str(metrics_path), "--refine-config", str(cfg)],
+                           str(data), "--out", str(metrics_path.parent), "--refine-config",
+                           str(cfg)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads(metrics_path.read_text())

@@ -306,6 +306,9 @@ def extract_frames(
     write_json_atomic(out / SOURCE_JSON, source.record())
     write_text_atomic(csv_path, buf.getvalue())
     log.info("frames: kept %d of %d (skipped: %s)", len(rows), seen, dict(selector.skipped))
+    if (out / "sfm").exists():
+        log.warning("frames redone: %s holds the SfM of the earlier frames until it is "
+                    "redone (`sfm --overwrite`; `dataset --overwrite` does it)", out / "sfm")
     return csv_path
 
 
