@@ -193,7 +193,7 @@ def _fit_block(err_N3: np.ndarray, cov_N33: np.ndarray, floor: float,
     q = np.quantile(m, [SIGMA_LEVELS["1sigma"], SIGMA_LEVELS["2sigma"]])
     ref = chi2.ppf([SIGMA_LEVELS["1sigma"], SIGMA_LEVELS["2sigma"]], 3)
     g = float(np.exp(np.mean(np.log(np.maximum(q, 1e-12) / ref))))
-    return k * g, s * np.sqrt(g)
+    return float(k * g), float(s * np.sqrt(g))  # plain floats: checkpoints hold plain data
 
 
 def fit_calibration(err_N6: np.ndarray, cov_N66: np.ndarray, *, samples: int,
