@@ -79,3 +79,18 @@ def test_apply_calibration_ignores_a_missing_or_infinite_novelty_safely():
     grown = apply_calibration(mc, calib, np.array([0.0, 2.0, np.inf]))
     np.testing.assert_allclose(grown[:2, 0, 0], [0.02, 0.02 + 1.0])
     assert np.all(np.isfinite(grown)) and grown[2, 0, 0] > 1e4  # unknown: very uncertain
+
+
+def test_calibration_is_plain_data_a_checkpoint_can_hold(tmp_path):
+    """torch.load(weights_only=True) refuses numpy scalars: the fitted calibration, novelty
+    index included, must round-trip through it."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    err = rng.normal(size=(60, 6))
+    mc = np.repeat(np.eye(6)[None], 60, 0)
+    calib = fit_calibration(err, mc, samples=5, novelty_N=rng.uniform(0.5, 3, 60))
+    calib["novelty"] = fit_novelty_index(rng.normal(size=(30, 8)))
+    torch.save({"calibration": calib}, tmp_path / "c.pt")
+    back = torch.load(tmp_path / "c.pt", weights_only=True)["calibration"]
+    assert back["s_pos"] == calib["s_pos"] and back["novelty"]["scale"] > 0
