@@ -483,7 +483,8 @@ def _tensorboard(out: Path):  # -> SummaryWriter | None
 #: what a run folder holds; ``overwrite`` removes these before training anew
 RUN_FILES = ("model.pt", "last.pt", "metrics.csv", "loss_curve.png")
 #: settings that may change on ``resume``: they do not touch the training state
-RESUMABLE_CHANGES = ("mc_samples", "num_workers", "device")
+# epochs only says where to stop (the learning-rate schedule resumes from last.pt)
+RESUMABLE_CHANGES = ("mc_samples", "num_workers", "device", "epochs", "early_stopping_patience")
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "val_median_position_m",
                    "val_median_rotation_deg", "lr", "seconds")
 
