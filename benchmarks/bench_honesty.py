@@ -73,11 +73,21 @@ def scenario_supported(scene: str) -> bool:
 
 def check_scenes(scenes: list[str]) -> None:
     """Refuse unknown scenes, and scenarios this checkout's ``synth`` cannot render, early."""
-    for s in scenes:
+    for s in (scene_seed(x)[0] for x in scenes):
         if s not in SCENES:
             raise SystemExit(f"unknown scene {s!r}; known: {', '.join(SCENES)}")
         if s != "standard" and not scenario_supported(s):
             raise SystemExit(f"camera-pose synth has no --scenario {s} in this checkout")
+
+
+def scene_seed(scene: str) -> tuple[str, int]:
+    """``offpath@1`` -> ("offpath", 1): a scenario and the seed of its building (default 0;
+    another seed is another building, with other textures: a scene nothing was tuned on)."""
+    name, _, seed = scene.partition("@")
+    try:
+        return name, int(seed or 0)
+    except ValueError:
+        raise SystemExit(f"scene {scene!r}: the seed after @ must be an integer") from None
 
 
 def _cli(*args: str) -> list[str]:
@@ -87,7 +97,9 @@ def _cli(*args: str) -> list[str]:
 def _commands(root: Path, scene: str, size: dict, device: str) -> dict[str, tuple[list, list]]:
     """Per stage: (command line, outputs removed before it runs)."""
     synth, data, run = root / "synth", root / "data", root / "run"
-    scen = [] if scene == "standard" else ["--scenario", scene]  # standard: the default
+    name, seed = scene_seed(scene)
+    scen = [] if name == "standard" else ["--scenario", name]  # standard: the default
+    scen += ["--seed", str(seed)] if seed else []
     epochs = ["--epochs", str(size["epochs"])] if size["epochs"] else []
     query = ["--checkpoint", str(run / "model.pt"), "--bag", str(synth / "query"),
              "--ground-truth", str(synth / "gt_query.csv"), "--device", device]
@@ -264,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Command line entry; prints the table and writes the results."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", default="standard,offpath",
-                   help=f"comma-separated, of {', '.join(SCENES)}")
+                   help=f"comma-separated, of {', '.join(SCENES)}; NAME@SEED renders "
+                        "another building (e.g. offpath@1)")
     p.add_argument("--work", type=Path,
                    help="keep every stage's output here and skip finished stages on a re-run "
                         "(default: a temporary folder, nothing cached)")
