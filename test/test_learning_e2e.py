@@ -18,7 +18,13 @@ from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_
 from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.dataset.split import SplitConfig, split_dataset
 from camera_pose_ros.dataset.synth import write_synthetic_building
-from camera_pose_ros.errors import CheckpointError, InputDataError, SplitError, TrainingError
+from camera_pose_ros.errors import (
+    CheckpointError,
+    ConfigError,
+    InputDataError,
+    SplitError,
+    TrainingError,
+)
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.evaluate import COV_COLUMNS, evaluate, localize
 from camera_pose_ros.learning.export import export_model
@@ -215,14 +221,19 @@ def test_full_fine_tuning_and_resume(dataset, tmp_path):
     cfg = load_train_config(None, freeze_backbone=False, epochs=2, **TINY)
     train(data, cfg, tmp_path, progress=False)
     first = (tmp_path / "metrics.csv").read_text().splitlines()
-    cfg3 = load_train_config(None, freeze_backbone=False, epochs=3, **TINY)
-    with pytest.raises(Exception, match="another config"):
-        train(data, cfg3, tmp_path, resume=True, progress=False)
+    other = load_train_config(None, freeze_backbone=False, epochs=2, weight_decay=0.05, **TINY)
+    with pytest.raises(ConfigError, match="another config: weight_decay"):
+        train(data, other, tmp_path, resume=True, progress=False)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 2
     again = train(data, cfg, tmp_path, resume=True, progress=False)  # already complete
     assert again.exists()
     assert (tmp_path / "metrics.csv").read_text().splitlines() == first
+    # more epochs only say where to stop: training goes on from the third
+    cfg3 = load_train_config(None, freeze_backbone=False, epochs=3, **TINY)
+    train(data, cfg3, tmp_path, resume=True, progress=False)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[:len(first)] == first and len(rows) == len(first) + 1
 
 
 def test_non_finite_loss_stops_with_a_clear_error(dataset, tmp_path):

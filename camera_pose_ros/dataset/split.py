@@ -79,6 +79,9 @@ def split_dataset(data: str | os.PathLike, config: SplitConfig = SplitConfig(), 
     poses = read_poses(data / "poses.csv")
     if poses.images is None:
         raise SplitError(f"{data / 'poses.csv'} has no image column")
+    if len(poses) == 0:
+        raise SplitError(f"{data / 'poses.csv'} holds no frames: run `camera-pose align` "
+                         "(or the whole `dataset`) again")
     order = np.argsort(poses.stamps_ns)
     poses = poses.subset(order)
     shares = (config.train, config.validation, 0.0 if test_poses else config.test)
