@@ -94,3 +94,16 @@ def test_calibration_is_plain_data_a_checkpoint_can_hold(tmp_path):
     torch.save({"calibration": calib}, tmp_path / "c.pt")
     back = torch.load(tmp_path / "c.pt", weights_only=True)["calibration"]
     assert back["s_pos"] == calib["s_pos"] and back["novelty"]["scale"] > 0
+
+
+def test_rotation_uncertainty_is_capped_at_half_a_turn():
+    """A calibrated rotation sigma never exceeds 180 deg (heading unknown), and the cap
+    keeps the covariance symmetric positive definite; position is untouched."""
+    cov = np.repeat(np.diag([1.0, 1.0, 1.0, 50.0, 0.01, 30.0])[None], 2, 0)
+    calib = {"k_pos": 1.0, "k_rot": 1.0, "floor_pos": 0.0, "floor_rot": 0.0}
+    out = apply_calibration(cov, calib)
+    w = np.linalg.eigvalsh(out[:, 3:, 3:])
+    assert np.all(np.sqrt(w[:, -1]) <= np.pi) and np.all(w > 0)
+    np.testing.assert_allclose(np.sqrt(w[:, 0]), 0.1)
+    np.testing.assert_allclose(out[:, :3, :3], cov[:, :3, :3])
+    np.testing.assert_allclose(out, np.swapaxes(out, 1, 2))

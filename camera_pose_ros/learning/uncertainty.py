@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 CHI2_3_MEDIAN = float(chi2.ppf(0.5, 3))
+#: largest rotation variance a covariance claims: (180 deg)^2, a hair under
+ROTATION_VARIANCE_CAP = float(np.pi ** 2 * (1.0 - 1e-9))
 SIGMA_LEVELS = {"1sigma": 0.6827, "2sigma": 0.9545}
 
 
@@ -160,6 +162,14 @@ def apply_calibration(cov_N66: np.ndarray, calib: dict,
         nov = np.nan_to_num(np.asarray(novelty_N, float), nan=1e3, posinf=1e3)
         out[:, :3, :3] += (calib.get("s_pos", 0.0) * nov)[:, None, None] ** 2 * eye
         out[:, 3:, 3:] += (calib.get("s_rot", 0.0) * nov)[:, None, None] ** 2 * eye
+    # a rotation standard deviation beyond 180 deg says no more than 180 deg (heading
+    # unknown; every rotation error lies inside it): cap the rotation block there
+    rot = out[:, 3:, 3:]
+    big = np.linalg.eigvalsh(rot)[:, -1] > ROTATION_VARIANCE_CAP
+    if big.any():
+        w, v = np.linalg.eigh(rot[big])
+        out[big, 3:, 3:] = np.einsum("nij,nj,nkj->nik", v,
+                                     np.minimum(w, ROTATION_VARIANCE_CAP), v)
     return out
 
 
