@@ -30,7 +30,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -40,7 +39,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from camera_pose_ros.dashboard.state import LiveState
 from camera_pose_ros.ros.conversions import image_to_rgb, stamp_to_ns
-from camera_pose_ros.ros.params import ParamSpec
+from camera_pose_ros.ros.params import ParamSpec, declare_parameters
 
 __all__ = ["DashboardNode", "DASHBOARD_PARAMS", "main"]
 
@@ -87,16 +86,7 @@ class DashboardNode(Node):
 
     def __init__(self, node_name: str = "dashboard", **kwargs: object) -> None:
         super().__init__(node_name, **kwargs)
-        for spec in DASHBOARD_PARAMS:
-            desc = ParameterDescriptor(description=spec.description + (
-                f" ({'|'.join(spec.choices)})" if spec.choices else ""))
-            if spec.min_value is not None and isinstance(spec.default, float):
-                desc.floating_point_range = [FloatingPointRange(
-                    from_value=float(spec.min_value), to_value=float(spec.max_value))]
-            elif spec.min_value is not None and isinstance(spec.default, int):
-                desc.integer_range = [IntegerRange(from_value=int(spec.min_value),
-                                                   to_value=int(spec.max_value), step=1)]
-            self.declare_parameter(spec.name, spec.default, desc)
+        declare_parameters(self, DASHBOARD_PARAMS)
         p = self.p
         reloc = str(p("relocalization_node")).rstrip("/") or "relocalization"
         self._reloc_name = reloc.rsplit("/", 1)[-1]

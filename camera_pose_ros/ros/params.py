@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ParamSpec", "RELOCALIZATION_PARAMS"]
+__all__ = ["ParamSpec", "RELOCALIZATION_PARAMS", "declare_parameters"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,19 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
               "topic is image_rect*", ("auto", "true", "false")),
     ParamSpec("autostart", True, "configure and activate without a lifecycle manager"),
 )
+
+
+def declare_parameters(node: object, specs: tuple[ParamSpec, ...]) -> None:
+    """Declare ``specs`` on an rclpy node, with descriptions, choices and ranges."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    for spec in specs:
+        desc = ParameterDescriptor(description=spec.description + (
+            f" ({'|'.join(spec.choices)})" if spec.choices else ""))
+        if spec.min_value is not None and isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.min_value), to_value=float(spec.max_value))]
+        elif spec.min_value is not None and isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(spec.min_value),
+                                               to_value=int(spec.max_value), step=1)]
+        node.declare_parameter(spec.name, spec.default, desc)

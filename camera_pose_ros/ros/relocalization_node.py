@@ -43,7 +43,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import OccupancyGrid, Odometry, Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
@@ -80,7 +79,7 @@ from camera_pose_ros.ros.conversions import (
     stamp_to_ns,
     transform_stamped,
 )
-from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
+from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS, declare_parameters
 from camera_pose_ros.ros.spin import spin_until_shutdown
 from camera_pose_ros.runtime.localizer import JumpGate, Localizer, PoseEstimate
 from camera_pose_ros.runtime.refine import RefineConfig
@@ -119,16 +118,7 @@ class RelocalizationNode(LifecycleNode):
 
     def __init__(self, node_name: str = "relocalization", **kwargs: object) -> None:
         super().__init__(node_name, **kwargs)
-        for spec in RELOCALIZATION_PARAMS:
-            desc = ParameterDescriptor(description=spec.description + (
-                f" ({'|'.join(spec.choices)})" if spec.choices else ""))
-            if spec.min_value is not None and isinstance(spec.default, float):
-                desc.floating_point_range = [FloatingPointRange(
-                    from_value=float(spec.min_value), to_value=float(spec.max_value))]
-            elif spec.min_value is not None and isinstance(spec.default, int):
-                desc.integer_range = [IntegerRange(from_value=int(spec.min_value),
-                                                   to_value=int(spec.max_value), step=1)]
-            self.declare_parameter(spec.name, spec.default, desc)
+        declare_parameters(self, RELOCALIZATION_PARAMS)
         self.stats = _Stats()
         self.localizer: Localizer | None = None
         self._cond = threading.Condition()
