@@ -124,7 +124,7 @@ def run(checkpoint: Path, frames: int = 200, rate: float = 10.0, device: str = "
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     out: dict = {"frames": frames, "rate_hz": rate, "image": f"{size[1]}x{size[0]} rgb8",
-                 "device": device, "checkpoint": str(checkpoint)}
+                 "device": device, "checkpoint": Path(checkpoint).name}  # no machine paths
     # bare forward pass, same checkpoint, same image size
     pred = Predictor(load_checkpoint(checkpoint), device=device)
     img = np.random.default_rng(1).integers(0, 255, (*size, 3), dtype=np.uint8)
