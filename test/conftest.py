@@ -157,17 +157,13 @@ def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     return synth, data
 
 
-@pytest.fixture(scope="session")
-def map_checkpoint(sfm_building, tmp_path_factory) -> tuple[Path, Path]:
-    """A small random network whose provenance names :func:`sfm_building`'s dataset.
+def write_random_checkpoint(path: Path, *, seed: int | None = None,
+                            provenance: dict | None = None) -> Path:
+    """A tiny untrained PoseNet checkpoint (metres off, as a rule) with a plain calibration."""
+    import torch
 
-    Returns ``(model.pt, refine.yaml)``; the YAML opens the refinement gate, since a random
-    network's regressed pose is anywhere in the building.
-    """
     from camera_pose_ros.learning.checkpoint import build_regressor, save_checkpoint
 
-    _, data = sfm_building
-    root = tmp_path_factory.mktemp("refine_ckpt")
     model = {"kind": "posenet", "backbone": "mobilenet_v3_small", "hidden": 32,
              "dropout": 0.2, "pool_grid": [1, 1], "pos_mean": [4.0, 3.0, 1.5],
              "pos_scale": 2.0}
@@ -175,10 +171,26 @@ def map_checkpoint(sfm_building, tmp_path_factory) -> tuple[Path, Path]:
            "std": [0.229, 0.224, 0.225]}
     calib = {"method": "mc_dropout", "samples": 4, "k_pos": 1.0, "k_rot": 1.0,
              "floor_pos": 0.05, "floor_rot": 0.01}
-    path = root / "model.pt"
-    save_checkpoint(path, build_regressor(model).eval(), model_cfg=model, input_cfg=inp,
-                    map_frame="map", extra={"calibration": calib,
-                                            "provenance": {"dataset": str(data)}})
+    if seed is not None:
+        torch.manual_seed(seed)
+    extra: dict = {"calibration": calib}
+    if provenance is not None:
+        extra["provenance"] = provenance
+    return save_checkpoint(path, build_regressor(model).eval(), model_cfg=model,
+                           input_cfg=inp, map_frame="map", extra=extra)
+
+
+@pytest.fixture(scope="session")
+def map_checkpoint(sfm_building, tmp_path_factory) -> tuple[Path, Path]:
+    """A small random network whose provenance names :func:`sfm_building`'s dataset.
+
+    Returns ``(model.pt, refine.yaml)``; the YAML sets a refinement option explicitly (the
+    regressed pose of a random network is anywhere in the building, which refinement no
+    longer gates on by default).
+    """
+    _, data = sfm_building
+    root = tmp_path_factory.mktemp("refine_ckpt")
+    path = write_random_checkpoint(root / "model.pt", provenance={"dataset": str(data)})
     cfg = root / "refine.yaml"
     cfg.write_text("gate_min_m: 100.0\n")
     return path, cfg

@@ -23,6 +23,7 @@ from camera_pose_ros.metrics import (
     pose_error_vectors,
     refinement_summary,
 )
+from test.conftest import write_random_checkpoint
 
 HONESTY_KEYS = {"outside_99_position", "outside_99_rotation", "outside_99_any",
                 "coverage_68_position", "coverage_95_position", "coverage_68_rotation",
@@ -167,24 +168,11 @@ def test_chi2_bound_is_the_99_percent_quantile_of_3_dof():
 def tiny_query(tmp_path_factory):
     """A small synthetic query walk and a random tiny network (metres off, as a rule)."""
     from camera_pose_ros.dataset.synth import write_synthetic_building
-    from camera_pose_ros.learning.checkpoint import build_regressor, save_checkpoint
 
     root = tmp_path_factory.mktemp("honesty")
     synth = write_synthetic_building(root / "synth", seed=4, frames=10, query_frames=6,
                                      width=128, height=96, progress=False)
-    model = {"kind": "posenet", "backbone": "mobilenet_v3_small", "hidden": 32,
-             "dropout": 0.2, "pool_grid": [1, 1], "pos_mean": [4.0, 3.0, 1.5],
-             "pos_scale": 2.0}
-    inp = {"height": 48, "width": 64, "mean": [0.485, 0.456, 0.406],
-           "std": [0.229, 0.224, 0.225]}
-    calib = {"method": "mc_dropout", "samples": 4, "k_pos": 1.0, "k_rot": 1.0,
-             "floor_pos": 0.05, "floor_rot": 0.01}
-    ckpt = root / "model.pt"
-    import torch
-
-    torch.manual_seed(0)
-    save_checkpoint(ckpt, build_regressor(model).eval(), model_cfg=model, input_cfg=inp,
-                    map_frame="map", extra={"calibration": calib})
+    ckpt = write_random_checkpoint(root / "model.pt", seed=0)
     return synth, ckpt
 
 
