@@ -11,7 +11,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -104,9 +103,3 @@ def recalibrate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLik
     with atomic_path(target, suffix=".tmp") as tmp:
         torch.save(payload, tmp)
     return target
-
-
-def calibration_summary(calib: dict) -> dict[str, float]:
-    """The calibration's numbers, without the novelty index's arrays (for reports)."""
-    return {k: float(v) for k, v in calib.items()
-            if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}

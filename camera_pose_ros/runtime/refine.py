@@ -10,8 +10,7 @@ Given an RGB image, its regressed pose and the camera intrinsics:
 3. solve the absolute pose with LO-RANSAC and refine it (pycolmap);
 4. verify it on the map's own evidence, not on the regressor: match again against the
    mapped frames nearest the *solution* and solve again; accept when both solutions agree,
-   enough inliers support it, they spread over the image, and they explain a large enough
-   share of the map points the solution says the camera should see. Its covariance comes
+   enough inliers support it and they spread over the image. Its covariance comes
    from the inliers' reprojection residuals (Gauss-Newton, REP 103 order, map frame).
 
 When a check fails the regressed pose comes back unchanged with the reason.
@@ -62,8 +61,6 @@ class RefineConfig:
         verify: match again against the ``k_verify`` mapped frames nearest the solution and
             solve again; the two solutions must agree within ``verify_max_m`` and
             ``verify_max_deg``.
-        min_explained: share of the map points seen by the verification frames and
-            projecting into the image that must be inliers (0: off).
         gate_sigma: 0 (default): the regressed pose only picks candidate frames. Above 0 the
             refined position must also lie within this many standard deviations of the
             regressed one (its covariance's largest axis) ...
@@ -91,7 +88,6 @@ class RefineConfig:
     k_verify: int = 4
     verify_max_m: float = 0.15
     verify_max_deg: float = 2.0
-    min_explained: float = 0.0
     gate_sigma: float = 0.0
     gate_min_m: float = 2.0
     cov_floor_m: float = 0.01
@@ -110,7 +106,7 @@ class RefineConfig:
                      "verify_max_deg"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"refine {name} must be positive")
-        for name in ("min_spread", "min_explained", "min_inlier_ratio"):
+        for name in ("min_spread", "min_inlier_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"refine {name} must be in [0, 1]")
         if not self.gate_sigma >= 0 or not self.gate_min_m >= 0:
@@ -226,7 +222,6 @@ class _Solution:
     centre: np.ndarray
     points2d: np.ndarray
     points3d: np.ndarray
-    point_ids: np.ndarray
     matches: int
 
     @property
@@ -324,7 +319,7 @@ class Refiner:
         cam_from_map[:3, :] = result["cam_from_world"].matrix()
         rot_map_cam = cam_from_map[:3, :3].T
         centre = -rot_map_cam @ cam_from_map[:3, 3]
-        sol = _Solution(rot_map_cam, centre, pts2d[mask], pts3d[mask], pi[mask], len(qi))
+        sol = _Solution(rot_map_cam, centre, pts2d[mask], pts3d[mask], len(qi))
         if sol.inliers < cfg.min_inliers:
             return f"{sol.inliers} inliers (< {cfg.min_inliers})"
         if sol.inliers < cfg.min_inlier_ratio * len(qi):
@@ -332,20 +327,6 @@ class Refiner:
         if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(rot_map_cam))):
             return "absolute pose is not finite"
         return sol
-
-    def _explained(self, sol: _Solution, frames: np.ndarray, colmap_cam: pycolmap.Camera
-                   ) -> float:
-        """Inliers / map points of ``frames`` that the solution says the image should see."""
-        point_idx, _ = self.map.observations(frames)
-        pts = self.map.points[np.unique(point_idx)]
-        cam = (pts - sol.centre) @ sol.rot_map_cam
-        cam = cam[cam[:, 2] > 0.1]
-        if len(cam) == 0:
-            return 0.0
-        uv = colmap_cam.img_from_cam(cam)
-        inside = ((uv[:, 0] >= 0) & (uv[:, 0] < colmap_cam.width) & (uv[:, 1] >= 0)
-                  & (uv[:, 1] < colmap_cam.height))
-        return sol.inliers / max(1, int(inside.sum()))
 
     def refine(self, image_rgb: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray,
                covariance: np.ndarray, camera: PinholeCamera | None = None,
@@ -437,11 +418,6 @@ class Refiner:
         spread = len(cells) / 16.0
         if spread < cfg.min_spread:
             return fail(f"inliers cover {spread:.0%} of the image (< {cfg.min_spread:.0%})")
-        if cfg.min_explained > 0:
-            explained = self._explained(sol, frames, colmap_cam)
-            if explained < cfg.min_explained:
-                return fail(f"inliers explain {explained:.0%} of the map points in view "
-                            f"(< {cfg.min_explained:.0%})")
         if cfg.gate_sigma > 0:
             pos_sd = np.sqrt(max(np.linalg.eigvalsh(prior.covariance[:3, :3]).max(), 0.0))
             gate = max(cfg.gate_min_m, cfg.gate_sigma * pos_sd)
