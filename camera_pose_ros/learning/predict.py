@@ -48,7 +48,10 @@ class Predictor:
                            else self.calibration.get("samples", 20))
         self.half = False
         #: training images' features (calibration["novelty"]): covariances grow off the path
-        self.novelty_index = self.calibration.get("novelty") or None
+        index = self.calibration.get("novelty") or None
+        self.novelty_index = None if index is None else {  # numpy once, not per frame
+            k: (np.asarray(v, np.float64) if isinstance(v, torch.Tensor) else v)
+            for k, v in index.items()}
 
     def enable_half(self) -> bool:
         """float16 inference on a GPU (no effect on CPU); returns whether it is on."""
