@@ -85,7 +85,7 @@ def run(messages: int = 200, rate: float = 10.0) -> dict:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-    from camera_pose_ros.dataset.maps import FloorPlan
+    from camera_pose_ros.io.floorplan import FloorPlan
 
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(80 + os.getpid() % 9))

@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import timed, write_results
-from camera_pose_ros.dataset.bagio import iter_bag_images
 from camera_pose_ros.dataset.frames import FrameSource
 from camera_pose_ros.dataset.pipeline import build_dataset
 from camera_pose_ros.dataset.synth import write_synthetic_building
+from camera_pose_ros.io.bags import iter_bag_images
 
 
 def run(frames: int, width: int, height: int, seed: int = 0, workdir: Path | None = None,

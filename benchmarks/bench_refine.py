@@ -27,13 +27,13 @@ import numpy as np
 
 from benchmarks.bench_node import _tiny_checkpoint
 from benchmarks.common import write_results
-from camera_pose_ros.dataset.bagio import (
+from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
+from camera_pose_ros.io.bags import (
     camera_info_topic_for,
     iter_bag_images,
     read_camera_info,
 )
-from camera_pose_ros.dataset.posecsv import read_poses
-from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
+from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.learning.uncertainty import coverage, error_vectors
 from camera_pose_ros.metrics import error_summary, match_by_stamp
 from camera_pose_ros.runtime.localizer import Localizer, PoseEstimate

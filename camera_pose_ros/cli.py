@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from camera_pose_ros import __version__
-from camera_pose_ros.errors import CameraPoseError, NotBuiltYetError
+from camera_pose_ros.errors import CameraPoseError
 
 __all__ = ["main", "build_parser"]
 
@@ -137,8 +137,8 @@ def _cmd_train(args: argparse.Namespace) -> Path:
 def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
     """The refiner for ``--mode refine``: map from ``--map`` or the checkpoint's dataset."""
     from camera_pose_ros.config import load_yaml
-    from camera_pose_ros.dataset.refmap import load_refinement_map
     from camera_pose_ros.errors import RefinementError
+    from camera_pose_ros.io.refmap import load_refinement_map
     from camera_pose_ros.learning.checkpoint import load_checkpoint
     from camera_pose_ros.runtime.refine import RefineConfig, Refiner, find_refinement_map
 
@@ -176,8 +176,11 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
     if args.mode == "refine":
         refiner = _refiner(args, required=True)
         if args.bag is not None:
-            from camera_pose_ros.dataset.bagio import camera_info_topic_for, read_camera_info
-            from camera_pose_ros.geometry import is_rectified_topic
+            from camera_pose_ros.io.bags import (
+                camera_info_topic_for,
+                is_rectified_topic,
+                read_camera_info,
+            )
 
             camera = read_camera_info(args.bag, camera_info_topic_for(args.topic),
                                       rectified=is_rectified_topic(args.topic))
@@ -214,7 +217,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
 
 
 def _cmd_bag_repair(args: argparse.Namespace) -> Path:
-    from camera_pose_ros.dataset.bagrepair import repair_bag
+    from camera_pose_ros.io.bagrepair import repair_bag
 
     return repair_bag(args.bag, args.out).out
 
@@ -553,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
     except CameraPoseError as exc:
         sys.stderr.write(f"{prefix}: error: {_one_line(str(exc))}\n")
-        return 3 if isinstance(exc, NotBuiltYetError) else 2
+        return 2
     except _Terminated:
         sys.stderr.write(f"{prefix}: terminated\n")
         return 128 + signal.SIGTERM

@@ -67,7 +67,7 @@ def _ros_env() -> dict:
 
 def record_through_ros(bag: Path, out: Path, env: dict) -> int:
     """Play ``bag`` with bag_player into recorder_node writing ``out``; return frames kept."""
-    from camera_pose_ros.dataset.bagio import iter_bag_images
+    from camera_pose_ros.io.bags import iter_bag_images
 
     rec = subprocess.Popen(
         [sys.executable, "-m", "camera_pose_ros.ros.recorder_node", "--ros-args", "-p",
@@ -101,8 +101,8 @@ def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: st
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from camera_pose_ros.dataset.bagio import iter_bag_images
-    from camera_pose_ros.dataset.imagecodec import encode_raw
+    from camera_pose_ros.io.bags import iter_bag_images
+    from camera_pose_ros.io.images import encode_raw
     from camera_pose_ros.ros.conversions import ns_to_stamp, stamp_to_ns
 
     node = subprocess.Popen(
@@ -203,16 +203,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from camera_pose_ros.dataset.bagio import read_camera_info
     from camera_pose_ros.dataset.frames import FrameSource
-    from camera_pose_ros.dataset.maps import FloorPlan
     from camera_pose_ros.dataset.pipeline import build_dataset
     from camera_pose_ros.dataset.plots import plot_trajectories
-    from camera_pose_ros.dataset.posecsv import read_poses
-    from camera_pose_ros.dataset.refmap import load_refinement_map
     from camera_pose_ros.dataset.synth import write_synthetic_building
     from camera_pose_ros.fileio import write_json_atomic
     from camera_pose_ros.geometry import rotation_errors_deg
+    from camera_pose_ros.io.bags import read_camera_info
+    from camera_pose_ros.io.floorplan import FloorPlan
+    from camera_pose_ros.io.posecsv import read_poses
+    from camera_pose_ros.io.refmap import load_refinement_map
     from camera_pose_ros.learning.evaluate import (
         compare_with_ground_truth,
         evaluate,

@@ -16,7 +16,8 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
     "RefinementError",
-    "NotBuiltYetError",
+    "FormatError",
+    "CameraModelError",
     "OutputError",
 ]
 
@@ -65,8 +66,12 @@ class RefinementError(CameraPoseError):
     """Geometric refinement cannot run: no refinement map, or one that does not fit."""
 
 
-class NotBuiltYetError(CameraPoseError):
-    """A command or executable whose implementation has not landed yet."""
+class FormatError(InputDataError):
+    """A file or message of one of the project's formats is unreadable or inconsistent."""
+
+
+class CameraModelError(InputDataError):
+    """Camera intrinsics are unusable (non-finite, unknown distortion model, bad size)."""
 
 
 class OutputError(CameraPoseError):

@@ -8,11 +8,11 @@ from scipy.spatial.transform import Rotation
 
 from camera_pose_ros.dataset import align as align_mod
 from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
-from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.dataset.sfm import SfMModel
 from camera_pose_ros.dataset.split import SplitConfig, assign_blocks, split_dataset
 from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError, SplitError
 from camera_pose_ros.geometry import Sim3, look_at_rotation, pose_matrix, quat_wxyz_from_rotmat
+from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 
 
 def _walk(n: int = 40) -> np.ndarray:

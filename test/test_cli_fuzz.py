@@ -128,8 +128,8 @@ def no_temporaries(root: Path, case: str) -> None:
 @pytest.fixture(scope="module")
 def small_bag(tmp_path_factory) -> Path:
     """A valid MCAP bag of six 64x48 frames with CameraInfo."""
-    from camera_pose_ros.dataset.bagio import BagImageWriter
-    from camera_pose_ros.geometry import PinholeCamera
+    from camera_pose_ros.camera import PinholeCamera
+    from camera_pose_ros.io.bags import BagImageWriter
 
     bag = tmp_path_factory.mktemp("fuzzbag") / "bag"
     cam = PinholeCamera(64, 48, 50.0, 50.0, 31.5, 23.5)

@@ -29,9 +29,9 @@ import pytest
 from camera_pose_ros.dashboard.server import STATIC, access_token, create_app
 from camera_pose_ros.dashboard.sources import find_sources, view_coverage
 from camera_pose_ros.dashboard.state import LiveState, pose_view
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.posecsv import read_poses
 from test.conftest import wait_for
 
 with warnings.catch_warnings():  # starlette prefers httpx2, which the registry does not have
@@ -47,7 +47,7 @@ def dashboard_run(sfm_building, tmp_path_factory) -> tuple[Path, Path, Path]:
     """A tiny PoseNet trained on the session building, evaluated (regress and refine) into
     ``eval_test/`` beside it. Built once per session (a second import of this fixture finds
     it on disk). Returns ``(synth, data, model.pt)``."""
-    from camera_pose_ros.dataset.refmap import load_refinement_map
+    from camera_pose_ros.io.refmap import load_refinement_map
     from camera_pose_ros.learning.evaluate import evaluate
     from camera_pose_ros.learning.train import load_train_config, train
     from camera_pose_ros.runtime.refine import Refiner

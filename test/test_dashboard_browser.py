@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.io.posecsv import read_poses
 from test.conftest import wait_for
 from test.test_dashboard_api import dashboard_run  # noqa: F401 -- the session's tiny run
 
@@ -42,7 +42,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from camera_pose_ros.dataset.imagecodec import encode_raw  # noqa: E402
+from camera_pose_ros.io.images import encode_raw  # noqa: E402
 from camera_pose_ros.ros.relocalization_node import RelocalizationNode  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]

@@ -18,7 +18,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from camera_pose_ros.dataset.imagecodec import encode_raw  # noqa: E402
+from camera_pose_ros.io.images import encode_raw  # noqa: E402
 from camera_pose_ros.ros.dashboard_node import DashboardNode  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
-from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.errors import SfMError
+from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import error_summary, match_by_stamp
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from camera_pose_ros.dataset.bagio import TYPESTORE, BagImageWriter, iter_bag_images
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.dataset.frames import (
     FrameSource,
     KeyframeConfig,
@@ -20,9 +20,9 @@ from camera_pose_ros.dataset.frames import (
     iter_video,
     read_frames_csv,
 )
-from camera_pose_ros.dataset.imagecodec import decode_compressed, decode_raw, encode_raw
 from camera_pose_ros.errors import BagError, ConfigError, ImageDecodeError, InputDataError
-from camera_pose_ros.geometry import PinholeCamera
+from camera_pose_ros.io.bags import TYPESTORE, BagImageWriter, iter_bag_images
+from camera_pose_ros.io.images import decode_compressed, decode_raw, encode_raw
 
 CAM = PinholeCamera(64, 48, 50.0, 50.0, 31.5, 23.5)
 

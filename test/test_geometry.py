@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from camera_pose_ros.errors import AlignmentError
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import AlignmentError, CameraModelError
 from camera_pose_ros.geometry import (
-    PinholeCamera,
     Sim3,
     canonical_quat_wxyz,
     fit_sim3_robust,
@@ -176,21 +176,21 @@ def test_camera_spellings_and_conversions():
         assert cam.scaled(160, 120).distortion == cam.distortion
     radial = PinholeCamera.from_colmap("SIMPLE_RADIAL", 320, 240, [250.0, 160.0, 120.0, -0.1])
     assert radial.distortion == (-0.1, 0.0, 0.0, 0.0) and radial.cx == 159.5
-    with pytest.raises(ValueError, match="no plumb_bob"):
+    with pytest.raises(CameraModelError, match="no plumb_bob"):
         PinholeCamera.from_colmap("OPENCV_FISHEYE", 320, 240, [250] * 8)
-    with pytest.raises(ValueError, match="4, 5 or 8"):
+    with pytest.raises(CameraModelError, match="4, 5 or 8"):
         PinholeCamera(320, 240, 1, 1, 1, 1, (0.1, 0.2))
     k = LENS.matrix().ravel()
     assert PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob") == LENS
     assert PinholeCamera.from_camera_info(320, 240, k, [], "").distortion == ()
-    with pytest.raises(ValueError, match="equidistant"):
+    with pytest.raises(CameraModelError, match="equidistant"):
         PinholeCamera.from_camera_info(320, 240, k, [0.1, 0, 0, 0], "equidistant")
-    with pytest.raises(ValueError, match="focal length"):
+    with pytest.raises(CameraModelError, match="focal length"):
         PinholeCamera.from_camera_info(320, 240, [0.0] * 9, [], "plumb_bob")
 
 
 def test_rectified_images_use_the_projection_matrix():
-    from camera_pose_ros.geometry import is_rectified_topic
+    from camera_pose_ros.io.bags import is_rectified_topic
 
     assert is_rectified_topic("/cam/image_rect") and is_rectified_topic("image_rect_color")
     assert is_rectified_topic("/cam/image_rect/compressed")

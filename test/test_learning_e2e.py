@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
-from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.dataset.split import SplitConfig, split_dataset
 from camera_pose_ros.dataset.synth import write_synthetic_building
 from camera_pose_ros.errors import (
@@ -25,6 +24,7 @@ from camera_pose_ros.errors import (
     SplitError,
     TrainingError,
 )
+from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.evaluate import COV_COLUMNS, evaluate, localize
 from camera_pose_ros.learning.export import export_model

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import (
     CHI2_3_99,
     block_mahalanobis_sq,
@@ -217,8 +217,8 @@ def test_cli_localize_with_ground_truth_writes_honesty_metrics(tiny_query, venv_
 
     # ground truth of other stamps: nothing to compare, a named error (CLI: status 2)
     from camera_pose_ros.dataset.frames import FrameSource
-    from camera_pose_ros.dataset.posecsv import PoseTable, write_poses
     from camera_pose_ros.errors import InputDataError
+    from camera_pose_ros.io.posecsv import PoseTable, write_poses
     from camera_pose_ros.learning.evaluate import localize
 
     gt = read_poses(synth / "gt_query.csv")
@@ -263,7 +263,7 @@ def test_evaluate_reports_honesty_for_both_modes(sfm_building, map_checkpoint, t
     import logging
 
     from camera_pose_ros.config import load_yaml
-    from camera_pose_ros.dataset.refmap import load_refinement_map
+    from camera_pose_ros.io.refmap import load_refinement_map
     from camera_pose_ros.learning.evaluate import evaluate
     from camera_pose_ros.runtime.refine import RefineConfig, Refiner
 

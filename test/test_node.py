@@ -70,7 +70,7 @@ def image_msg(node, rgb: np.ndarray, encoding: str = "rgb8") -> Image:
     msg = Image()
     msg.header.stamp = node.get_clock().now().to_msg()
     msg.header.frame_id = "camera_optical_frame"
-    from camera_pose_ros.dataset.imagecodec import encode_raw
+    from camera_pose_ros.io.images import encode_raw
 
     data, step = encode_raw(rgb, encoding)
     msg.height, msg.width, msg.encoding, msg.step = rgb.shape[0], rgb.shape[1], encoding, step
@@ -322,7 +322,7 @@ def test_camera_info_gives_raw_or_rectified_intrinsics(ros_context, spinner, che
     """Raw images use K and D; image_rect (by name or parameter) uses P without distortion."""
     from sensor_msgs.msg import CameraInfo
 
-    from camera_pose_ros.geometry import PinholeCamera
+    from camera_pose_ros.camera import PinholeCamera
 
     params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
               Parameter("rectified_images", value=setting)]

@@ -15,8 +15,8 @@ import zlib
 import numpy as np
 import pytest
 
-from camera_pose_ros.dataset.maps import FloorPlan
 from camera_pose_ros.errors import ImageDecodeError, InputDataError
+from camera_pose_ros.io.floorplan import FloorPlan
 from test.conftest import wait_for
 from test.test_node import Probe, checkpoint, frame, image_msg  # noqa: F401 -- fixture
 

@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from camera_pose_ros.dataset.bagio import iter_bag_images, read_camera_info
-from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.io.bags import iter_bag_images, read_camera_info
+from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import match_by_stamp
 from test.conftest import wait_for
 

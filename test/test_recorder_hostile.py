@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
-from camera_pose_ros.dataset.bagio import (
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import BagError, CameraPoseError
+from camera_pose_ros.io.bags import (
     TYPESTORE,
     BagImageWriter,
     iter_bag_images,
     list_topics,
     read_camera_info,
 )
-from camera_pose_ros.errors import BagError, CameraPoseError
-from camera_pose_ros.geometry import PinholeCamera
 from test.conftest import wait_for
 
 CAM = PinholeCamera(64, 48, 60.0, 60.0, 31.5, 23.5)
@@ -203,7 +203,7 @@ def test_bag_repair_salvages_a_cut_off_mcap(tmp_path, venv_bin):
 
 
 def test_bag_repair_keeps_the_complete_compressed_chunks(tmp_path):
-    from camera_pose_ros.dataset.bagrepair import repair_bag
+    from camera_pose_ros.io.bagrepair import repair_bag
 
     bag = tmp_path / "z"
     writer = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP)

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from camera_pose_ros.dataset.bagio import BagImageWriter, iter_bag_images, list_topics
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import BagError
-from camera_pose_ros.geometry import PinholeCamera
+from camera_pose_ros.io.bags import BagImageWriter, iter_bag_images, list_topics
 from test.conftest import wait_for
 
 rclpy = pytest.importorskip("rclpy")

@@ -15,13 +15,7 @@ import pycolmap
 import pytest
 from scipy.spatial.transform import Rotation
 
-from camera_pose_ros.dataset.bagio import iter_bag_images, read_camera_info
-from camera_pose_ros.dataset.posecsv import read_poses
-from camera_pose_ros.dataset.refmap import (
-    REFINEMENT_MAP,
-    build_refinement_map,
-    load_refinement_map,
-)
+from camera_pose_ros.dataset.refmap import build_refinement_map
 from camera_pose_ros.errors import ConfigError, RefinementError
 from camera_pose_ros.geometry import (
     position_errors,
@@ -29,6 +23,9 @@ from camera_pose_ros.geometry import (
     rotation_errors_deg,
     rotmat_from_quat_wxyz,
 )
+from camera_pose_ros.io.bags import iter_bag_images, read_camera_info
+from camera_pose_ros.io.posecsv import read_poses
+from camera_pose_ros.io.refmap import REFINEMENT_MAP, load_refinement_map
 from camera_pose_ros.learning.evaluate import compare_with_ground_truth
 from camera_pose_ros.metrics import match_by_stamp
 from camera_pose_ros.runtime.refine import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from camera_pose_ros.dataset.maps import FloorPlan
+from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.runtime.localizer import FloorSnapper, JumpGate
 
 

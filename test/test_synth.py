@@ -7,9 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from camera_pose_ros.dataset.bagio import iter_bag_images, list_topics, read_camera_info
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.dataset.posecsv import read_poses
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.dataset.synth import (
     SCENARIOS,
     Building,
@@ -19,7 +17,10 @@ from camera_pose_ros.dataset.synth import (
     write_synthetic_building,
 )
 from camera_pose_ros.errors import ConfigError
-from camera_pose_ros.geometry import PinholeCamera, look_at_rotation, pose_matrix
+from camera_pose_ros.geometry import look_at_rotation, pose_matrix
+from camera_pose_ros.io.bags import iter_bag_images, list_topics, read_camera_info
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.posecsv import read_poses
 
 
 @pytest.fixture(scope="module")

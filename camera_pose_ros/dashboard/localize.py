@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 
 from camera_pose_ros.dashboard.state import pose_view
-from camera_pose_ros.dataset.imagecodec import compressed_image_size, decode_compressed
 from camera_pose_ros.errors import (
     CameraPoseError,
     CheckpointError,
@@ -28,6 +27,7 @@ from camera_pose_ros.errors import (
     InputDataError,
 )
 from camera_pose_ros.geometry import rotation_errors_deg
+from camera_pose_ros.io.images import compressed_image_size, decode_compressed
 
 __all__ = ["UploadError", "check_upload_name", "decode_upload", "LocalizeService",
            "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS"]

@@ -57,9 +57,9 @@ from camera_pose_ros.dashboard.sources import (
     model_summary,
 )
 from camera_pose_ros.dashboard.state import LiveState
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.dataset.posecsv import read_poses
 from camera_pose_ros.errors import CameraPoseError, CheckpointError, ConfigError, InputDataError
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.posecsv import read_poses
 
 __all__ = ["create_app", "run_dashboard", "access_token", "is_loopback", "check_port",
            "make_server", "STATIC", "TOKEN_COOKIE"]

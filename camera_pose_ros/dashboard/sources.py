@@ -22,10 +22,16 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import chi2
 
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.dataset.posecsv import PoseTable, read_poses
-from camera_pose_ros.errors import CameraPoseError, CheckpointError, InputDataError
-from camera_pose_ros.geometry import PinholeCamera, rotmat_from_quat_wxyz
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import (
+    CameraModelError,
+    CameraPoseError,
+    CheckpointError,
+    InputDataError,
+)
+from camera_pose_ros.geometry import rotmat_from_quat_wxyz
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.posecsv import PoseTable, read_poses
 from camera_pose_ros.metrics import (
     block_mahalanobis_sq,
     covariances_from_columns,
@@ -207,7 +213,7 @@ def _read_json(path: Path, what: str) -> dict:
 def _camera(data: Path) -> PinholeCamera | None:
     try:
         return PinholeCamera.from_dict(json.loads((data / "camera.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, CameraModelError):
         return None
 
 

@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from camera_pose_ros.dataset.frames import read_frames_csv
-from camera_pose_ros.dataset.posecsv import (
+from camera_pose_ros.dataset.sfm import load_sfm_model
+from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError
+from camera_pose_ros.fileio import write_json_atomic
+from camera_pose_ros.geometry import fit_sim3_robust, quat_wxyz_from_rotmat
+from camera_pose_ros.io.posecsv import (
     PoseTable,
     format_stamp,
     parse_stamp,
     read_csv_rows,
     write_poses,
 )
-from camera_pose_ros.dataset.sfm import load_sfm_model
-from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError
-from camera_pose_ros.fileio import write_json_atomic
-from camera_pose_ros.geometry import fit_sim3_robust, quat_wxyz_from_rotmat
 
 __all__ = ["AlignConfig", "ControlPoint", "read_control_points", "align_dataset"]
 

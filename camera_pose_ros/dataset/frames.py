@@ -24,13 +24,18 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import check_range
-from camera_pose_ros.dataset.bagio import camera_info_topic_for, iter_bag_images, read_camera_info
-from camera_pose_ros.dataset.imagecodec import decode_compressed
-from camera_pose_ros.dataset.posecsv import format_stamp, parse_stamp, read_csv_rows, seconds_to_ns
 from camera_pose_ros.errors import BagError, ConfigError, ImageDecodeError, InputDataError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
-from camera_pose_ros.geometry import PinholeCamera, is_rectified_topic
+from camera_pose_ros.io.bags import (
+    camera_info_topic_for,
+    is_rectified_topic,
+    iter_bag_images,
+    read_camera_info,
+)
+from camera_pose_ros.io.images import decode_compressed
+from camera_pose_ros.io.posecsv import format_stamp, parse_stamp, read_csv_rows, seconds_to_ns
 
 __all__ = [
     "KeyframeConfig",

@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from camera_pose_ros.dataset.maps import FloorPlan  # noqa: E402
 from camera_pose_ros.fileio import atomic_path  # noqa: E402
+from camera_pose_ros.io.floorplan import FloorPlan  # noqa: E402
 
 __all__ = ["plot_trajectories"]
 

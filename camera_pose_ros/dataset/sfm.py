@@ -26,13 +26,19 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.dataset.frames import read_frames_csv
-from camera_pose_ros.errors import ConfigError, SfMError
+from camera_pose_ros.errors import ConfigError, FormatError, SfMError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
-from camera_pose_ros.geometry import PinholeCamera, invert_pose
+from camera_pose_ros.geometry import invert_pose
+from camera_pose_ros.io.retrieval import (
+    GLOBAL_DESCRIPTORS,
+    RetrievalIndex,
+    build_retrieval_index,
+    save_retrieval_index,
+)
 
-__all__ = ["SfMConfig", "SfMModel", "run_sfm", "load_sfm_model", "global_descriptors",
-           "bow_descriptor"]
+__all__ = ["SfMConfig", "SfMModel", "run_sfm", "load_sfm_model", "global_descriptors"]
 
 log = logging.getLogger(__name__)
 
@@ -124,71 +130,23 @@ def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> None:
     )
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre of each row (squared L2, one BLAS product)."""
-    return np.argmin((centres**2).sum(1)[None, :] - 2.0 * x @ centres.T, axis=1)
-
-
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
-    """Lloyd's k-means with BLAS distances (scipy's kmeans2 took minutes on 60k SIFT)."""
-    centres = x[rng.choice(len(x), k, replace=False)].copy()
-    for _ in range(iters):
-        label = _nearest(x, centres)
-        counts = np.bincount(label, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, label, x)
-        filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None]
-        empty = np.flatnonzero(~filled)
-        centres[empty] = x[rng.choice(len(x), len(empty), replace=False)]
-    return centres
-
-
-def global_descriptors(db_path: Path, *, words: int = 256, seed: int = 0) -> dict:
+def global_descriptors(db_path: Path, *, words: int = 256, seed: int = 0) -> RetrievalIndex:
     """Bag-of-visual-words image descriptors (tf-idf, L2-normalised) from a COLMAP database.
 
-    Returns ``{"names": [...], "descriptors": (N, words) float32, "vocabulary": (words, 128),
-    "idf": (words,)}``; :func:`bow_descriptor` makes the same descriptor for a new image.
+    Raises:
+        SfMError: too few SIFT features to learn the vocabulary.
     """
     db = pycolmap.Database.open(db_path)
     try:
         images = sorted(db.read_all_images(), key=lambda im: im.name)
-        descs = []
-        for im in images:
-            d = np.asarray(db.read_descriptors(im.image_id).data, dtype=np.float32)
-            descs.append(d)
+        descs = [np.asarray(db.read_descriptors(im.image_id).data, dtype=np.float32)
+                 for im in images]
     finally:
         db.close()
-    rng = np.random.default_rng(seed)
-    per_image = max(20, 20000 // max(1, len(descs)))
-    sample = np.concatenate([d[rng.permutation(len(d))[:per_image]] for d in descs if len(d)])
-    if len(sample) < words:
-        raise SfMError("too few SIFT features for image retrieval; are the images textured?")
-    vocab = _kmeans(sample, words, rng)
-    hist = np.zeros((len(descs), words), np.float32)
-    for i, d in enumerate(descs):
-        if len(d):
-            hist[i] = np.bincount(_nearest(d, vocab), minlength=words)
-    idf = np.log((len(descs) + 1) / ((hist > 0).sum(0) + 1)).astype(np.float32)
-    hist *= idf
-    hist /= np.linalg.norm(hist, axis=1, keepdims=True) + 1e-12
-    return {"names": [im.name for im in images], "descriptors": hist, "vocabulary": vocab,
-            "idf": idf}
-
-
-def bow_descriptor(descriptors_N128: np.ndarray, vocabulary: np.ndarray, idf: np.ndarray
-                   ) -> np.ndarray:
-    """The tf-idf bag-of-words vector of one image's SIFT descriptors (COLMAP's uint8 scale).
-
-    Descriptors scaled to unit length (pycolmap's float output) are rescaled to the uint8
-    range of the database, in which the vocabulary was learnt.
-    """
-    d = np.asarray(descriptors_N128, dtype=np.float32)
-    if len(d) and d.max() <= 1.0:
-        d = d * 512.0
-    hist = np.bincount(_nearest(d, vocabulary), minlength=len(vocabulary)).astype(np.float32)
-    hist *= idf
-    return hist / (np.linalg.norm(hist) + 1e-12)
+    try:
+        return build_retrieval_index([im.name for im in images], descs, words=words, seed=seed)
+    except FormatError as exc:
+        raise SfMError(str(exc)) from exc
 
 
 def _loop_pairs(names: list[str], desc: np.ndarray, k: int, min_gap: int,
@@ -221,10 +179,9 @@ def _match(sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
     pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
                               device=pycolmap.Device.cpu)
     if cfg.loop_pairs > 0 and len(names) > cfg.loop_min_gap:
-        g = global_descriptors(db, seed=cfg.seed)
-        np.savez(sfm / "global_descriptors.npz", names=np.array(g["names"]),
-                 descriptors=g["descriptors"], vocabulary=g["vocabulary"], idf=g["idf"])
-        pairs = _loop_pairs(g["names"], g["descriptors"], cfg.loop_pairs, cfg.loop_min_gap,
+        index = global_descriptors(db, seed=cfg.seed)
+        save_retrieval_index(sfm / GLOBAL_DESCRIPTORS, index)
+        pairs = _loop_pairs(index.names, index.descriptors, cfg.loop_pairs, cfg.loop_min_gap,
                             cfg.loop_stride)
         if pairs:
             pairs_file = sfm / "loop_pairs.txt"

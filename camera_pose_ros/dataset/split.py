@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.errors import ConfigError, SplitError
+from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 
 __all__ = ["SplitConfig", "assign_blocks", "split_dataset", "SPLITS"]
 

@@ -27,12 +27,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from camera_pose_ros.dataset.bagio import BagImageWriter
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.dataset.posecsv import PoseTable, format_stamp, write_poses
-from camera_pose_ros.errors import ConfigError
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import CameraModelError, ConfigError
 from camera_pose_ros.fileio import atomic_dir, write_text_atomic
-from camera_pose_ros.geometry import PinholeCamera, look_at_rotation, quat_wxyz_from_rotmat
+from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat
+from camera_pose_ros.io.bags import BagImageWriter
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.posecsv import PoseTable, format_stamp, write_poses
 
 __all__ = [
     "BuildingSpec",
@@ -505,7 +506,7 @@ def write_synthetic_building(
     try:
         camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5,
                                tuple(distortion))
-    except ValueError as exc:
+    except CameraModelError as exc:
         raise ConfigError(str(exc)) from exc
     renderer = Renderer(building, camera)
     # mapping: two loops on either side of the corridor centre; query: one loop on a path

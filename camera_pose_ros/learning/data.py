@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from camera_pose_ros.dataset.posecsv import PoseTable, read_poses
 from camera_pose_ros.errors import InputDataError, SplitError
+from camera_pose_ros.io.posecsv import PoseTable, read_poses
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -89,7 +89,7 @@ def camera_matrix(data: str | os.PathLike) -> np.ndarray | None:
     """K of the stored images (``DATA/camera.json``, from CameraInfo), or None."""
     import json
 
-    from camera_pose_ros.geometry import PinholeCamera
+    from camera_pose_ros.camera import PinholeCamera
 
     path = Path(data) / "camera.json"
     if not path.is_file():

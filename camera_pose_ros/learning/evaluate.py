@@ -24,12 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from camera_pose_ros.dataset.frames import FrameSource
-from camera_pose_ros.dataset.maps import FloorPlan
 from camera_pose_ros.dataset.plots import plot_trajectories
-from camera_pose_ros.dataset.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import atomic_path, write_json_atomic
 from camera_pose_ros.geometry import rotation_errors_deg
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.data import load_split, poses_tensor
 from camera_pose_ros.learning.predict import Predictor

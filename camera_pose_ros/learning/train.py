@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from camera_pose_ros.config import check_range, from_dict, load_yaml, to_dict
-from camera_pose_ros.dataset.refmap import REFINEMENT_MAP
 from camera_pose_ros.errors import CheckpointError, ConfigError, InputDataError, TrainingError
 from camera_pose_ros.fileio import atomic_path, write_text_atomic
+from camera_pose_ros.io.refmap import REFINEMENT_MAP
 from camera_pose_ros.learning.backbones import BACKBONES, build_backbone
 from camera_pose_ros.learning.calibrate import fit_offpath_calibration
 from camera_pose_ros.learning.checkpoint import save_checkpoint

@@ -19,8 +19,8 @@ import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from camera_pose_ros.dataset.bagio import open_bag, read_messages
 from camera_pose_ros.errors import BagError, CameraPoseError
+from camera_pose_ros.io.bags import open_bag, read_messages
 from camera_pose_ros.ros.msgtypes import message_class
 
 __all__ = ["play", "check_bag", "main"]

@@ -14,13 +14,14 @@ from geometry_msgs.msg import (
 )
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from camera_pose_ros.dataset.imagecodec import (
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import CameraModelError, ImageDecodeError
+from camera_pose_ros.geometry import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
+from camera_pose_ros.io.images import (
     compressed_image_size,
     decode_compressed,
     decode_raw,
 )
-from camera_pose_ros.errors import ImageDecodeError
-from camera_pose_ros.geometry import PinholeCamera, quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
 
 __all__ = [
     "image_to_rgb",
@@ -139,14 +140,15 @@ def camera_from_info(msg: CameraInfo, rectified: bool) -> PinholeCamera:
     """The camera of a ``sensor_msgs/CameraInfo`` (see ``PinholeCamera.from_camera_info``).
 
     Raises:
-        ValueError: zero size, non-finite K, D or P, or what ``from_camera_info`` refuses.
+        CameraModelError: zero size, non-finite K, D or P, or what ``from_camera_info``
+            refuses.
     """
     if msg.width <= 0 or msg.height <= 0:
-        raise ValueError(f"CameraInfo has no image size ({msg.width}x{msg.height})")
+        raise CameraModelError(f"CameraInfo has no image size ({msg.width}x{msg.height})")
     for name in ("k", "d", "p"):
         values = np.asarray(getattr(msg, name), dtype=float)
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"CameraInfo {name.upper()} has non-finite values "
+            raise CameraModelError(f"CameraInfo {name.upper()} has non-finite values "
                              f"{values.tolist()}")
     return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
                                           msg.distortion_model, msg.p, rectified)

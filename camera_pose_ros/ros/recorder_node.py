@@ -35,8 +35,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.errors import WriterError
 
-from camera_pose_ros.dataset.bagio import TYPESTORE
 from camera_pose_ros.errors import CameraPoseError, ConfigError
+from camera_pose_ros.io.bags import TYPESTORE
 from camera_pose_ros.ros.msgtypes import message_class
 from camera_pose_ros.ros.spin import spin_until_shutdown
 

@@ -58,16 +58,17 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import load_yaml
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.errors import CameraPoseError, ConfigError, ImageDecodeError
-from camera_pose_ros.geometry import (
-    PinholeCamera,
-    invert_pose,
-    is_rectified_topic,
-    pose_matrix,
-    rotmat_from_quat_wxyz,
+from camera_pose_ros.errors import (
+    CameraModelError,
+    CameraPoseError,
+    ConfigError,
+    ImageDecodeError,
 )
+from camera_pose_ros.geometry import invert_pose, pose_matrix, rotmat_from_quat_wxyz
+from camera_pose_ros.io.bags import is_rectified_topic
+from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.ros.conversions import (
     camera_from_info,
     image_to_rgb,
@@ -400,9 +401,9 @@ class RelocalizationNode(LifecycleNode):
                      else is_rectified_topic(self._image_topic))
         try:
             self._camera = camera_from_info(msg, rectified)
-        except ValueError as exc:
+        except CameraModelError as exc:
             self._camera_info_error = str(exc)
-            raise ValueError(f"{exc}; refinement uses the "
+            raise CameraModelError(f"{exc}; refinement uses the "
                              f"{'previous camera_info' if self._camera else 'map'}'s "
                              "intrinsics") from exc
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from camera_pose_ros.dataset.maps import FloorPlan
-from camera_pose_ros.dataset.refmap import load_refinement_map
-from camera_pose_ros.geometry import PinholeCamera
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.io.refmap import load_refinement_map
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.predict import Predictor
 from camera_pose_ros.runtime.refine import RefineConfig, Refiner, find_refinement_map

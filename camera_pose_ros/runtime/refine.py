@@ -28,11 +28,12 @@ import numpy as np
 import pycolmap
 from scipy.spatial.transform import Rotation
 
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import from_dict
-from camera_pose_ros.dataset.refmap import REFINEMENT_MAP, RefinementMap
-from camera_pose_ros.dataset.sfm import bow_descriptor
 from camera_pose_ros.errors import ConfigError, RefinementError
-from camera_pose_ros.geometry import PinholeCamera, quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
+from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
+from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap
+from camera_pose_ros.io.retrieval import bow_descriptor
 
 __all__ = ["RefineConfig", "RefineOutcome", "Refiner", "pose_covariance_from_inliers",
            "find_refinement_map"]

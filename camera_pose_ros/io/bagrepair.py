@@ -32,12 +32,12 @@ from pathlib import Path
 
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from camera_pose_ros.dataset.bagio import (
+from camera_pose_ros.errors import BagError
+from camera_pose_ros.io.bags import (
     REPAIR_MAGIC,
     TYPESTORE,
     storage_files,
 )
-from camera_pose_ros.errors import BagError
 
 __all__ = ["RepairResult", "repair_bag", "default_repair_path"]
 

@@ -1,6 +1,6 @@
 """ROS 2 bags (MCAP or sqlite3) through rosbags: no ROS installation needed.
 
-Readers decode image messages with :mod:`camera_pose_ros.dataset.imagecodec`; writers take
+Readers decode image messages with :mod:`camera_pose_ros.io.images`; writers take
 numpy images and write ``sensor_msgs/Image`` and ``CameraInfo``.
 """
 
@@ -18,9 +18,9 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from camera_pose_ros.dataset.imagecodec import decode_compressed, decode_raw, encode_raw
-from camera_pose_ros.errors import BagError, ImageDecodeError
-from camera_pose_ros.geometry import PinholeCamera
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import BagError, CameraModelError, ImageDecodeError
+from camera_pose_ros.io.images import decode_compressed, decode_raw, encode_raw
 
 __all__ = [
     "TYPESTORE",
@@ -263,7 +263,7 @@ def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = Fals
             try:
                 return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
                                                       msg.distortion_model, msg.p, rectified)
-            except (ValueError, AttributeError) as exc:
+            except (CameraModelError, ValueError, AttributeError) as exc:
                 log.warning("ignoring CameraInfo on %s (COLMAP will estimate the "
                             "intrinsics): %s", topic, exc)
                 return None
@@ -331,3 +331,13 @@ class BagImageWriter:
         )
         self._writer.write(self._info_conn, stamp_ns,
                            TYPESTORE.serialize_cdr(info, _CameraInfo.__msgtype__))
+
+
+def is_rectified_topic(image_topic: str) -> bool:
+    """Whether an image topic carries rectified images by image_pipeline's naming.
+
+    ``image_rect``, ``image_rect_color`` (and their ``/compressed``) are rectified;
+    ``image_raw``, ``image_color``, ``image`` are not.
+    """
+    parts = [p for p in image_topic.split("/") if p and p != "compressed"]
+    return bool(parts) and parts[-1].startswith("image_rect")
