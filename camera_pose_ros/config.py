@@ -153,7 +153,9 @@ def to_dict(obj: Any) -> dict:
     def conv(v: Any) -> Any:
         if isinstance(v, Path):
             return str(v)
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, list)):
             return [conv(x) for x in v]
+        if isinstance(v, dict):  # a nested dataclass (asdict made it a dict)
+            return {k: conv(x) for k, x in v.items()}
         return v
     return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}
