@@ -223,7 +223,7 @@ def _cmd_bag_repair(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (sub-commands as in ARCHITECTURE.md)."""
+    """The full argument parser (sub-commands as in docs/ARCHITECTURE.md)."""
     parser = argparse.ArgumentParser(
         prog="camera-pose",
         description="Single-image camera relocalization: build datasets, train, evaluate, "

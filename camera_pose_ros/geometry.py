@@ -2,7 +2,7 @@
 
 The camera model is :mod:`camera_pose_ros.camera`.
 
-Conventions (see ARCHITECTURE.md): a pose is named for what it maps, ``map_from_cam`` takes
+Conventions (see docs/ARCHITECTURE.md): a pose is named for what it maps, ``map_from_cam`` takes
 camera coordinates to map coordinates. Quaternions are ``wxyz`` (scalar first) in CSV files
 and in this module's ``*_wxyz`` names, ``xyzw`` in ROS messages and scipy. Convert only
 through the helpers here. q and -q are the same rotation.

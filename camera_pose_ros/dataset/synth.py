@@ -9,7 +9,7 @@ Rendering is per-pixel ray casting against the few planes (numpy), then one bili
 ``cv2.remap`` from a texture atlas, with a pre-blurred copy used for distant surfaces (a
 two-level mipmap against aliasing). A 640x480 frame takes tens of milliseconds on a CPU.
 
-``write_synthetic_building`` writes the layout of ARCHITECTURE.md's ``synth`` command: mapping
+``write_synthetic_building`` writes the layout of docs/ARCHITECTURE.md's ``synth`` command: mapping
 and query bags, ground-truth CSVs, control points, and the floor plan.
 """
 
@@ -480,7 +480,7 @@ def write_synthetic_building(
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
     distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
 ) -> Path:
-    """Render a synthetic building and write it as ARCHITECTURE.md's ``synth`` layout.
+    """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
     Writes ``mapping/`` and ``query/`` bags, ``gt_mapping.csv``, ``gt_query.csv``,
     ``control_points.csv`` (``stamp,x,y,z`` of mapping frames, with ``control_point_noise``
