@@ -31,7 +31,7 @@ class ConfigError(CameraPoseError):
 
 
 class InputDataError(CameraPoseError):
-    """An input file or folder is missing, empty or malformed."""
+    """An input (a file, a folder, a message) is missing, empty or malformed."""
 
 
 class BagError(InputDataError):

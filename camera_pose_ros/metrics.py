@@ -21,6 +21,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from scipy.stats import chi2
 
+from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.geometry import position_errors, quat_wxyz_to_xyzw, rotation_errors_deg
 
 __all__ = ["THRESHOLDS", "match_by_stamp", "error_summary", "threshold_key", "CHI2_3_99",
@@ -134,11 +135,15 @@ def block_mahalanobis_sq(err_N6: np.ndarray, cov_N66: np.ndarray
     ``inf`` where the block's covariance is singular (not positive definite, or its smallest
     eigenvalue below 1e-12 of its largest) or non-finite, or the error is non-finite: such a
     frame is outside every ellipsoid. Cross terms between the blocks are ignored.
+
+    Raises:
+        InputDataError: ``err_N6`` and ``cov_N66`` hold different numbers of frames.
     """
     err = np.asarray(err_N6, float).reshape(-1, 6)
     cov = np.asarray(cov_N66, float).reshape(-1, 6, 6)
     if len(err) != len(cov):
-        raise ValueError(f"{len(err)} errors but {len(cov)} covariances")
+        raise InputDataError(f"{len(err)} errors but {len(cov)} covariances: each error "
+                             "needs the covariance of its own frame")
     return (_block_sq(err[:, :3], cov[:, :3, :3]), _block_sq(err[:, 3:], cov[:, 3:, 3:]))
 
 

@@ -22,7 +22,7 @@ import pytest
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
 from camera_pose_ros.camera import PinholeCamera
-from camera_pose_ros.errors import BagError, CameraPoseError
+from camera_pose_ros.errors import BagError, CameraPoseError, ConfigError
 from camera_pose_ros.io.bags import (
     TYPESTORE,
     BagImageWriter,
@@ -319,6 +319,11 @@ def test_recorder_refuses_an_impossible_output_at_start(ros_context, tmp_path):
         RecorderNode(context=ros_context, parameter_overrides=[
             Parameter("output", value=str(tmp_path / "rec")),
             Parameter("flush_period", value=-1.0)])
+    for name, value in (("chunk_size", "a megabyte"), ("min_interval", float("nan"))):
+        with pytest.raises(ConfigError, match="must be finite numbers"):
+            RecorderNode(context=ros_context, parameter_overrides=[
+                Parameter("output", value=str(tmp_path / "rec")), Parameter(name, value=value)])
+    assert not (tmp_path / "rec").exists()
 
 
 def _garbage(tmp_path):
@@ -347,6 +352,13 @@ def _complete(tmp_path):
     with BagImageWriter(bag) as w:
         w.write(100 * 10**9, noise(0), CAM)
     return bag
+
+
+def test_bag_player_refuses_a_rate_that_is_not_positive_before_publishing(tmp_path):
+    bag = _complete(tmp_path)
+    for rate in (0.0, -2.0):
+        with pytest.raises(ConfigError, match="rate must be > 0"):
+            bag_player.play(None, bag, rate=rate)  # no node needed: nothing is published
 
 
 @pytest.mark.parametrize("case, expect", [

@@ -20,7 +20,7 @@ import numpy as np
 
 from camera_pose_ros.dataset.frames import read_frames_csv
 from camera_pose_ros.dataset.sfm import load_sfm_model
-from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError
+from camera_pose_ros.errors import AlignmentError, ConfigError, FormatError, InputDataError
 from camera_pose_ros.fileio import write_json_atomic
 from camera_pose_ros.geometry import fit_sim3_robust, quat_wxyz_from_rotmat
 from camera_pose_ros.io.posecsv import (
@@ -87,7 +87,7 @@ def read_control_points(path: str | os.PathLike) -> list[ControlPoint]:
         try:
             xyz = (float(row["x"]), float(row["y"]), float(row["z"]))
             stamp = parse_stamp(row["stamp"]) if row.get("stamp") else None
-        except ValueError as exc:
+        except (ValueError, FormatError) as exc:
             raise InputDataError(f"{path}:{line}: unparsable number ({exc})") from exc
         if not all(math.isfinite(v) and abs(v) <= 1e9 for v in xyz):
             raise InputDataError(f"{path}:{line}: coordinates {row['x']},{row['y']},"

@@ -26,7 +26,13 @@ from tqdm import tqdm
 
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import check_range
-from camera_pose_ros.errors import BagError, ConfigError, ImageDecodeError, InputDataError
+from camera_pose_ros.errors import (
+    BagError,
+    ConfigError,
+    FormatError,
+    ImageDecodeError,
+    InputDataError,
+)
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
 from camera_pose_ros.io.bags import (
     camera_info_topic_for,
@@ -345,6 +351,6 @@ def read_frames_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         raise InputDataError(f"{path}: expected columns image,stamp")
     try:
         stamps = np.array([parse_stamp(r["stamp"]) for r in rows], dtype=np.int64)
-    except ValueError as exc:
+    except FormatError as exc:
         raise InputDataError(f"{path}: unparsable stamp ({exc})") from exc
     return [r["image"] for r in rows], stamps

@@ -222,7 +222,7 @@ def _decompress(data: bytes, compression: str) -> bytes:
         from lz4.frame import decompress
 
         return decompress(data)
-    raise ValueError(f"unknown chunk compression {compression!r}")
+    raise BagError(f"unknown chunk compression {compression!r}")
 
 
 #: a cut-off chunk larger than this is not salvaged (its length field is likely garbage)

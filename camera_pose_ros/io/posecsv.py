@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camera_pose_ros.errors import InputDataError
+from camera_pose_ros.errors import FormatError, InputDataError
 from camera_pose_ros.fileio import write_text_atomic
 
 __all__ = ["PoseTable", "read_poses", "write_poses", "POSE_COLUMNS", "format_stamp",
@@ -73,21 +73,24 @@ def parse_stamp(text: str) -> int:
     """Integer nanoseconds from a decimal seconds string (exact up to nine decimals).
 
     Raises:
-        ValueError: not a number, not finite, or beyond int64 nanoseconds (year 2262).
+        FormatError: not a number, not finite, or beyond int64 nanoseconds (year 2262).
     """
     s = str(text).strip()
     if "e" in s.lower() or s.lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        seconds = float(s)
+        try:
+            seconds = float(s)
+        except ValueError:
+            raise FormatError(f"stamp {s!r} is not a number of seconds") from None
         if not math.isfinite(seconds) or abs(seconds) >= _MAX_SECONDS:
-            raise ValueError(f"stamp {s!r} is not a time in seconds")
+            raise FormatError(f"stamp {s!r} is not a time in seconds")
         return seconds_to_ns(seconds)
     if not _DECIMAL.fullmatch(s):
-        raise ValueError(f"stamp {s!r} is not a decimal number of seconds")
+        raise FormatError(f"stamp {s!r} is not a decimal number of seconds")
     neg = s.startswith("-")
     whole, _, frac = s.lstrip("+-").partition(".")
     ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9] or "0")
     if ns >= 2**63:
-        raise ValueError(f"stamp {s!r} is beyond int64 nanoseconds")
+        raise FormatError(f"stamp {s!r} is beyond int64 nanoseconds")
     return -ns if neg else ns
 
 
@@ -171,7 +174,7 @@ def read_poses(path: str | os.PathLike) -> PoseTable:
             stamps.append(parse_stamp(r["stamp"]))
             pos.append([float(r[c]) for c in ("x", "y", "z")])
             quat.append([float(r[c]) for c in ("qw", "qx", "qy", "qz")])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, FormatError) as exc:
             raise InputDataError(f"{path}:{r['__line__']}: unparsable number ({exc})") from exc
     pos_a = np.array(pos, dtype=float).reshape(-1, 3)
     quat_a = np.array(quat, dtype=float).reshape(-1, 4)

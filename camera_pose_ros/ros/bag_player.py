@@ -19,7 +19,7 @@ import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from camera_pose_ros.errors import BagError, CameraPoseError
+from camera_pose_ros.errors import BagError, CameraPoseError, ConfigError
 from camera_pose_ros.io.bags import open_bag, read_messages
 from camera_pose_ros.ros.msgtypes import message_class
 
@@ -49,11 +49,12 @@ def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None =
     """Publish ``bag`` on ``node``; return the number of messages published.
 
     Raises:
-        ValueError: ``rate`` is not positive.
+        ConfigError: ``rate`` is not positive.
         BagError: the bag cannot be read (also part-way through), or has none of ``topics``.
+        InputDataError: a topic's message type is not installed here.
     """
     if rate <= 0:
-        raise ValueError("rate must be > 0")
+        raise ConfigError(f"rate must be > 0, got {rate}")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     remap = remap or {}
     count = 0
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                  wait_for_subscribers=args.wait)
         node.get_logger().info(f"published {n} messages from {args.bag}")
         time.sleep(0.5)  # let reliable deliveries finish before the publishers go
-    except (CameraPoseError, ValueError) as exc:
+    except CameraPoseError as exc:
         sys.stderr.write(f"bag_player: {exc}\n")
         return 2
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from geometry_msgs.msg import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from camera_pose_ros.camera import PinholeCamera
-from camera_pose_ros.errors import CameraModelError, ImageDecodeError
+from camera_pose_ros.errors import CameraModelError, ImageDecodeError, InputDataError
 from camera_pose_ros.geometry import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
 from camera_pose_ros.io.images import (
     compressed_image_size,
@@ -117,7 +117,7 @@ def pose_to_matrix(pose: Pose, max_abs: float = 1e8) -> np.ndarray:
     """4x4 matrix of a geometry_msgs/Pose (the quaternion is normalised).
 
     Raises:
-        ValueError: a non-finite position or quaternion, a coordinate beyond ``max_abs``
+        InputDataError: a non-finite position or quaternion, a coordinate beyond ``max_abs``
             metres, or a quaternion of zero length.
     """
     from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
@@ -126,12 +126,12 @@ def pose_to_matrix(pose: Pose, max_abs: float = 1e8) -> np.ndarray:
                                     pose.orientation.z, pose.orientation.w]))
     t = np.array([pose.position.x, pose.position.y, pose.position.z])
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))):
-        raise ValueError(f"non-finite pose (position {t}, quaternion wxyz {q})")
+        raise InputDataError(f"non-finite pose (position {t}, quaternion wxyz {q})")
     if np.abs(t).max() > max_abs:
-        raise ValueError(f"position {t} is beyond {max_abs:g} m")
+        raise InputDataError(f"position {t} is beyond {max_abs:g} m")
     scale = float(np.abs(q).max())  # normalise without overflow
     if scale < 1e-9:
-        raise ValueError(f"quaternion {q} (wxyz) of zero length is not a rotation")
+        raise InputDataError(f"quaternion {q} (wxyz) of zero length is not a rotation")
     q = q / scale
     return pose_matrix(rotmat_from_quat_wxyz(q / np.linalg.norm(q)), t)
 

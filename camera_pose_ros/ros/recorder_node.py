@@ -35,7 +35,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.errors import WriterError
 
-from camera_pose_ros.errors import CameraPoseError, ConfigError
+from camera_pose_ros.errors import CameraPoseError, ConfigError, InputDataError
 from camera_pose_ros.io.bags import TYPESTORE
 from camera_pose_ros.ros.msgtypes import message_class
 from camera_pose_ros.ros.spin import spin_until_shutdown
@@ -89,16 +89,20 @@ class RecorderNode(Node):
         self.plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
         if self.plugin is None:
             raise ConfigError(f"storage must be mcap or sqlite3, got {storage}")
-        self.chunk_size = int(p("chunk_size").value)
-        self.flush_period = float(p("flush_period").value)
+        try:  # chunk_size and flush_period take any type; nan or inf fail int()
+            self.chunk_size = int(p("chunk_size").value)
+            self.flush_period = float(p("flush_period").value)
+            self.min_interval_ns = int(float(p("min_interval").value) * 1e9)
+            self.max_bytes = float(p("max_bag_size_mb").value) * 1e6
+            self.max_duration_ns = int(float(p("max_bag_duration").value) * 1e9)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"chunk_size, flush_period, min_interval and max_bag_duration "
+                              f"must be finite numbers ({exc})") from exc
         if self.chunk_size <= 0:
             raise ConfigError(f"chunk_size must be > 0 bytes, got {self.chunk_size}")
         if not self.flush_period >= 0:
             raise ConfigError(f"flush_period must be >= 0 s (0: only on close), got "
                               f"{self.flush_period}")
-        self.min_interval_ns = int(float(p("min_interval").value) * 1e9)
-        self.max_bytes = float(p("max_bag_size_mb").value) * 1e6
-        self.max_duration_ns = int(float(p("max_bag_duration").value) * 1e9)
         self.qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE
                               if p("reliable").value else ReliabilityPolicy.BEST_EFFORT)
         self.bags: list[Path] = []
@@ -107,6 +111,7 @@ class RecorderNode(Node):
         self._conns: dict[str, object] = {}
         self._types: dict[str, str] = {}
         self._subs: dict[str, object] = {}
+        self._unknown_types: set[str] = set()
         self._last_kept: dict[str, int] = {}
         self._bag_start: int | None = None
         self._bag_bytes = 0
@@ -128,9 +133,16 @@ class RecorderNode(Node):
         for name, types in self.get_topic_names_and_types():
             if name in self.topics and name not in self._subs and types:
                 msgtype = types[0]
+                try:
+                    msg_class = message_class(msgtype)
+                except InputDataError as exc:  # a node keeps running: say it once, go on
+                    if name not in self._unknown_types:
+                        self._unknown_types.add(name)
+                        self.get_logger().error(f"cannot record {name}: {exc}")
+                    continue
                 self._types[name] = msgtype
                 self._subs[name] = self.create_subscription(
-                    message_class(msgtype), name,
+                    msg_class, name,
                     lambda data, topic=name: self._on_message(topic, data), self.qos, raw=True)
                 self.get_logger().info(f"recording {name} ({msgtype})")
 
@@ -235,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         node = RecorderNode()
-    except (CameraPoseError, ValueError, ParameterException) as exc:
+    except (CameraPoseError, ParameterException) as exc:
         sys.stderr.write(f"recorder_node: {exc}\n")
         rclpy.shutdown()
         return 2

@@ -16,7 +16,11 @@ pytest.importorskip("rclpy")
 from geometry_msgs.msg import Pose  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
-from camera_pose_ros.errors import CameraModelError, ImageDecodeError  # noqa: E402
+from camera_pose_ros.errors import (  # noqa: E402
+    CameraModelError,
+    ImageDecodeError,
+    InputDataError,
+)
 from camera_pose_ros.geometry import (  # noqa: E402
     pose_matrix,
     quat_wxyz_from_rotmat,
@@ -101,6 +105,20 @@ def test_matrices_and_poses_convert_both_ways():
     unnormalised.orientation.w = 1e-3  # a tiny but valid quaternion is normalised
     np.testing.assert_allclose(pose_to_matrix(unnormalised), np.eye(4), atol=1e-12)
     assert rotation_errors_deg(q[None], np.array([[0.5, 0.5, -0.5, 0.5]]))[0] < 1e-6
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("position.x", float("nan"), "non-finite pose"),
+    ("orientation.z", float("inf"), "non-finite pose"),
+    ("position.y", 1e9, "beyond"),
+    ("orientation.w", 0.0, "zero length"),
+])
+def test_a_pose_that_is_no_pose_is_a_named_error(field, value, words):
+    pose = Pose()  # identity: w = 1
+    part, axis = field.split(".")
+    setattr(getattr(pose, part), axis, value)
+    with pytest.raises(InputDataError, match=words):
+        pose_to_matrix(pose)
 
 
 def test_camera_info_becomes_a_camera_or_a_named_error():
