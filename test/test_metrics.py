@@ -115,6 +115,13 @@ def test_overconfident_counts_frames_over_1m_off_claiming_under_half_a_metre():
     assert h["median_claimed_sigma_m"] == pytest.approx(0.3)
 
 
+def test_errors_and_covariances_of_different_frames_are_a_named_error():
+    from camera_pose_ros.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="3 errors but 2 covariances"):
+        honesty_summary(np.zeros((3, 6)), np.stack([np.eye(6)] * 2))
+
+
 def test_empty_input_gives_zeros_not_nan():
     h = honesty_summary(np.zeros((0, 6)), np.zeros((0, 6, 6)))
     assert h["frames"] == 0

@@ -375,8 +375,8 @@ class _Run:
         """Load a state written by :meth:`state`; returns epoch, step, best.
 
         Raises:
-            ValueError: the state's optimizer, scheduler or best weights differ in shape,
-                type or finiteness from what this run would write.
+            CheckpointError: the state's optimizer, scheduler or best weights differ in
+                shape, type or finiteness from what this run would write.
         """
         _check_like(state["scheduler"], self.scheduler.state_dict(), "scheduler")
         fresh = self.optimizer.state_dict()
@@ -385,14 +385,15 @@ class _Run:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         per_param = state["optimizer"].get("state")
         if not isinstance(per_param, dict):
-            raise ValueError("optimizer.state is not a mapping")
+            raise CheckpointError("optimizer.state is not a mapping")
         for i, entry in per_param.items():
             if not (isinstance(i, int) and 0 <= i < len(params) and isinstance(entry, dict)):
-                raise ValueError(f"optimizer.state has an entry {i!r} for no parameter")
+                raise CheckpointError(f"optimizer.state has an entry {i!r} for no parameter")
             for name, v in entry.items():
                 if not isinstance(v, torch.Tensor) or not bool(torch.isfinite(v).all()) or (
                         v.dim() > 0 and v.shape != params[i].shape):
-                    raise ValueError(f"optimizer.state[{i}].{name} does not fit its parameter")
+                    raise CheckpointError(
+                        f"optimizer.state[{i}].{name} does not fit its parameter")
         if "state" in state["best"]:
             _check_like(state["best"]["state"], self.model.state_dict(), "best.state")
         self.model.load_state_dict(state["model"])
@@ -406,34 +407,35 @@ class _Run:
 
 
 def _check_like(value: object, reference: object, where: str) -> None:
-    """Raise ValueError unless ``value`` has the structure of ``reference``: the same keys,
-    list lengths, leaf types (int and float alike) and tensor shapes, all numbers finite."""
+    """Raise CheckpointError unless ``value`` has the structure of ``reference``: the same
+    keys, list lengths, leaf types (int and float alike) and tensor shapes, all numbers
+    finite."""
     if isinstance(reference, torch.Tensor):
         if not (isinstance(value, torch.Tensor) and value.shape == reference.shape
                 and value.dtype == reference.dtype):
-            raise ValueError(f"{where} is not a tensor of shape {tuple(reference.shape)}")
+            raise CheckpointError(f"{where} is not a tensor of shape {tuple(reference.shape)}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{where} holds NaN or infinite values")
+            raise CheckpointError(f"{where} holds NaN or infinite values")
     elif isinstance(reference, dict):
         if not isinstance(value, dict) or set(value) != set(reference):
-            raise ValueError(f"{where} has other keys than this run's")
+            raise CheckpointError(f"{where} has other keys than this run's")
         for k in reference:
             _check_like(value[k], reference[k], f"{where}.{k}")
     elif isinstance(reference, (list, tuple)):
         if not isinstance(value, (list, tuple)) or len(value) != len(reference):
-            raise ValueError(f"{where} is not a list of {len(reference)}")
+            raise CheckpointError(f"{where} is not a list of {len(reference)}")
         for i, (v, r) in enumerate(zip(value, reference, strict=True)):
             _check_like(v, r, f"{where}[{i}]")
     elif isinstance(reference, bool) or reference is None:
         if type(value) is not type(reference):
-            raise ValueError(f"{where} is {value!r}, expected {reference!r}")
+            raise CheckpointError(f"{where} is {value!r}, expected {reference!r}")
     elif isinstance(reference, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
                 value):
-            raise ValueError(f"{where} is {value!r}, not a finite number")
+            raise CheckpointError(f"{where} is {value!r}, not a finite number")
     elif type(value) is not type(reference):
-        raise ValueError(f"{where} is a {type(value).__name__}, expected "
-                         f"{type(reference).__name__}")
+        raise CheckpointError(f"{where} is a {type(value).__name__}, expected "
+                              f"{type(reference).__name__}")
 
 
 def _plot_curve(rows: list[dict], path: Path) -> None:
@@ -641,7 +643,7 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
         try:
             epoch, step, best = run.restore(state)
         except (KeyError, RuntimeError, TypeError, ValueError, AttributeError,
-                IndexError) as exc:
+                IndexError, CheckpointError) as exc:
             raise CheckpointError(
                 f"{out / 'last.pt'} does not fit this run ({type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:120]}); train anew with --overwrite") from exc
