@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-
 
 def run(venv_bin: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(venv_bin / "camera-pose"), *args], capture_output=True,
@@ -19,11 +17,6 @@ def test_help_lists_every_command(venv_bin):
     for cmd in ("synth", "dataset", "frames", "sfm", "align", "split", "train", "evaluate",
                 "localize", "export"):
         assert cmd in proc.stdout
-
-
-@pytest.mark.parametrize("exe", ["relocalization_node", "recorder_node", "bag_player"])
-def test_node_executables_exist(venv_bin, exe):
-    assert (venv_bin / exe).exists()
 
 
 def test_missing_input_is_one_line_error(venv_bin, tmp_path):

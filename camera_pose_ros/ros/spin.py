@@ -8,6 +8,12 @@ from collections.abc import Callable
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
+from rclpy.signals import (
+    SignalHandlerOptions,
+    get_current_signal_handlers_options,
+    install_signal_handlers,
+    uninstall_signal_handlers,
+)
 
 __all__ = ["spin_until_shutdown"]
 
@@ -16,10 +22,30 @@ def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _handle_sigterm() -> None:
+    """SIGTERM ends spinning like Ctrl-C, even on an idle node.
+
+    rclpy's C handler wakes the executor and then calls the handler that was installed
+    before it. Installed after a library's (pycolmap's glog aborts the process on SIGTERM with
+    a stack dump), rclpy's is reinstalled on top of Python's, which raises KeyboardInterrupt
+    in the main thread once the woken executor returns to Python.
+    """
+    options = get_current_signal_handlers_options()
+    if options not in (SignalHandlerOptions.SIGTERM, SignalHandlerOptions.ALL):
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # no rclpy handler to wake anything
+        return
+    uninstall_signal_handlers()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    install_signal_handlers(options)
+
+
 def spin_until_shutdown(node: Node, executor: Executor,
                         on_exit: Callable[[], None] | None = None) -> int:
-    """Spin ``node`` on ``executor``; SIGTERM ends it like Ctrl-C. Returns exit status 0."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    """Spin ``node`` on ``executor``; SIGTERM ends it like Ctrl-C. Returns exit status 0.
+
+    Call it after ``rclpy.init``.
+    """
+    _handle_sigterm()
     executor.add_node(node)
     try:
         executor.spin()
