@@ -144,10 +144,7 @@ def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
 
     config = RefineConfig.from_dict(load_yaml(args.refine_config) if args.refine_config
                                     else {})
-    data = load_checkpoint(args.checkpoint).data
-    if data.get("model", {}).get("kind") == "menet":
-        return None  # relative poses: nothing to refine (evaluate reports pair errors)
-    provenance = data.get("provenance", {})
+    provenance = load_checkpoint(args.checkpoint).meta.provenance.to_dict()
     try:
         path = find_refinement_map(args.checkpoint, provenance, args.map)
     except RefinementError:

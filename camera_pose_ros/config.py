@@ -1,14 +1,16 @@
 """Frozen-dataclass configs from YAML or dicts: unknown keys and wrong types are errors.
 
 Numbers must be finite (``.nan`` and ``.inf`` are refused for every setting); a number
-written so that YAML 1.1 reads it as a string (``1e-3``) is taken as the number. Ranges are
-checked by each dataclass's ``__post_init__`` (with :func:`check_range`), and a message
-names the key at fault.
+written so that YAML 1.1 reads it as a string (``1e-3``) is taken as the number. A field
+typed as an :class:`enum.Enum` takes one of its values (``loss: mse``) and is written back
+as that value. Ranges are checked by each dataclass's ``__post_init__`` (with
+:func:`check_range`), and a message names the key at fault.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
@@ -81,8 +83,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (arg, *_rest) = typing.get_args(hint) or (Any,)
         return tuple(_coerce(v, arg, where) for v in value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where=where)
+    if origin is None and isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}") from None
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -114,7 +122,7 @@ def from_dict(cls: type[T], data: dict | None, *, where: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
@@ -149,10 +157,13 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 
 def to_dict(obj: Any) -> dict:
-    """Plain dict of a dataclass (paths as strings), for YAML, JSON and checkpoints."""
+    """Plain dict of a dataclass (paths as strings, enums as their values), for YAML, JSON and
+    checkpoints."""
     def conv(v: Any) -> Any:
         if isinstance(v, Path):
             return str(v)
+        if isinstance(v, enum.Enum):
+            return v.value
         if isinstance(v, (tuple, list)):
             return [conv(x) for x in v]
         if isinstance(v, dict):  # a nested dataclass (asdict made it a dict)

@@ -141,43 +141,6 @@ def test_mapnet_trains_on_tuples(dataset, tmp_path):
     assert torch.load(path, weights_only=True)["model"]["kind"] == "mapnet"
 
 
-def test_relative_pose_of_map_poses():
-    """cam1_from_cam2 of two map poses: camera 2 one metre ahead (camera z) and turned."""
-    from camera_pose_ros.learning.menet import relative_pose
-
-    half = np.sqrt(0.5)
-    cam1 = torch.tensor([[1.0, 2.0, 1.5, half, 0.0, half, 0.0]])  # optical z along map +x
-    cam2 = torch.tensor([[2.0, 2.0, 1.5, 1.0, 0.0, 0.0, 0.0]])  # 1 m along map +x
-    rel = relative_pose(cam1, cam2)[0].numpy()
-    assert np.allclose(rel[:3], [0.0, 0.0, 1.0], atol=1e-6)
-    assert np.allclose(np.abs(rel[3:]), [half, 0.0, half, 0.0], atol=1e-6)
-
-
-def test_menet_trains_evaluates_and_is_refused_for_localization(dataset, tmp_path):
-    from camera_pose_ros.learning.predict import Predictor
-
-    synth, data = dataset
-    cfg = load_train_config(REPO_CONFIG / "train_menet.yaml", epochs=6, skip=2, lr=3e-3,
-                            **TINY)
-    path = train(data, cfg, tmp_path, progress=False)
-    ckpt = torch.load(path, weights_only=True)
-    assert ckpt["model"]["kind"] == "menet" and ckpt["pair_skip"] == 2
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
-    losses = [float(r.split(",")[2]) for r in rows]
-    assert len(losses) == 6 and losses[-1] < losses[0]
-    metrics = json.loads(evaluate(path, data, split="test", device="cpu",
-                                  out=tmp_path / "m.json", progress=False).read_text())
-    assert metrics["kind"] == "menet" and metrics["pairs"] > 0
-    assert {"relative_pose", "baseline_no_motion"} <= set(metrics)
-    with pytest.raises(CheckpointError, match="MeNet"):
-        Predictor(load_checkpoint(path))
-    with pytest.raises(CheckpointError, match="MeNet"):
-        localize(path, FrameSource(bag=synth / "query"), tmp_path / "p.csv", progress=False)
-    with pytest.raises(CheckpointError, match="MeNet"):
-        export_model(path, "onnx", tmp_path / "m.onnx")
-    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
-
-
 DDP_CHECK = """
 import sys
 from pathlib import Path

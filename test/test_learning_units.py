@@ -16,7 +16,6 @@ from camera_pose_ros.learning.checkpoint import build_regressor, load_checkpoint
 from camera_pose_ros.learning.losses import MapNetLoss, PoseLoss, relative_raw
 from camera_pose_ros.learning.networks import (
     PoseRegressor,
-    RelativePoseNet,
     logq_to_quat,
     quat_rotate,
     quat_to_logq,
@@ -144,15 +143,6 @@ def test_mapnet_relative_terms():
     jitter = raw.clone()
     jitter[:, 1, :3] += 0.5
     assert loss(jitter, raw) > no_rel(jitter, raw)
-
-
-def test_menet_relative_pose_shapes():
-    bb, info = build_backbone("mobilenet_v3_small", "none")
-    net = RelativePoseNet(bb, info.feature_dim, hidden=16).eval()
-    with torch.no_grad():
-        out = net(torch.rand(2, 3, 48, 64), torch.rand(2, 3, 48, 64))
-    assert out.shape == (2, 7)
-    assert torch.allclose(out[:, 3:].norm(dim=1), torch.ones(2), atol=1e-5)
 
 
 def test_calibration_matches_chi_square():

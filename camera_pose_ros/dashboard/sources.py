@@ -50,7 +50,7 @@ CALIBRATION_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.683, 0.7, 0.8, 0.9, 
 #: checkpoint sections shown on the model page (the weights are not)
 _CHECKPOINT_KEYS = ("model", "input", "map_frame", "created", "package_version",
                     "format_version", "pretrained", "weights_source", "provenance",
-                    "metrics", "calibration")
+                    "metrics", "calibration", "config_id")
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _checkpoint_meta(path: Path) -> dict:
     """The checkpoint's sections without its weights (validated by loading it)."""
     from camera_pose_ros.learning.checkpoint import load_checkpoint
 
-    data = load_checkpoint(path).data
+    data = load_checkpoint(path).meta.to_payload()
     return {k: _plain(data[k]) for k in _CHECKPOINT_KEYS if k in data}
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from camera_pose_ros.errors import CheckpointError
 from camera_pose_ros.fileio import atomic_path
 from camera_pose_ros.learning.checkpoint import load_checkpoint, load_plain
 from camera_pose_ros.learning.data import (
@@ -89,8 +88,6 @@ def recalibrate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLik
     """Fit the calibration of ``checkpoint`` again on ``data`` and write it (atomically) to
     ``out`` (default: the checkpoint itself)."""
     loaded = load_checkpoint(checkpoint)
-    if loaded.data.get("model", {}).get("kind") == "menet":
-        raise CheckpointError("a MeNet checkpoint has no pose covariance to calibrate")
     payload = load_plain(checkpoint)
     old = payload.get("calibration") or {}
     dev = resolve_device(device)

@@ -2,70 +2,263 @@
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads with
 ``torch.load(weights_only=True)``: a model file from elsewhere cannot run code on the robot.
-It holds the network config, weights, input size and normalisation, map frame, provenance,
-validation metrics and the uncertainty calibration; ``load_checkpoint`` refuses files of
-another format version with a message that says what to do.
+Besides the weights (``state_dict``) it holds the sections of :class:`CheckpointMeta`: the
+network (``model``: kind, backbone, head), the input size and normalisation (``input``),
+the map frame, the training config's identity, whether the backbone started from
+pretrained weights, provenance, validation metrics and the uncertainty calibration.
+``load_checkpoint`` checks every section, refuses files of another format version and of
+removed model kinds with a message that says what to do, and returns the network with its
+typed metadata (:class:`LoadedModel`).
+
+Layout (format 1): the sections above as top-level keys ``model``, ``input``,
+``map_frame``, ``config_id`` (optional: absent in checkpoints written before it existed),
+``pretrained``, ``weights_source``, ``provenance``, ``metrics``, ``calibration``, plus
+``format``, ``format_version``, ``package_version``, ``created`` and ``state_dict``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import os
 import pickle
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from camera_pose_ros import CHECKPOINT_FORMAT_VERSION, __version__
+from camera_pose_ros.config import from_dict
 from camera_pose_ros.errors import CameraPoseError, CheckpointError
 from camera_pose_ros.fileio import atomic_path
-from camera_pose_ros.learning.backbones import BACKBONES, build_backbone
-from camera_pose_ros.learning.data import ImageTransform
-from camera_pose_ros.learning.networks import PoseRegressor, RelativePoseNet
+from camera_pose_ros.learning.backbones import BACKBONES, BackboneInfo, build_backbone
+from camera_pose_ros.learning.data import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from camera_pose_ros.learning.networks import PoseRegressor
+from camera_pose_ros.learning.registry import (
+    MODELS,
+    ModelKind,
+    ModelSpec,
+    model_spec,
+    removed_kind_message,
+)
 
-__all__ = ["FORMAT", "LoadedModel", "save_checkpoint", "load_checkpoint", "build_regressor",
+__all__ = ["FORMAT", "NetworkConfig", "InputConfig", "Provenance", "CheckpointMeta",
+           "LoadedModel", "save_checkpoint", "load_checkpoint", "build_regressor",
            "build_network", "load_plain"]
 
 FORMAT = "camera_pose_ros.checkpoint"
 
 
-def build_network(model_cfg: dict, pretrained: str = "none"
-                  ) -> tuple[PoseRegressor | RelativePoseNet, object]:
-    """The network of a ``model`` section (PoseNet/MapNet regressor or MeNet) and its
-    backbone info (whether pretrained weights were loaded, from where)."""
-    backbone, info = build_backbone(model_cfg["backbone"], pretrained,
-                                    tuple(model_cfg.get("pool_grid", (1, 1))))
-    if model_cfg.get("kind") == "menet":
-        return RelativePoseNet(backbone, info.feature_dim, hidden=int(model_cfg["hidden"]),
-                               dropout=float(model_cfg["dropout"])), info
-    return PoseRegressor(backbone, info.feature_dim, hidden=int(model_cfg["hidden"]),
-                         dropout=float(model_cfg["dropout"]),
-                         pos_mean=tuple(model_cfg.get("pos_mean", (0.0, 0.0, 0.0))),
-                         pos_scale=float(model_cfg.get("pos_scale", 1.0))), info
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The ``model`` section: what rebuilds the network before its weights are loaded."""
+
+    kind: ModelKind
+    backbone: str
+    hidden: int
+    dropout: float
+    pool_grid: tuple[int, int] = (1, 1)
+    #: the head regresses (position - pos_mean) / pos_scale (training split's statistics)
+    pos_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pos_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> NetworkConfig:
+        """From a checked ``model`` section (a missing kind is posenet, as format 1 wrote)."""
+        grid = section.get("pool_grid", (1, 1))
+        mean = section.get("pos_mean", (0.0, 0.0, 0.0))
+        return cls(kind=model_spec(section.get("kind", ModelKind.POSENET.value)).kind,
+                   backbone=str(section["backbone"]), hidden=int(section["hidden"]),
+                   dropout=float(section["dropout"]),
+                   pool_grid=(int(grid[0]), int(grid[1])),
+                   pos_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+                   pos_scale=float(section.get("pos_scale", 1.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain ``model`` section."""
+        return {"kind": self.kind.value, "backbone": self.backbone, "hidden": self.hidden,
+                "pool_grid": list(self.pool_grid), "dropout": self.dropout,
+                "pos_mean": list(self.pos_mean), "pos_scale": self.pos_scale}
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The registry's entry of this kind."""
+        return MODELS[self.kind.value]
 
 
-def build_regressor(model_cfg: dict, pretrained: str = "none") -> PoseRegressor:
-    """A PoseRegressor (or, for ``kind: menet``, a MeNet) from a ``model`` section."""
+@dataclass(frozen=True)
+class InputConfig:
+    """The ``input`` section: the network's image size and normalisation."""
+
+    height: int
+    width: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> InputConfig:
+        """From a checked ``input`` section."""
+        mean, std = section["mean"], section["std"]
+        return cls(int(section["height"]), int(section["width"]),
+                   (float(mean[0]), float(mean[1]), float(mean[2])),
+                   (float(std[0]), float(std[1]), float(std[2])))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain ``input`` section."""
+        return {"height": self.height, "width": self.width, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    def transform(self) -> ImageTransform:
+        """RGB image -> the network's input tensor."""
+        return ImageTransform(self.height, self.width, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a trained model comes from (empty for checkpoints not written by training)."""
+
+    dataset: str = ""
+    refinement_map: str = ""
+    splits: dict[str, int] = field(default_factory=dict)
+    dataset_registration_rate: float | None = None
+    dataset_alignment_rms_m: float | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    train_seconds: float | None = None
+    device: str = ""
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> Provenance:
+        """From a ``provenance`` section; keys this version does not know are left out.
+
+        Raises:
+            ConfigError: a known key of the wrong type.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return from_dict(cls, {k: v for k, v in section.items() if k in names},
+                         where="provenance")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain ``provenance`` section."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Everything in a checkpoint but its weights, typed."""
+
+    model: NetworkConfig
+    input: InputConfig
+    map_frame: str = "map"
+    #: the training config's :meth:`~camera_pose_ros.learning.registry.TrainConfig.identity`
+    #: ("" in checkpoints written before it was stored, or not by training)
+    config_id: str = ""
+    pretrained: bool = False
+    weights_source: str = ""
+    provenance: Provenance = field(default_factory=Provenance)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: uncertainty calibration (learning/uncertainty.py); empty: raw MC-dropout covariances
+    calibration: dict[str, Any] = field(default_factory=dict)
+    format_version: int = CHECKPOINT_FORMAT_VERSION
+    package_version: str = __version__
+    created: str = ""
+
+    @property
+    def kind(self) -> ModelKind:
+        """The model kind (``model.kind``)."""
+        return self.model.kind
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> CheckpointMeta:
+        """From a loaded checkpoint whose sections :func:`load_checkpoint` has checked."""
+        return cls(model=NetworkConfig.from_dict(payload["model"]),
+                   input=InputConfig.from_dict(payload["input"]),
+                   map_frame=str(payload["map_frame"]),
+                   config_id=str(payload.get("config_id", "")),
+                   pretrained=bool(payload.get("pretrained", False)),
+                   weights_source=str(payload.get("weights_source", "")),
+                   provenance=Provenance.from_dict(payload.get("provenance") or {}),
+                   metrics=dict(payload.get("metrics") or {}),
+                   calibration=dict(payload.get("calibration") or {}),
+                   format_version=int(payload["format_version"]),
+                   package_version=str(payload.get("package_version", "")),
+                   created=str(payload.get("created", "")))
+
+    def to_payload(self) -> dict[str, Any]:
+        """The plain sections, as written to the file (without ``state_dict``)."""
+        return {"format": FORMAT, "format_version": self.format_version,
+                "package_version": self.package_version, "created": self.created,
+                "model": self.model.to_dict(), "input": self.input.to_dict(),
+                "map_frame": self.map_frame, "config_id": self.config_id,
+                "pretrained": self.pretrained, "weights_source": self.weights_source,
+                "provenance": self.provenance.to_dict(), "metrics": dict(self.metrics),
+                "calibration": dict(self.calibration)}
+
+
+def build_network(model_cfg: NetworkConfig | Mapping[str, Any], pretrained: str = "none"
+                  ) -> tuple[PoseRegressor, BackboneInfo]:
+    """The regressor of a ``model`` section and its backbone info (whether pretrained
+    weights were loaded, from where). Every kind in the registry shares this network."""
+    net = model_cfg if isinstance(model_cfg, NetworkConfig) else NetworkConfig.from_dict(
+        model_cfg)
+    backbone, info = build_backbone(net.backbone, pretrained, net.pool_grid)
+    return PoseRegressor(backbone, info.feature_dim, hidden=net.hidden, dropout=net.dropout,
+                         pos_mean=net.pos_mean, pos_scale=net.pos_scale), info
+
+
+def build_regressor(model_cfg: NetworkConfig | Mapping[str, Any],
+                    pretrained: str = "none") -> PoseRegressor:
+    """A PoseRegressor from a ``model`` section."""
     return build_network(model_cfg, pretrained)[0]
 
 
-def save_checkpoint(path: str | os.PathLike, model: PoseRegressor, *, model_cfg: dict,
-                    input_cfg: dict, map_frame: str, extra: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically. ``extra`` adds plain-data sections (metrics, ...)."""
-    payload = {
-        "format": FORMAT,
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "package_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": dict(model_cfg),
-        "input": dict(input_cfg),
-        "map_frame": map_frame,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
+_META_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointMeta)) - {
+    "model", "input", "map_frame", "format_version", "package_version", "created"}
+
+
+def save_checkpoint(path: str | os.PathLike, model: PoseRegressor, *,
+                    model_cfg: NetworkConfig | Mapping[str, Any],
+                    input_cfg: InputConfig | Mapping[str, Any], map_frame: str,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically; return its path.
+
+    Args:
+        path: the file.
+        model: the network (its weights are saved).
+        model_cfg: the ``model`` section (typed, or its plain dict).
+        input_cfg: the ``input`` section (typed, or its plain dict).
+        map_frame: the frame the poses are in.
+        extra: further :class:`CheckpointMeta` fields by name (``config_id``,
+            ``pretrained``, ``weights_source``, ``provenance``, ``metrics``,
+            ``calibration``); a provenance may be a plain dict.
+
+    Raises:
+        TypeError: ``extra`` names no field of :class:`CheckpointMeta`.
+        CheckpointError: the checkpoint would not load (a value out of range, non-finite
+            weights): nothing is written.
+    """
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - _META_FIELDS)
+    if unknown:
+        raise TypeError(f"save_checkpoint: unknown section(s) {', '.join(unknown)}")
+    if isinstance(extra.get("provenance"), Mapping):
+        extra["provenance"] = Provenance.from_dict(extra["provenance"])
+    meta = CheckpointMeta(
+        model=model_cfg if isinstance(model_cfg, NetworkConfig) else NetworkConfig.from_dict(
+            model_cfg),
+        input=input_cfg if isinstance(input_cfg, InputConfig) else InputConfig.from_dict(
+            input_cfg),
+        map_frame=map_frame,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra)
+    payload = meta.to_payload()
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    problem = _check_payload(payload)
+    if problem is not None:
+        raise CheckpointError(f"refusing to write {path}: {problem}")
     with atomic_path(path, suffix=".tmp") as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -77,7 +270,7 @@ class LoadedModel:
 
     model: PoseRegressor
     transform: ImageTransform
-    data: dict
+    meta: CheckpointMeta
 
 
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")  # zip (torch.save), legacy format
@@ -142,12 +335,13 @@ def _numbers(v: Any, n: int) -> bool:
 
 
 def _check_payload(data: dict) -> str | None:
-    """What is wrong with a loaded checkpoint's plain data, or None."""
+    """What is wrong with a checkpoint's plain data, or None."""
     model, inp = data.get("model"), data.get("input")
     if not isinstance(model, dict) or not isinstance(inp, dict):
         return "no model or input section"
-    if model.get("kind", "posenet") not in ("posenet", "mapnet", "menet"):
-        return f"unknown model kind {model.get('kind')!r}"
+    kind = model.get("kind", ModelKind.POSENET.value)
+    if not isinstance(kind, str) or kind not in MODELS:
+        return f"unknown model kind {kind!r}"
     if model.get("backbone") not in BACKBONES:
         return f"unknown backbone {model.get('backbone')!r}"
     if not _is_int(model.get("hidden")) or not 1 <= model["hidden"] <= 65536:
@@ -195,19 +389,27 @@ def _check_payload(data: dict) -> str | None:
         if "samples" in calib and not (_is_int(calib["samples"])
                                        and 0 <= calib["samples"] <= 10_000):
             return f"calibration.samples is {calib['samples']!r}, not an integer in [0, 10000]"
-    if "pair_skip" in data and not (_is_int(data["pair_skip"]) and data["pair_skip"] >= 1):
-        return f"pair_skip is {data['pair_skip']!r}, not an integer >= 1"
+    for key in ("provenance", "metrics"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return f"{key} is not a mapping"
+    for key in ("config_id", "weights_source", "created", "package_version"):
+        if key in data and not isinstance(data[key], str):
+            return f"{key} is {data[key]!r}, not a string"
+    if "pretrained" in data and not isinstance(data["pretrained"], bool):
+        return f"pretrained is {data['pretrained']!r}, not true or false"
     return None
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu"
                     ) -> LoadedModel:
-    """Load and rebuild a checkpoint.
+    """Load and rebuild a checkpoint: the network in eval mode on ``device``, its input
+    transform and its :class:`CheckpointMeta`.
 
     Raises:
         CheckpointError: missing or empty file, not a checkpoint, contains Python objects
-            (refused), written by an incompatible format version, or holding values no
-            training writes (wrong types, out of range, non-finite weights).
+            (refused), written by an incompatible format version, of a model kind that was
+            removed (MeNet), or holding values no training writes (wrong types, out of
+            range, non-finite weights).
     """
     path = Path(path)
     data = load_plain(path, "checkpoint")
@@ -221,16 +423,18 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             f"({__version__}) reads format {CHECKPOINT_FORMAT_VERSION}: retrain with "
             "`camera-pose train`, or use the version that wrote it "
             f"({data.get('package_version')})")
+    if isinstance(data.get("model"), dict):
+        removed = removed_kind_message(data["model"].get("kind"), "checkpoints")
+        if removed is not None:
+            raise CheckpointError(f"{path}: {removed}")
     problem = _check_payload(data)
     if problem is not None:
         raise CheckpointError(f"{path} is damaged: {problem}")
     try:
-        model = build_regressor(data["model"])
+        meta = CheckpointMeta.from_payload(data)
+        model = build_regressor(meta.model)
         model.load_state_dict(data["state_dict"])
-        inp = data["input"]
-        transform = ImageTransform(int(inp["height"]), int(inp["width"]),
-                                   tuple(inp["mean"]), tuple(inp["std"]))
     except (KeyError, RuntimeError, TypeError, ValueError, CameraPoseError) as exc:
         raise CheckpointError(f"{path} is damaged or incomplete: {_first_line(exc)}") from exc
     model.eval().to(device)
-    return LoadedModel(model, transform, data)
+    return LoadedModel(model, meta.input.transform(), meta)

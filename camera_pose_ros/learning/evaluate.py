@@ -180,12 +180,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
 
     data = Path(data)
     out = (Path(out) if out else data / f"eval_{split}") / "metrics.json"
-    loaded = load_checkpoint(checkpoint)
-    if loaded.data.get("model", {}).get("kind") == "menet":
-        from camera_pose_ros.learning.menet import evaluate_menet
-
-        return evaluate_menet(checkpoint, data, split=split, out=out, device=device)
-    predictor = Predictor(loaded, device=device)
+    predictor = Predictor(load_checkpoint(checkpoint), device=device)
     table = load_split(data, split)
     gt = poses_tensor(table).double().numpy()
 

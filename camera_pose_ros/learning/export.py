@@ -10,22 +10,46 @@ from __future__ import annotations
 
 import json
 import os
+from enum import Enum
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from camera_pose_ros.errors import CheckpointError, ConfigError
+from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.fileio import atomic_path
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 
-__all__ = ["ExportWrapper", "export_model", "FORMATS"]
+__all__ = ["ExportWrapper", "ExportFormat", "export_model", "FORMATS"]
 
-FORMATS = ("torchscript", "onnx")
+
+class ExportFormat(str, Enum):
+    """The ``--format`` of ``camera-pose export`` (spelling = value)."""
+
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, fmt: str | ExportFormat) -> ExportFormat:
+        """The member spelled ``fmt``; ConfigError names the choices otherwise."""
+        try:
+            return cls(fmt)
+        except ValueError:
+            raise ConfigError(f"unknown export format '{fmt}'; use "
+                              f"{' or '.join(FORMATS)}") from None
+
+
+FORMATS = tuple(f.value for f in ExportFormat)
 
 
 class ExportWrapper(nn.Module):
     """Normalisation + regressor in one graph (dropout off)."""
+
+    mean: torch.Tensor  # buffers (1, 3, 1, 1)
+    std: torch.Tensor
 
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
@@ -38,23 +62,21 @@ class ExportWrapper(nn.Module):
         return self.model((images_B3HW - self.mean) / self.std)
 
 
-def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
+def export_model(checkpoint: str | os.PathLike, fmt: str | ExportFormat,
+                 out: str | os.PathLike) -> Path:
     """Export ``checkpoint`` as ``fmt`` to ``out`` (written atomically)."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format '{fmt}'; use {' or '.join(FORMATS)}")
+    fmt = ExportFormat.parse(fmt)
     loaded = load_checkpoint(checkpoint)
-    if loaded.data.get("model", {}).get("kind") == "menet":
-        raise CheckpointError("export takes a PoseNet or MapNet checkpoint (one image in, one "
-                              "camera pose out); this one is MeNet (an image pair in)")
-    inp = loaded.data["input"]
-    wrapper = ExportWrapper(loaded.model, inp["mean"], inp["std"]).eval()
-    example = torch.rand(1, 3, int(inp["height"]), int(inp["width"]))
-    meta = {"input": inp, "map_frame": loaded.data["map_frame"],
+    inp = loaded.meta.input
+    wrapper = ExportWrapper(loaded.model, list(inp.mean), list(inp.std)).eval()
+    example = torch.rand(1, 3, inp.height, inp.width)
+    meta = {"input": inp.to_dict(), "map_frame": loaded.meta.map_frame,
             "output": "poses_B7: x y z qw qx qy qz (map frame)",
-            "source_checkpoint_created": loaded.data.get("created", "")}
+            "model": loaded.meta.kind.value, "config_id": loaded.meta.config_id,
+            "source_checkpoint_created": loaded.meta.created}
     out = Path(out)
     with atomic_path(out, suffix=".tmp") as tmp:
-        if fmt == "torchscript":
+        if fmt is ExportFormat.TORCHSCRIPT:
             with torch.no_grad():
                 traced = torch.jit.trace(wrapper, example)
             torch.jit.save(traced, str(tmp), _extra_files={"meta.json": json.dumps(meta)})

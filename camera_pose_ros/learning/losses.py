@@ -15,26 +15,51 @@ w >= 0, and the network's output maps to one rotation). Kinds:
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from camera_pose_ros.errors import ConfigError
 
-__all__ = ["LOSS_KINDS", "PoseLoss", "MapNetLoss", "relative_raw"]
-
-LOSS_KINDS = ("l1", "smoothl1", "mse", "beta", "homoscedastic")
+__all__ = ["LossKind", "LOSS_KINDS", "PoseLoss", "MapNetLoss", "relative_raw"]
 
 
-def _dist(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if kind == "l1":
+class LossKind(str, Enum):
+    """The ``loss`` setting (YAML spelling = value)."""
+
+    L1 = "l1"
+    SMOOTH_L1 = "smoothl1"
+    MSE = "mse"
+    BETA = "beta"
+    HOMOSCEDASTIC = "homoscedastic"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, kind: str | LossKind) -> LossKind:
+        """The member spelled ``kind``; ConfigError names the choices otherwise."""
+        try:
+            return cls(kind)
+        except ValueError:
+            raise ConfigError(f"unknown loss '{kind}'; choose one of "
+                              f"{', '.join(LOSS_KINDS)}") from None
+
+
+LOSS_KINDS = tuple(k.value for k in LossKind)
+
+
+def _dist(kind: LossKind, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if kind is LossKind.L1:
         return F.l1_loss(a, b)
-    if kind == "smoothl1":
+    if kind is LossKind.SMOOTH_L1:
         return F.smooth_l1_loss(a, b, beta=0.1)
-    if kind == "mse":
+    if kind is LossKind.MSE:
         return F.mse_loss(a, b)
     # beta and homoscedastic: mean Euclidean norm (PoseNet), L1 for homoscedastic (MapNet)
-    if kind == "beta":
+    if kind is LossKind.BETA:
         return (a - b).norm(dim=-1).mean()
     return F.l1_loss(a, b)
 
@@ -42,14 +67,12 @@ def _dist(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class PoseLoss(nn.Module):
     """Absolute pose loss on (B, 6) raw outputs and targets."""
 
-    def __init__(self, kind: str = "homoscedastic", *, beta: float = 1.0, sx: float = 0.0,
-                 sq: float = -3.0) -> None:
+    def __init__(self, kind: str | LossKind = LossKind.HOMOSCEDASTIC, *, beta: float = 1.0,
+                 sx: float = 0.0, sq: float = -3.0) -> None:
         super().__init__()
-        if kind not in LOSS_KINDS:
-            raise ConfigError(f"unknown loss '{kind}'; choose one of {', '.join(LOSS_KINDS)}")
-        self.kind = kind
+        self.kind = LossKind.parse(kind)
         self.beta = beta
-        learn = kind == "homoscedastic"
+        learn = self.kind is LossKind.HOMOSCEDASTIC
         self.sx = nn.Parameter(torch.tensor(float(sx)), requires_grad=learn)
         self.sq = nn.Parameter(torch.tensor(float(sq)), requires_grad=learn)
 
@@ -61,7 +84,7 @@ class PoseLoss(nn.Module):
 
     def combine(self, lx: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
         """Weighted sum of a position and a rotation term."""
-        if self.kind == "homoscedastic":
+        if self.kind is LossKind.HOMOSCEDASTIC:
             return lx * torch.exp(-self.sx) + self.sx + lq * torch.exp(-self.sq) + self.sq
         return lx + self.beta * lq
 
@@ -91,7 +114,7 @@ def relative_raw(raw_BT6: torch.Tensor) -> torch.Tensor:
 class MapNetLoss(nn.Module):
     """MapNet: absolute loss on every frame of a tuple plus relative loss between neighbours."""
 
-    def __init__(self, kind: str = "homoscedastic", *, beta: float = 1.0,
+    def __init__(self, kind: str | LossKind = LossKind.HOMOSCEDASTIC, *, beta: float = 1.0,
                  relative_weight: float = 1.0) -> None:
         super().__init__()
         self.absolute = PoseLoss(kind, beta=beta)

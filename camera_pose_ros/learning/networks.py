@@ -1,4 +1,4 @@
-"""PoseNet, MapNet and MeNet networks.
+"""The pose regression network of PoseNet and MapNet.
 
 Both absolute regressors are a backbone plus a fully connected head (PoseNet: Kendall et al.
 2015; MapNet: Brahmbhatt et al. 2018, the same regressor with a larger head, trained with
@@ -6,9 +6,6 @@ relative terms). The head regresses the position normalised by the training set'
 scale, and the rotation as a log-quaternion (MapNet's parametrisation: three unconstrained
 numbers, no unit-norm constraint to fight, and q / -q ambiguity gone). ``forward`` returns
 metric poses ``poses_B7`` = (x, y, z, qw, qx, qy, qz) with a unit quaternion, w >= 0.
-
-MeNet regresses the relative pose of an image pair (camera 2 in camera 1) with a shared
-backbone.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from torch import nn
 
 __all__ = [
     "PoseRegressor",
-    "RelativePoseNet",
     "logq_to_quat",
     "quat_to_logq",
     "quat_multiply",
@@ -73,6 +69,9 @@ def quat_rotate(q_B4: torch.Tensor, v_B3: torch.Tensor) -> torch.Tensor:
 class PoseRegressor(nn.Module):
     """Absolute pose regressor (PoseNet / MapNet): image -> metric pose in the map frame."""
 
+    pos_mean: torch.Tensor  # buffers (saved with the weights)
+    pos_scale: torch.Tensor
+
     def __init__(self, backbone: nn.Module, feature_dim: int, *, hidden: int = 2048,
                  dropout: float = 0.5, pos_mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
                  pos_scale: float = 1.0) -> None:
@@ -116,24 +115,3 @@ class PoseRegressor(nn.Module):
         """Metric poses (B, 7): x, y, z, qw, qx, qy, qz in the map frame."""
         return self.decode(self.head(self.features(images_B3HW)))
 
-
-class RelativePoseNet(nn.Module):
-    """MeNet: relative pose of camera 2 in camera 1 from an image pair (shared backbone)."""
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, *, hidden: int = 1024,
-                 dropout: float = 0.3) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.fc = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True),
-                                nn.Dropout(dropout))
-        self.fc_xyz = nn.Linear(hidden, 3)
-        self.fc_logq = nn.Linear(hidden, 3)
-        nn.init.normal_(self.fc_logq.weight, std=1e-3)
-        nn.init.zeros_(self.fc_logq.bias)
-
-    def forward(self, images1_B3HW: torch.Tensor, images2_B3HW: torch.Tensor) -> torch.Tensor:
-        """Relative poses (B, 7): translation (metres) and unit quaternion of cam1_from_cam2."""
-        f = torch.cat([self.backbone(images1_B3HW), self.backbone(images2_B3HW)], dim=-1)
-        h = self.fc(f)
-        q = logq_to_quat(self.fc_logq(h))
-        return torch.cat([self.fc_xyz(h), torch.where(q[..., :1] < 0, -q, q)], dim=-1)

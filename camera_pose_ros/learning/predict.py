@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from camera_pose_ros.errors import CheckpointError
 from camera_pose_ros.learning.checkpoint import LoadedModel
 from camera_pose_ros.learning.uncertainty import (
     apply_calibration,
@@ -35,15 +34,10 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel, *, device: str = "auto",
                  samples: int | None = None) -> None:
-        if loaded.data.get("model", {}).get("kind") == "menet":
-            raise CheckpointError(
-                "this is a MeNet checkpoint: it predicts the relative pose of an image pair, "
-                "not a camera pose; localize with a PoseNet or MapNet checkpoint (evaluate "
-                "it with `camera-pose evaluate`)")
         self.device = resolve_device(device)
         self.model = loaded.model.to(self.device).eval()
         self.transform = loaded.transform
-        self.calibration = loaded.data.get("calibration") or {}
+        self.calibration = loaded.meta.calibration
         self.samples = int(samples if samples is not None
                            else self.calibration.get("samples", 20))
         self.half = False

@@ -1,5 +1,7 @@
 """``camera-pose train``: fit a PoseNet or MapNet regressor to one building's dataset.
 
+The model kind (``model:``) picks the config schema and the loss from the registry
+(learning/registry.py): PoseNet trains on single frames, MapNet on tuples of nearby frames.
 Two modes:
 
 - ``freeze_backbone: true`` (the source project's approach): backbone features are computed
@@ -26,21 +28,28 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from camera_pose_ros.config import check_range, from_dict, load_yaml, to_dict
+from camera_pose_ros.config import load_yaml, to_dict
 from camera_pose_ros.errors import CheckpointError, ConfigError, InputDataError, TrainingError
 from camera_pose_ros.fileio import atomic_path, write_text_atomic
 from camera_pose_ros.io.refmap import REFINEMENT_MAP
-from camera_pose_ros.learning.backbones import BACKBONES, build_backbone
 from camera_pose_ros.learning.calibrate import fit_offpath_calibration
-from camera_pose_ros.learning.checkpoint import save_checkpoint
+from camera_pose_ros.learning.checkpoint import (
+    InputConfig,
+    NetworkConfig,
+    Provenance,
+    build_network,
+    save_checkpoint,
+)
 from camera_pose_ros.learning.data import (
     ImageTransform,
     PoseImageDataset,
@@ -50,9 +59,9 @@ from camera_pose_ros.learning.data import (
     poses_tensor,
     tuple_starts,
 )
-from camera_pose_ros.learning.losses import LOSS_KINDS, MapNetLoss, PoseLoss
 from camera_pose_ros.learning.networks import PoseRegressor
 from camera_pose_ros.learning.predict import resolve_device
+from camera_pose_ros.learning.registry import MODELS, TrainConfig, train_config
 from camera_pose_ros.metrics import error_summary
 
 __all__ = ["TrainConfig", "load_train_config", "train"]
@@ -60,83 +69,13 @@ __all__ = ["TrainConfig", "load_train_config", "train"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings (YAML keys; unknown keys are an error). Presets live in config/."""
-
-    model: str = "posenet"
-    backbone: str = "resnet18"
-    pretrained: str = "auto"
-    freeze_backbone: bool = True
-    pool_grid: tuple[int, int] = (1, 1)
-    hidden: int = 1024
-    dropout: float = 0.5
-    input_height: int = 192
-    input_width: int = 256
-    loss: str = "homoscedastic"
-    beta: float = 1.0
-    relative_weight: float = 1.0
-    steps: int = 3
-    skip: int = 2
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    early_stopping_patience: int = 20
-    color_jitter: float = 0.3
-    blur_probability: float = 0.2
-    rotation_augment_deg: float = 0.0
-    augment_copies: int = 2
-    mc_samples: int = 20
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    map_frame: str = "map"
-    max_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.model not in ("posenet", "mapnet", "menet"):
-            raise ConfigError(f"model must be posenet, mapnet or menet, got '{self.model}'")
-        if self.model == "menet" and self.freeze_backbone:
-            raise ConfigError("menet trains with freeze_backbone: false (its head sees two "
-                              "images' features)")
-        if self.loss not in LOSS_KINDS:
-            raise ConfigError(f"loss must be one of {', '.join(LOSS_KINDS)}")
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone: unknown '{self.backbone}'; choose one of "
-                              f"{', '.join(BACKBONES)}")
-        if self.model == "mapnet" and self.steps < 2:
-            raise ConfigError("mapnet needs steps >= 2 (frames per tuple)")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if len(self.pool_grid) != 2:
-            raise ConfigError(f"pool_grid must be two integers [rows, columns], got "
-                              f"{list(self.pool_grid)}")
-        for v in self.pool_grid:
-            check_range("pool_grid", v, low=1, high=32)
-        for key, low, high in (("epochs", 1, 1_000_000), ("batch_size", 1, 1_000_000),
-                               ("hidden", 1, 65536), ("input_height", 16, 4096),
-                               ("input_width", 16, 4096), ("steps", 1, 100),
-                               ("skip", 1, 10_000), ("early_stopping_patience", 1, None),
-                               ("augment_copies", 0, 100), ("mc_samples", 2, 10_000),
-                               ("num_workers", 0, 1024), ("max_steps", 0, None),
-                               ("seed", 0, 2**32 - 1)):
-            check_range(key, getattr(self, key), low=low, high=high)
-        check_range("lr", self.lr, low=0, low_open=True)
-        for key in ("weight_decay", "beta", "relative_weight"):
-            check_range(key, getattr(self, key), low=0)
-        check_range("color_jitter", self.color_jitter, low=0, high=1)
-        check_range("blur_probability", self.blur_probability, low=0, high=1)
-        check_range("rotation_augment_deg", self.rotation_augment_deg, low=0, high=90)
-        if not self.map_frame.strip():
-            raise ConfigError("map_frame must not be empty")
-
-
 def load_train_config(path: str | os.PathLike | None, **overrides: object) -> TrainConfig:
-    """A TrainConfig from YAML (``None``: defaults) with keyword overrides."""
+    """The training config of a YAML file (``None``: defaults) with keyword overrides, in
+    the schema of the model it names (:func:`~camera_pose_ros.learning.registry.train_config`:
+    a key of another model's schema is a ConfigError naming it)."""
     data = load_yaml(path) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(TrainConfig, data, where=str(path) if path else "train config")
+    return train_config(data, where=str(path) if path else "train config")
 
 
 class _ImageLoss(torch.nn.Module):
@@ -187,18 +126,15 @@ class _Run:
         self.val_poses = poses_tensor(self.val_table)
         xy_std = self.train_poses[:, :3].std(0)
         pos_scale = float(max(xy_std.max().item(), 1e-3))
-        self.model_cfg = {
-            "kind": cfg.model, "backbone": cfg.backbone, "hidden": cfg.hidden,
-            "pool_grid": list(cfg.pool_grid),
-            "dropout": cfg.dropout,
-            "pos_mean": [float(v) for v in self.train_poses[:, :3].mean(0)],
-            "pos_scale": pos_scale,
-        }
-        backbone, self.backbone_info = build_backbone(cfg.backbone, cfg.pretrained,
-                                                      cfg.pool_grid)
-        self.model = PoseRegressor(
-            backbone, self.backbone_info.feature_dim, hidden=cfg.hidden, dropout=cfg.dropout,
-            pos_mean=tuple(self.model_cfg["pos_mean"]), pos_scale=pos_scale).to(self.device)
+        mean = [float(v) for v in self.train_poses[:, :3].mean(0)]
+        self.model_cfg = NetworkConfig(
+            kind=cfg.model, backbone=cfg.backbone, hidden=cfg.hidden, dropout=cfg.dropout,
+            pool_grid=cfg.pool_grid, pos_mean=(mean[0], mean[1], mean[2]),
+            pos_scale=pos_scale)
+        model, self.backbone_info = build_network(self.model_cfg, cfg.pretrained)
+        self.model: PoseRegressor = model.to(self.device)
+        #: (steps, skip) of the tuples a MapNet trains on; None: single frames
+        self.tuples = cfg.tuple_layout()
         self.transform = ImageTransform(cfg.input_height, cfg.input_width)
         self.K = camera_matrix(data)
         if cfg.rotation_augment_deg > 0 and self.K is None:
@@ -206,11 +142,7 @@ class _Run:
                         "augmentation", data)
         self.aug_transform = replace(self.transform, color_jitter=cfg.color_jitter,
                                      blur_probability=cfg.blur_probability)
-        if cfg.model == "mapnet":
-            self.loss = MapNetLoss(cfg.loss, beta=cfg.beta,
-                                   relative_weight=cfg.relative_weight).to(self.device)
-        else:
-            self.loss = PoseLoss(cfg.loss, beta=cfg.beta).to(self.device)
+        self.loss = cfg.build_loss().to(self.device)
         if cfg.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
@@ -270,8 +202,8 @@ class _Run:
         self.val_feats = self._features(self.val_table, self.transform, None,
                                         "features (val)")[0]
         n = len(self.train_table)
-        base = tuple_starts(self.train_table.stamps, cfg.steps, cfg.skip) if (
-            cfg.model == "mapnet") else np.arange(n)[:, None]
+        base = tuple_starts(self.train_table.stamps, *self.tuples) if (
+            self.tuples is not None) else np.arange(n)[:, None]
         self.train_index = np.concatenate([base + c * n for c in range(len(copies))])
         # augmented copies carry their own poses (rotation augmentation changes them)
         self.train_targets = torch.cat([p for _, p in copies]).to(self.device)
@@ -305,7 +237,7 @@ class _Run:
             feats = self.train_feats[torch.from_numpy(idx.reshape(-1))]
             raw = self.model.head(feats)
             poses = self.train_targets[torch.from_numpy(idx.reshape(-1))]
-            if self.cfg.model == "mapnet":
+            if self.tuples is not None:
                 raw, poses = raw.view(b, t, 6), poses.view(b, t, 7)
             losses.append(self._step(raw, poses, step))
             step += 1
@@ -316,11 +248,11 @@ class _Run:
     def epoch_full(self, epoch: int, step: int) -> tuple[float, int]:
         """One epoch of full fine-tuning with on-the-fly augmentation."""
         cfg = self.cfg
-        ds = self._dataset(self.train_table, self.aug_transform, True, cfg.seed)
-        ds.epoch = epoch
-        if cfg.model == "mapnet":
-            ds = TupleDataset(ds, steps=cfg.steps, skip=cfg.skip)
-        sampler = None
+        frames = self._dataset(self.train_table, self.aug_transform, True, cfg.seed)
+        frames.epoch = epoch
+        ds: PoseImageDataset | TupleDataset = frames if self.tuples is None else TupleDataset(
+            frames, steps=self.tuples[0], skip=self.tuples[1])
+        sampler: DistributedSampler | None = None
         if self.world > 1:
             sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=cfg.seed)
             sampler.set_epoch(epoch)
@@ -514,7 +446,9 @@ def _resume_state(path: Path, config: TrainConfig) -> dict:
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path} is damaged: its config is not a mapping")
     now = to_dict(config)
-    changed = [k for k in sorted(set(now) | set(map(str, state["config"])))
+    # a last.pt written before each model had its own schema holds every model's keys
+    other_models = {k for spec in MODELS.values() for k in spec.config_keys()} - set(now)
+    changed = [k for k in sorted(set(now) | set(map(str, state["config"])) - other_models)
                if k not in RESUMABLE_CHANGES and not _same_value(state["config"].get(k),
                                                                   now.get(k))]
     if changed:
@@ -592,9 +526,6 @@ def _check_run_folder(out: Path, config: TrainConfig, resume: bool,
                           "choose another --out")
     if not resume:
         return None
-    if config.model == "menet":
-        raise ConfigError("menet training cannot resume (it keeps no last.pt); train it "
-                          "anew with --overwrite")
     if (out / "last.pt").exists():
         return _resume_state(out / "last.pt", config)
     if existing:
@@ -625,12 +556,6 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
     rows: list[dict] = _read_metrics_rows(out / "metrics.csv") if state is not None else []
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
-    if config.model == "menet":
-        from camera_pose_ros.learning.menet import train_menet
-
-        if overwrite:
-            _remove_run_files(out)
-        return train_menet(data, config, out, progress=progress)
     t_start = time.perf_counter()
     run = _Run(config, data, out, progress)
     main_rank = run.rank == 0
@@ -638,7 +563,8 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
         _remove_run_files(out)
     if config.freeze_backbone:
         run.cache_features()
-    epoch, step, best = 0, 0, {"score": float("inf"), "epoch": -1}
+    epoch, step = 0, 0
+    best: dict[str, Any] = {"score": float("inf"), "epoch": -1}
     if state is not None:
         try:
             epoch, step, best = run.restore(state)
@@ -699,25 +625,25 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
     report = {}
     if (data / "report.json").exists():
         report = json.loads((data / "report.json").read_text())
-    provenance = {
-        "dataset": str(data.resolve()),
-        "refinement_map": (str((data / REFINEMENT_MAP).resolve())
-                           if (data / REFINEMENT_MAP).is_file() else ""),
-        "splits": {"train": len(run.train_table), "validation": len(run.val_table)},
-        "dataset_registration_rate": report.get("registration_rate"),
-        "dataset_alignment_rms_m": report.get("alignment_rms_m"),
-        "train_config": to_dict(config),
-        "best_epoch": best["epoch"] + 1,
-        "epochs_run": len(rows),
-        "train_seconds": time.perf_counter() - t_start,
-        "device": str(run.device),
-    }
+    provenance = Provenance(
+        dataset=str(data.resolve()),
+        refinement_map=(str((data / REFINEMENT_MAP).resolve())
+                        if (data / REFINEMENT_MAP).is_file() else ""),
+        splits={"train": len(run.train_table), "validation": len(run.val_table)},
+        dataset_registration_rate=report.get("registration_rate"),
+        dataset_alignment_rms_m=report.get("alignment_rms_m"),
+        train_config=to_dict(config),
+        best_epoch=best["epoch"] + 1,
+        epochs_run=len(rows),
+        train_seconds=time.perf_counter() - t_start,
+        device=str(run.device),
+    )
     path = save_checkpoint(
         out / "model.pt", run.model, model_cfg=run.model_cfg,
-        input_cfg={"height": config.input_height, "width": config.input_width,
-                   "mean": list(run.transform.mean), "std": list(run.transform.std)},
+        input_cfg=InputConfig(config.input_height, config.input_width, run.transform.mean,
+                              run.transform.std),
         map_frame=config.map_frame,
-        extra={"pretrained": run.backbone_info.pretrained,
+        extra={"config_id": config.identity(), "pretrained": run.backbone_info.pretrained,
                "weights_source": run.backbone_info.weights_source,
                "provenance": provenance, "metrics": {"validation": final_metrics},
                "calibration": calibration})
@@ -725,7 +651,7 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
         writer.close()
     if run.world > 1:
         torch.distributed.destroy_process_group()
-    log.info("trained %s/%s: validation median %.3f m, %.2f deg (best epoch %d)",
-             config.model, config.backbone, final_metrics["median_position_m"],
+    log.info("trained %s (%s): validation median %.3f m, %.2f deg (best epoch %d)",
+             config.identity(), config.backbone, final_metrics["median_position_m"],
              final_metrics["median_rotation_deg"], best["epoch"] + 1)
     return path

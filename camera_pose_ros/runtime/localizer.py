@@ -119,9 +119,9 @@ class Localizer:
         self.loaded = load_checkpoint(checkpoint)
         self.predictor = Predictor(self.loaded, device=device, samples=mc_samples)
         self.snapper = FloorSnapper(floorplan) if floorplan is not None else None
-        self.map_frame = str(self.loaded.data.get("map_frame", "map"))
-        model = self.loaded.data.get("model", {})
-        self.model_name = f"{model.get('kind', '?')}/{model.get('backbone', '?')}"
+        self.map_frame = self.loaded.meta.map_frame
+        model = self.loaded.meta.model
+        self.model_name = f"{model.kind}/{model.backbone}"
 
     def enable_refinement(self, map_path: str | os.PathLike | None = None,
                           config: RefineConfig = RefineConfig()) -> str:
@@ -131,7 +131,7 @@ class Localizer:
             RefinementError: no map found, or it cannot be read.
         """
         path = find_refinement_map(self.checkpoint_path,
-                                   self.loaded.data.get("provenance", {}), map_path)
+                                   self.loaded.meta.provenance.to_dict(), map_path)
         self.refiner = Refiner(load_refinement_map(path), config)
         return str(path)
 
