@@ -133,7 +133,7 @@ class PinholeCamera:
 
     @classmethod
     def from_colmap(cls, model: str, width: int, height: int,
-                    params: Sequence[float]) -> PinholeCamera:
+                    params: Sequence[float] | np.ndarray) -> PinholeCamera:
         """Intrinsics from a COLMAP camera (radial models become plumb_bob coefficients).
 
         Raises:

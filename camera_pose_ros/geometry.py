@@ -11,9 +11,11 @@ through the helpers here. q and -q are the same rotation.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial.transform import Rotation
 
 from camera_pose_ros.errors import AlignmentError
@@ -82,7 +84,7 @@ def invert_pose(pose_44: np.ndarray) -> np.ndarray:
     return out
 
 
-def look_at_rotation(forward: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0)) -> np.ndarray:
+def look_at_rotation(forward: np.ndarray, up: ArrayLike = (0.0, 0.0, 1.0)) -> np.ndarray:
     """``map_from_cam`` rotation of an optical-frame camera (x right, y down, z forward).
 
     Args:
@@ -208,7 +210,7 @@ def fit_sim3_robust(
     if n < 4 or res.max() <= inlier_threshold:
         return full, np.ones(n, dtype=bool)
     best_mask, best_rms = None, np.inf
-    combos = itertools.combinations(range(n), 3)
+    combos: Iterable[tuple[int, ...]] = itertools.combinations(range(n), 3)
     if n > 12:  # C(n,3) grows fast; sample a fixed, seeded subset instead
         rng = np.random.default_rng(0)
         combos = (tuple(rng.choice(n, 3, replace=False)) for _ in range(500))

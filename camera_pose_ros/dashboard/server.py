@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from pathlib import Path
+from typing import TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -59,12 +60,13 @@ from camera_pose_ros.dashboard.sources import (
 from camera_pose_ros.dashboard.state import LiveState
 from camera_pose_ros.errors import CameraPoseError, CheckpointError, ConfigError, InputDataError
 from camera_pose_ros.io.floorplan import FloorPlan
-from camera_pose_ros.io.posecsv import read_poses
+from camera_pose_ros.io.posecsv import PoseTable, read_poses
 
 __all__ = ["create_app", "run_dashboard", "access_token", "is_loopback", "check_port",
            "make_server", "STATIC", "TOKEN_COOKIE"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/": "live.html", "/localize": "localize.html", "/dataset": "dataset.html",
@@ -221,12 +223,12 @@ class _Cache:
         self._lock = threading.Lock()
         self._items: dict[str, tuple[tuple, object]] = {}
 
-    def get(self, key: str, files: list[Path], make: Callable[[], object]) -> object:
+    def get(self, key: str, files: list[Path], make: Callable[[], _T]) -> _T:
         stamp = tuple((str(f), f.stat().st_mtime_ns if f.exists() else None) for f in files)
         with self._lock:
             hit = self._items.get(key)
             if hit is not None and hit[0] == stamp:
-                return hit[1]
+                return cast(_T, hit[1])  # one key, one kind of value
         value = make()
         with self._lock:
             self._items[key] = (stamp, value)
@@ -396,29 +398,31 @@ def create_app(sources: DashboardSources, live: LiveState | None = None, *,
         summary["modes"] = service.modes(provenance)
         return _ok(summary)
 
-    def _split_table(split: str):  # -> PoseTable
+    def _split_table(split: str) -> tuple[Path, PoseTable]:
+        """The dataset folder and the poses of one of its splits."""
         if split not in SPLITS:
             raise UploadError(f"unknown split {split!r}: one of {', '.join(SPLITS)}", 404)
-        if sources.data is None or not (sources.data / f"{split}.csv").is_file():
+        data = sources.data
+        if data is None or not (data / f"{split}.csv").is_file():
             raise UploadError(f"no {split} split: give the dataset with --data", 404)
-        return cache.get(f"split-{split}", [sources.data / f"{split}.csv"],
-                         lambda: read_poses(sources.data / f"{split}.csv"))
+        return data, cache.get(f"split-{split}", [data / f"{split}.csv"],
+                               lambda: read_poses(data / f"{split}.csv"))
 
     @app.get("/api/frames/{split}")
     def frames(split: str) -> JSONResponse:
-        table = _split_table(split)
+        _, table = _split_table(split)
         images = table.images or []
         return _ok({"split": split, "frames": [
             {"index": i, "name": name, "stamp": int(table.stamps_ns[i]) / 1e9,
              "x": float(table.positions_N3[i, 0]), "y": float(table.positions_N3[i, 1])}
             for i, name in enumerate(images)]})
 
-    def _frame(split: str, index: int) -> tuple[np.ndarray, object, int]:
-        table = _split_table(split)
+    def _frame(split: str, index: int) -> tuple[np.ndarray, PoseTable, int]:
+        data, table = _split_table(split)
         if not table.images or not 0 <= index < len(table.images):
             raise UploadError(f"no frame {index} in the {split} split "
                               f"({len(table.images or [])} frames)", 404)
-        return read_frame(sources.data, table.images[index]), table, index
+        return read_frame(data, table.images[index]), table, index
 
     @app.get("/api/frames/{split}/{index}.jpg")
     def frame_image(split: str, index: int) -> Response:
@@ -436,7 +440,7 @@ def create_app(sources: DashboardSources, live: LiveState | None = None, *,
         gt = (table.positions_N3[i], table.quats_wxyz_N4[i])
         t0 = time.perf_counter()
         result = await run_in_threadpool(service.localize, rgb, gt)
-        result.update(name=table.images[i], split=split, index=i,
+        result.update(name=(table.images or [])[i], split=split, index=i,
                       total_ms=1000 * (time.perf_counter() - t0))
         return _ok(result)
 

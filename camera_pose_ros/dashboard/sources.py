@@ -275,7 +275,7 @@ def view_coverage(plan: FloorPlan, positions_N3: np.ndarray, quats_wxyz_N4: np.n
     def block_any(mask: np.ndarray) -> np.ndarray:
         pad = np.zeros((hk * k, wk * k), bool)
         pad[:h, :w] = mask
-        return pad.reshape(hk, k, wk, k).any(axis=(1, 3))
+        return np.asarray(pad.reshape(hk, k, wk, k).any(axis=(1, 3)))
 
     grid = np.zeros((hk, wk), np.uint8)
     grid[block_any(free)] = 1

@@ -179,7 +179,7 @@ class LiveState:
         else:
             items.insert(i, point)
         path.clear()
-        path.extend(items[-path.maxlen:])
+        path.extend(items[-path.maxlen:] if path.maxlen else items)
 
     def on_diagnostics(self, name: str, level: int, message: str, values: dict[str, str]
                        ) -> None:

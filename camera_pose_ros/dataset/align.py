@@ -93,9 +93,13 @@ def read_control_points(path: str | os.PathLike) -> list[ControlPoint]:
             raise InputDataError(f"{path}:{line}: coordinates {row['x']},{row['y']},"
                                  f"{row['z']} are not finite metres in a map")
         image = row.get("image") or None
-        if stamp is None and image is None:
+        if image is not None:
+            key = image
+        elif stamp is not None:
+            key = format_stamp(stamp)
+        else:
             raise InputDataError(f"{path}:{line}: neither stamp nor image given")
-        points.append(ControlPoint(image or format_stamp(stamp), stamp, image, xyz))
+        points.append(ControlPoint(key, stamp, image, xyz))
     if len(points) < 3:
         raise AlignmentError(
             f"{path} has {len(points)} control point(s); at least 3, not collinear, are needed"
@@ -126,15 +130,17 @@ def _control_point_sources(points: list[ControlPoint], names: list[str],
             src.append(centres_N3[j])
             used.append(cp.image)
             continue
-        k = int(np.searchsorted(st, cp.stamp_ns))
+        stamp_ns = cp.stamp_ns
+        assert stamp_ns is not None  # a control point has an image or a stamp
+        k = int(np.searchsorted(st, stamp_ns))
         cands = [j for j in (k - 1, k) if 0 <= j < len(st)]
-        dts = [abs(int(st[j]) - cp.stamp_ns) / 1e9 for j in cands]
+        dts = [abs(int(st[j]) - stamp_ns) / 1e9 for j in cands]
         nearest = cands[int(np.argmin(dts))]
         if min(dts) <= 1e-3:
             src.append(centres[nearest])
             used.append(sorted_names[nearest])
         elif len(cands) == 2 and max(dts) <= max_dt:
-            w = (cp.stamp_ns - int(st[k - 1])) / float(int(st[k]) - int(st[k - 1]))
+            w = (stamp_ns - int(st[k - 1])) / float(int(st[k]) - int(st[k - 1]))
             src.append((1 - w) * centres[k - 1] + w * centres[k])
             used.append(f"{sorted_names[k - 1]}+{sorted_names[k]}")
         elif min(dts) <= max_dt:

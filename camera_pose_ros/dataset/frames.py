@@ -117,6 +117,7 @@ class FrameSource:
             return ((f.stamp_ns, f.image_rgb) for f in iter_bag_images(self.bag, self.topic))
         if self.video is not None:
             return ((seconds_to_ns(s), rgb) for s, rgb in iter_video(self.video))
+        assert self.images is not None  # exactly one source (__post_init__)
         return ((seconds_to_ns(s), rgb) for s, rgb in iter_image_folder(self.images))
 
     def check(self) -> None:
@@ -134,6 +135,7 @@ class FrameSource:
             return {"bag": str(Path(self.bag).resolve()), "topic": self.topic}
         if self.video is not None:
             return {"video": str(Path(self.video).resolve())}
+        assert self.images is not None  # exactly one source (__post_init__)
         return {"images": str(Path(self.images).resolve())}
 
     def camera(self) -> PinholeCamera | None:
@@ -235,10 +237,11 @@ class KeyframeSelector:
 
     def __init__(self, config: KeyframeConfig) -> None:
         self.config = config
-        self._recent = collections.deque(maxlen=max(1, config.blur_window))
+        self._recent: collections.deque[float] = collections.deque(
+            maxlen=max(1, config.blur_window))
         self._last_stamp: float | None = None
         self._last_thumb: np.ndarray | None = None
-        self.skipped = collections.Counter()
+        self.skipped: collections.Counter[str] = collections.Counter()
 
     def accept(self, stamp: float, rgb: np.ndarray) -> bool:
         """True when the frame is a keyframe; counts the reason otherwise."""

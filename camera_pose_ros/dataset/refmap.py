@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from camera_pose_ros.io.retrieval import (
     RetrievalIndex,
     load_retrieval_index,
 )
+
+if TYPE_CHECKING:
+    import pycolmap
 
 __all__ = ["build_refinement_map"]
 
@@ -63,8 +67,11 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
             cam_from_world = np.eye(4)
             cam_from_world[:3, :] = im.cam_from_world().matrix()
             poses.append(sim.transform_pose(invert_pose(cam_from_world)))
-            desc = np.asarray(db.read_descriptors(db.read_image_with_name(im.name).image_id).data,
-                              dtype=np.uint8)
+            db_image = db.read_image_with_name(im.name)
+            if db_image is None:
+                raise RefinementError(f"frame {im.name} of the SfM model is not in {db_path}: "
+                                      "run `camera-pose sfm` again")
+            desc = np.asarray(db.read_descriptors(db_image.image_id).data, dtype=np.uint8)
             idx = [(k, lookup[int(p.point3D_id)]) for k, p in enumerate(im.points2D)
                    if p.has_point3D()]
             kp = np.array([k for k, _ in idx], dtype=np.int64)
@@ -86,7 +93,7 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
     return out
 
 
-def _camera(data: Path, cam: object) -> PinholeCamera:
+def _camera(data: Path, cam: pycolmap.Camera) -> PinholeCamera:
     """The mapped frames' intrinsics: camera.json when known, else COLMAP's estimate."""
     if (data / "camera.json").exists():
         return PinholeCamera.from_dict(json.loads((data / "camera.json").read_text()))

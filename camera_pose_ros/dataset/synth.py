@@ -172,7 +172,8 @@ class Building:
                     x = int(rng.integers(0, max(1, w_px - pw)))
                     y = int(rng.integers(h_px // 8, max(h_px // 8 + 1, h_px - ph - h_px // 4)))
                 else:
-                    sub = rng.integers(0, 256, size=(max(2, ph // 12), max(2, pw // 12), 3))
+                    sub = rng.integers(0, 256, size=(max(2, ph // 12), max(2, pw // 12), 3)
+                                       ).astype(np.uint8)
                 poster = cv2.resize(sub.astype(np.uint8), (pw, ph),
                                     interpolation=cv2.INTER_NEAREST)
                 y1, x1 = min(h_px, y + ph), min(w_px, x + pw)
@@ -350,8 +351,8 @@ class Renderer:
         w_far = np.clip((footprint - 1.0) / 1.5, 0.0, 1.0)
         # light falls off a little with distance, as under ceiling lights
         shade = 1.0 / (1.0 + 0.02 * t_img)
-        img = cv2.blendLinear(far.astype(np.float32), near.astype(np.float32), w_far,
-                              1.0 - w_far)
+        img = np.asarray(cv2.blendLinear(far.astype(np.float32), near.astype(np.float32),
+                                         w_far, 1.0 - w_far), np.float32)
         img *= shade[:, :, None]
         if tuple(light) != (1.0, 1.0, 1.0):
             img *= np.asarray(light, np.float32)

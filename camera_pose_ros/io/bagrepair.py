@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from camera_pose_ros.errors import BagError
@@ -346,7 +347,7 @@ def _qos(text: str) -> list:
 
 def _write(messages: Iterator[tuple[_Channel | None, int, bytes]], writer: Writer,
            result: RepairResult) -> None:
-    conns: dict[tuple[str, str, str], object] = {}
+    conns: dict[tuple[str, str, str], Connection] = {}
     orphans = 0
     for ch, stamp, data in messages:
         if ch is None:

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -141,8 +143,8 @@ def open_bag(path: str | os.PathLike) -> AnyReader:
 
 
 
-def read_messages(reader: AnyReader, connections: list, path: str | os.PathLike
-                  ) -> Iterator[tuple[object, int, bytes]]:
+def read_messages(reader: AnyReader, connections: list[Connection], path: str | os.PathLike
+                  ) -> Iterator[tuple[Connection, int, bytes]]:
     """``(connection, log_time_ns, raw)`` of ``connections`` in bag order.
 
     Raises:
@@ -169,7 +171,7 @@ def list_topics(path: str | os.PathLike) -> dict[str, str]:
         reader.close()
 
 
-def _stamp_of(msg: object, log_time_ns: int) -> int:
+def _stamp_of(msg: Any, log_time_ns: int) -> int:
     st = msg.header.stamp
     ns = int(st.sec) * 1_000_000_000 + int(st.nanosec)
     return ns if ns > 0 else int(log_time_ns)
@@ -214,8 +216,8 @@ def iter_bag_images(
         for conn, log_ns, raw in read_messages(reader, conns, path):
             total += 1
             try:
-                try:
-                    msg = reader.deserialize(raw, conn.msgtype)
+                try:  # Any: rosbags builds message classes at run time
+                    msg: Any = reader.deserialize(raw, conn.msgtype)
                 except Exception as exc:  # rosbags: AnyReaderError, struct/index errors
                     raise BagError(f"cannot deserialize the message at {log_ns / 1e9:.3f} s "
                                    f"on {topic} in {path}: {_one_line(exc)}") from exc
@@ -255,7 +257,7 @@ def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = Fals
         conns = [c for c in reader.connections if c.topic == topic]
         for conn, log_ns, raw in read_messages(reader, conns, path):
             try:
-                msg = reader.deserialize(raw, conn.msgtype)
+                msg: Any = reader.deserialize(raw, conn.msgtype)
             except Exception as exc:  # corrupt CDR: try the next one
                 log.warning("skipping undecodable CameraInfo at %.3f s on %s: %s",
                             log_ns / 1e9, topic, _one_line(exc))
@@ -272,7 +274,7 @@ def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = Fals
         reader.close()
 
 
-def _header(stamp_ns: int, frame_id: str) -> object:
+def _header(stamp_ns: int, frame_id: str) -> Any:
     return _Header(stamp=_Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
                    frame_id=frame_id)
 

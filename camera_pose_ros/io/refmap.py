@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def save_refinement_map(path: str | os.PathLike, rmap: RefinementMap) -> Path:
     """Write ``rmap`` to ``path`` atomically (the format :func:`load_refinement_map` reads)."""
     path = Path(path)
     cam = rmap.camera
-    arrays = dict(
+    arrays: dict[str, Any] = dict(  # Any: savez's stub types allow_pickle as a keyword
         format=np.array(_FORMAT), names=np.asarray(rmap.names),
         map_from_cam=np.asarray(rmap.map_from_cam, float),
         camera=np.array([cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy]),
@@ -120,8 +121,8 @@ def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
     c = arrays["camera"]
     return RefinementMap(
         names=arrays["names"], map_from_cam=arrays["map_from_cam"],
-        camera=PinholeCamera(int(c[0]), int(c[1]), *map(float, c[2:]),
-                             tuple(arrays.get("camera_distortion", ()))),
+        camera=PinholeCamera(int(c[0]), int(c[1]), float(c[2]), float(c[3]), float(c[4]),
+                             float(c[5]), tuple(arrays.get("camera_distortion", ()))),
         points=arrays["points"], offsets=arrays["offsets"], obs_point=arrays["obs_point"],
         obs_desc=arrays["obs_desc"], vocabulary=arrays["vocabulary"], idf=arrays["idf"],
         global_desc=arrays["global_desc"],

@@ -70,11 +70,11 @@ def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None =
         while wait_for_subscribers and time.monotonic() < deadline and not all(
                 p.get_subscription_count() for p in pubs.values()):
             time.sleep(0.05)
-        start_wall, start_bag = None, None
+        start: tuple[float, int] | None = None  # wall clock and bag time of the first message
         for conn, stamp_ns, raw in read_messages(reader, conns, bag):
-            if start_wall is None:
-                start_wall, start_bag = time.monotonic(), stamp_ns
-            due = start_wall + (stamp_ns - start_bag) / 1e9 / rate
+            if start is None:
+                start = (time.monotonic(), stamp_ns)
+            due = start[0] + (stamp_ns - start[1]) / 1e9 / rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

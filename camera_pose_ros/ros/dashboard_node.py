@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -84,7 +85,7 @@ DASHBOARD_PARAMS: tuple[ParamSpec, ...] = (
 class DashboardNode(Node):
     """Feeds :attr:`live` from the relocalization node's topics (node name ``dashboard``)."""
 
-    def __init__(self, node_name: str = "dashboard", **kwargs: object) -> None:
+    def __init__(self, node_name: str = "dashboard", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         declare_parameters(self, DASHBOARD_PARAMS)
         p = self.p
@@ -116,8 +117,8 @@ class DashboardNode(Node):
                            durability=qos_profile_sensor_data.durability),
                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
-    def p(self, name: str) -> object:
-        """A parameter's value."""
+    def p(self, name: str) -> Any:
+        """A parameter's value (of the type :data:`DASHBOARD_PARAMS` declares)."""
         return self.get_parameter(name).value
 
     def _guarded(self, callback: Callable[[object], None], what: str

@@ -6,6 +6,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rclpy.node import Node
 
 __all__ = ["ParamSpec", "RELOCALIZATION_PARAMS", "declare_parameters"]
 
@@ -85,17 +89,19 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 
-def declare_parameters(node: object, specs: tuple[ParamSpec, ...]) -> None:
+def declare_parameters(node: Node, specs: tuple[ParamSpec, ...]) -> None:
     """Declare ``specs`` on an rclpy node, with descriptions, choices and ranges."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
     for spec in specs:
         desc = ParameterDescriptor(description=spec.description + (
             f" ({'|'.join(spec.choices)})" if spec.choices else ""))
-        if spec.min_value is not None and isinstance(spec.default, float):
+        if spec.min_value is None or spec.max_value is None:
+            pass  # no range
+        elif isinstance(spec.default, float):
             desc.floating_point_range = [FloatingPointRange(
                 from_value=float(spec.min_value), to_value=float(spec.max_value))]
-        elif spec.min_value is not None and isinstance(spec.default, int):
+        elif isinstance(spec.default, int):
             desc.integer_range = [IntegerRange(from_value=int(spec.min_value),
                                                to_value=int(spec.max_value), step=1)]
         node.declare_parameter(spec.name, spec.default, desc)

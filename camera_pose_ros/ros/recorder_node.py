@@ -20,11 +20,13 @@ refuse it and ``camera-pose bag-repair BAG`` writes a complete bag with what it 
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
@@ -32,6 +34,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.errors import WriterError
 
@@ -67,7 +70,7 @@ def check_output(path: Path) -> None:
 class RecorderNode(Node):
     """Subscribes to the configured topics as they appear and writes them to bags."""
 
-    def __init__(self, node_name: str = "recorder", **kwargs: object) -> None:
+    def __init__(self, node_name: str = "recorder", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.declare_parameter("topics", ["/camera/image_raw", "/camera/camera_info"])
         self.declare_parameter("odom_topic", "")
@@ -86,9 +89,10 @@ class RecorderNode(Node):
             [p("odom_topic").value] if p("odom_topic").value else [])
         self.output = Path(p("output").value)
         storage = p("storage").value
-        self.plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
-        if self.plugin is None:
+        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
+        if plugin is None:
             raise ConfigError(f"storage must be mcap or sqlite3, got {storage}")
+        self.plugin: StoragePlugin = plugin
         try:  # chunk_size and flush_period take any type; nan or inf fail int()
             self.chunk_size = int(p("chunk_size").value)
             self.flush_period = float(p("flush_period").value)
@@ -108,7 +112,7 @@ class RecorderNode(Node):
         self.bags: list[Path] = []
         self.counts: dict[str, int] = {}
         self._writer: Writer | None = None
-        self._conns: dict[str, object] = {}
+        self._conns: dict[str, Connection] = {}
         self._types: dict[str, str] = {}
         self._subs: dict[str, object] = {}
         self._unknown_types: set[str] = set()
@@ -142,11 +146,12 @@ class RecorderNode(Node):
                     continue
                 self._types[name] = msgtype
                 self._subs[name] = self.create_subscription(
-                    msg_class, name,
-                    lambda data, topic=name: self._on_message(topic, data), self.qos, raw=True)
+                    msg_class, name, functools.partial(self._on_message, name), self.qos,
+                    raw=True)
                 self.get_logger().info(f"recording {name} ({msgtype})")
 
-    def _open(self) -> None:
+    def _open(self) -> Writer:
+        """Start a bag: ``output``, then ``output_1``, ``output_2``... after a split."""
         index = len(self.bags)
         path = self.output if not self.bags else Path(f"{self.output}_{index}")
         while self.bags and (path.exists() or path.is_symlink()):  # a split: next free name
@@ -158,6 +163,7 @@ class RecorderNode(Node):
         self._conns = {}
         self.bags.append(path)
         self._bag_start, self._bag_bytes = None, 0
+        return writer
 
     def _error(self, what: str, exc: BaseException, dropped: int = 1) -> None:
         """Log a write failure (at most every 5 s); the node keeps running."""
@@ -181,14 +187,12 @@ class RecorderNode(Node):
         ):
             self.close()
         try:
-            if self._writer is None:
-                self._open()
+            writer = self._writer if self._writer is not None else self._open()
             conn = self._conns.get(topic)
             if conn is None:
-                conn = self._writer.add_connection(topic, self._types[topic],
-                                                   typestore=TYPESTORE)
+                conn = writer.add_connection(topic, self._types[topic], typestore=TYPESTORE)
                 self._conns[topic] = conn
-            self._writer.write(conn, now_ns, bytes(data))
+            writer.write(conn, now_ns, bytes(data))
         except (OSError, WriterError, sqlite3.Error) as exc:
             self._error(f"cannot write {topic} to {self.bags[-1] if self.bags else '?'}",
                         exc)
@@ -198,7 +202,7 @@ class RecorderNode(Node):
         self._bag_bytes += len(data)
         self._dirty = True
         self.counts[topic] = self.counts.get(topic, 0) + 1
-        storage = self._writer.storage
+        storage: Any = writer.storage  # the MCAP chunk is not in rosbags' storage protocol
         if self.plugin is StoragePlugin.MCAP and storage.chunk.bio.tell() >= self.chunk_size:
             try:  # rosbags' writer itself closes a chunk only past 1 MiB
                 storage.close_chunk()
@@ -214,7 +218,7 @@ class RecorderNode(Node):
         """
         if self._writer is None or self._writer.storage is None or not self._dirty:
             return
-        storage = self._writer.storage
+        storage: Any = self._writer.storage  # MCAP's chunk and file, sqlite3's connection
         try:
             if self.plugin is StoragePlugin.MCAP:
                 if storage.chunk.msgs:
