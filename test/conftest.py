@@ -46,6 +46,25 @@ os.environ.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy; conflicts wit
 os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "1")
 
 
+#: Fixtures that make every test using them (directly or through another fixture) slow: a
+#: DDS graph, SfM on the session building, a training run, or the installed commands run as
+#: subprocesses. ``make test-fast`` (``pytest -m "not slow"``) leaves those tests out.
+SLOW_FIXTURES = frozenset({
+    "ros_context", "spinner",  # DDS nodes
+    "sfm_building", "map_checkpoint",  # the session building's SfM dataset
+    "venv_bin",  # `camera-pose` and the node executables as subprocesses
+    "finished_run", "trained", "dashboard_run", "resume_state",  # the modules' training runs
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test marked ``ros`` or using one of :data:`SLOW_FIXTURES`."""
+    for item in items:
+        if (item.get_closest_marker("ros") is not None
+                or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, period: float = 0.02) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
     deadline = time.monotonic() + timeout

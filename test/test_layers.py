@@ -268,10 +268,14 @@ IMPORT_CASES = {
     "learning": ([m for m in MODULES if layer_of(m) == "learning"], ("ros",)),
     "runtime": ([m for m in MODULES if layer_of(m) == "runtime"], ("ros",)),
     "dashboard": ([m for m in MODULES if layer_of(m) == "dashboard"], ("ros",)),
+    # the offline pages (`camera-pose dashboard`) start without torch: it loads on a request
+    "dashboard-server": ([f"{PACKAGE}.dashboard.server", f"{PACKAGE}.dashboard.sources"],
+                         ("torch", "ros")),
     "cli": ([f"{PACKAGE}.cli"], ("torch", "ros")),
 }
 
 
+@pytest.mark.slow  # one interpreter per layer: learning's and runtime's import torch
 @pytest.mark.parametrize("layer", sorted(IMPORT_CASES))
 def test_layer_loads_no_forbidden_package_in_a_fresh_interpreter(layer):
     modules, forbidden = IMPORT_CASES[layer]
