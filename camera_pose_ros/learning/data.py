@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,7 @@ __all__ = [
     "ImageTransform",
     "load_split",
     "PoseImageDataset",
+    "OffPathView",
     "OffPathViews",
     "rotate_view",
     "camera_matrix",
@@ -51,7 +53,7 @@ class ImageTransform:
     def __call__(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Transform one image; ``rng`` enables augmentation."""
         img = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
-        x = img.astype(np.float32) / 255.0
+        x: np.ndarray = img.astype(np.float32) / 255.0
         if rng is not None and self.color_jitter > 0:
             j = self.color_jitter
             x = x * rng.uniform(1 - j, 1 + j)  # brightness
@@ -83,6 +85,12 @@ def poses_tensor(table: PoseTable) -> torch.Tensor:
     """(N, 7) float32 metric poses (x, y, z, qw, qx, qy, qz), canonical quaternions."""
     q = table.quats_wxyz_N4 * np.where(table.quats_wxyz_N4[:, :1] < 0, -1.0, 1.0)
     return torch.from_numpy(np.concatenate([table.positions_N3, q], 1).astype(np.float32))
+
+
+def _image_names(table: PoseTable) -> list[str]:
+    if table.images is None:
+        raise InputDataError("a pose table without an image column cannot feed a dataset")
+    return table.images
 
 
 def camera_matrix(data: str | os.PathLike) -> np.ndarray | None:
@@ -140,6 +148,7 @@ class PoseImageDataset(Dataset):
                  K: np.ndarray | None = None) -> None:
         self.root = Path(data) / "images"
         self.table = table
+        self.images = _image_names(table)
         self.poses_N7 = poses_tensor(table)
         self.transform = transform
         self.augment = augment
@@ -153,14 +162,14 @@ class PoseImageDataset(Dataset):
 
     def image(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """The transformed image of row ``i``."""
-        return self.transform(_read_rgb(self.root / self.table.images[i]), rng)
+        return self.transform(_read_rgb(self.root / self.images[i]), rng)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
-        if rng is None or self.rotation_deg <= 0:
+        if rng is None or self.rotation_deg <= 0 or self.K is None:
             return self.image(i, rng), self.poses_N7[i]
         lim = np.radians(self.rotation_deg) * np.array([0.5, 1.0, 1.0 / 3.0])  # pitch yaw roll
-        rgb, pose = rotate_view(_read_rgb(self.root / self.table.images[i]),
+        rgb, pose = rotate_view(_read_rgb(self.root / self.images[i]),
                                 self.poses_N7[i].numpy(), self.K, rng.uniform(-lim, lim))
         return self.transform(rgb, rng), torch.from_numpy(pose)
 
@@ -199,6 +208,14 @@ class TupleDataset(Dataset):
         return torch.stack([x for x, _ in items]), torch.stack([p for _, p in items])
 
 
+class OffPathView(Enum):
+    """How :class:`OffPathViews` shows a frame."""
+
+    PLAIN = "plain"  # as recorded
+    TURNED = "turned"  # rotated about the camera centre (needs K)
+    LIGHT = "light"  # under another light
+
+
 class OffPathViews(Dataset):
     """Frames of a split as a query off the training path would show them, for calibration.
 
@@ -212,25 +229,27 @@ class OffPathViews(Dataset):
                  *, K: np.ndarray | None, seed: int = 0) -> None:
         self.root = Path(data) / "images"
         self.table = table
+        self.images = _image_names(table)
         self.poses_N7 = poses_tensor(table)
         self.transform = transform
         self.K = K
         self.seed = seed
-        self.kinds = ("plain", "turned", "light") if K is not None else ("plain", "light")
+        self.kinds = tuple(OffPathView) if K is not None else (OffPathView.PLAIN,
+                                                              OffPathView.LIGHT)
 
     def __len__(self) -> int:
         return len(self.table) * len(self.kinds)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, kind = divmod(j, len(self.kinds))
-        rgb = _read_rgb(self.root / self.table.images[i])
+        rgb = _read_rgb(self.root / self.images[i])
         pose = self.poses_N7[i].numpy()
         rng = np.random.default_rng((self.seed, j))
-        if self.kinds[kind] == "turned":
+        if self.kinds[kind] is OffPathView.TURNED and self.K is not None:
             yaw = np.radians(rng.uniform(15, 25)) * (1 if i % 2 else -1)
             pitch = np.radians(rng.uniform(-8, 8))
             rgb, pose = rotate_view(rgb, pose, self.K, np.array([pitch, yaw, 0.0]))
-        elif self.kinds[kind] == "light":
+        elif self.kinds[kind] is OffPathView.LIGHT:
             gain = rng.uniform(0.6, 1.3, 3).astype(np.float32)
             rgb = np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
         return self.transform(rgb), torch.as_tensor(pose, dtype=torch.float32)

@@ -28,12 +28,17 @@ coverage and the share of errors outside the 99% ellipsoid.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 from scipy.stats import chi2
 
 from camera_pose_ros.geometry import quat_wxyz_to_xyzw
+
+if TYPE_CHECKING:
+    from camera_pose_ros.learning.networks import PoseRegressor
 
 __all__ = [
     "fit_novelty_index",
@@ -54,7 +59,7 @@ SIGMA_LEVELS = {"1sigma": 0.6827, "2sigma": 0.9545}
 
 
 @torch.no_grad()
-def mc_samples(model: torch.nn.Module, feats_BD: torch.Tensor, samples: int) -> torch.Tensor:
+def mc_samples(model: PoseRegressor, feats_BD: torch.Tensor, samples: int) -> torch.Tensor:
     """(S, B, 7) metric poses from ``samples`` dropout passes of the head."""
     was_training = model.training
     model.eval()
@@ -197,7 +202,7 @@ def _fit_block(err_N3: np.ndarray, cov_N33: np.ndarray, floor: float,
     bins = (np.digitize(nov, np.quantile(nov, [1 / 3, 2 / 3])) if nov_N is not None
             else np.zeros(len(nov), int))
     s_grid = np.r_[0.0, np.geomspace(1e-3, 10.0, 31) * scale] if nov_N is not None else [0.0]
-    def search(k_grid: np.ndarray, s_grid: np.ndarray, best: tuple) -> tuple:
+    def search(k_grid: np.ndarray, s_grid: np.ndarray | list[float], best: tuple) -> tuple:
         for k in k_grid:
             for s_ in s_grid:
                 m = maha(k, s_)
