@@ -1,4 +1,4 @@
-"""Poses, quaternions, Sim(3) alignment and pose errors."""
+"""camera_pose_ros.geometry: quaternions, poses, Sim(3) fits and pose errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from camera_pose_ros.camera import PinholeCamera
-from camera_pose_ros.errors import AlignmentError, CameraModelError
+from camera_pose_ros.errors import AlignmentError
 from camera_pose_ros.geometry import (
     Sim3,
     canonical_quat_wxyz,
@@ -29,10 +28,12 @@ def random_sim3(rng: np.random.Generator) -> Sim3:
                 rng.normal(0, 10, 3))
 
 
+
 def test_quaternion_orders_round_trip():
     q_wxyz = np.array([0.9, 0.1, -0.3, 0.2])
     assert np.allclose(quat_wxyz_to_xyzw(q_wxyz), [0.1, -0.3, 0.2, 0.9])
     assert np.allclose(quat_xyzw_to_wxyz(quat_wxyz_to_xyzw(q_wxyz)), q_wxyz)
+
 
 
 def test_rotation_matrix_round_trip_and_sign():
@@ -45,6 +46,7 @@ def test_rotation_matrix_round_trip_and_sign():
     assert np.allclose(canonical_quat_wxyz(-2 * q), q)
 
 
+
 def test_rotation_error_ignores_quaternion_sign():
     q = quat_wxyz_from_rotmat(Rotation.from_euler("z", 30, degrees=True).as_matrix())
     ident = np.array([1.0, 0, 0, 0])
@@ -53,10 +55,12 @@ def test_rotation_error_ignores_quaternion_sign():
     assert rotation_errors_deg(q, q) == pytest.approx(0.0, abs=1e-5)
 
 
+
 def test_invert_pose():
     rng = np.random.default_rng(2)
     pose = pose_matrix(Rotation.random(random_state=rng).as_matrix(), rng.normal(size=3))
     assert np.allclose(invert_pose(pose) @ pose, np.eye(4))
+
 
 
 def test_look_at_is_optical_frame():
@@ -65,6 +69,7 @@ def test_look_at_is_optical_frame():
     assert np.allclose(rot[:, 1], [0, 0, -1])  # y down
     assert np.allclose(rot[:, 0], [0, -1, 0])  # x right of the view
     assert np.linalg.det(rot) == pytest.approx(1.0)
+
 
 
 def test_umeyama_exact_recovery():
@@ -77,6 +82,7 @@ def test_umeyama_exact_recovery():
     assert np.allclose(est.translation, truth.translation, atol=1e-8)
 
 
+
 def test_umeyama_with_noise_is_close():
     rng = np.random.default_rng(4)
     truth = random_sim3(rng)
@@ -86,6 +92,7 @@ def test_umeyama_with_noise_is_close():
     res = np.linalg.norm(est.apply(src) - dst, axis=1)
     assert np.sqrt(np.mean(res**2)) < 0.02
     assert est.scale == pytest.approx(truth.scale, rel=0.01)
+
 
 
 def test_robust_fit_rejects_one_bad_point():
@@ -103,12 +110,14 @@ def test_robust_fit_rejects_one_bad_point():
     assert res.max() < 0.05 < res_plain.max()
 
 
+
 def test_robust_fit_without_outliers_keeps_all():
     rng = np.random.default_rng(6)
     truth = random_sim3(rng)
     src = rng.normal(0, 4, (5, 3))
     _, inliers = fit_sim3_robust(src, truth.apply(src))
     assert inliers.all()
+
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])
@@ -118,11 +127,13 @@ def test_too_few_points_is_an_error(n):
         umeyama_sim3(pts, pts)
 
 
+
 def test_collinear_points_are_an_error():
     t = np.linspace(0, 5, 6)[:, None]
     line = t * np.array([[1.0, 2.0, 0.5]]) + 3.0
     with pytest.raises(AlignmentError, match="collinear"):
         umeyama_sim3(line, line * 2)
+
 
 
 def test_sim3_transform_pose_and_dict_round_trip():
@@ -134,73 +145,3 @@ def test_sim3_transform_pose_and_dict_round_trip():
     assert np.allclose(out[:3, :3], sim.rotation @ pose[:3, :3])
     back = Sim3.from_dict(sim.to_dict())
     assert np.allclose(back.apply(pose[:3, 3]), out[:3, 3])
-
-
-def test_pinhole_colmap_convention_and_scaling():
-    cam = PinholeCamera(640, 480, 500.0, 500.0, 319.5, 239.5)
-    assert cam.colmap_params() == [500.0, 500.0, 320.0, 240.0]
-    half = cam.scaled(320, 240)
-    assert (half.fx, half.cx, half.cy) == (250.0, 159.5, 119.5)
-
-
-LENS = PinholeCamera(320, 240, 262.4, 260.0, 159.5, 119.5, (-0.25, 0.07, 0.001, -0.001, 0.01))
-
-
-def test_distortion_agrees_with_colmap_and_inverts():
-    """Our OpenCV model and pycolmap's FULL_OPENCV camera are independent implementations."""
-    import pycolmap
-
-    rng = np.random.default_rng(3)
-    xy = rng.uniform(-0.6, 0.6, (500, 2))
-    assert LENS.colmap_model() == "FULL_OPENCV" and len(LENS.colmap_params()) == 12
-    cam = pycolmap.Camera(model=LENS.colmap_model(), width=LENS.width, height=LENS.height,
-                          params=LENS.colmap_params())
-    ours = (LENS.distort_normalized(xy) * [LENS.fx, LENS.fy]
-            + [LENS.cx + 0.5, LENS.cy + 0.5])  # COLMAP's pixel convention
-    np.testing.assert_allclose(cam.img_from_cam(np.c_[xy, np.ones(len(xy))]), ours,
-                               atol=1e-9)
-    np.testing.assert_allclose(LENS.undistort_normalized(LENS.distort_normalized(xy)), xy,
-                               atol=1e-9)
-    assert not np.allclose(LENS.distort_normalized(xy), xy)
-
-
-def test_camera_spellings_and_conversions():
-    plain = PinholeCamera(320, 240, 262.4, 262.4, 159.5, 119.5)
-    assert PinholeCamera(320, 240, 262.4, 262.4, 159.5, 119.5, (0.0,) * 5) == plain
-    opencv = PinholeCamera(320, 240, 262.4, 262.4, 159.5, 119.5, (-0.2, 0.05, 0, 0, 0, 0, 0, 0))
-    assert opencv.distortion == (-0.2, 0.05, 0.0, 0.0) and opencv.colmap_model() == "OPENCV"
-    for cam in (plain, opencv, LENS):
-        assert PinholeCamera.from_dict(cam.to_dict()) == cam
-        assert PinholeCamera.from_colmap(cam.colmap_model(), cam.width, cam.height,
-                                         cam.colmap_params()) == cam
-        assert cam.scaled(160, 120).distortion == cam.distortion
-    radial = PinholeCamera.from_colmap("SIMPLE_RADIAL", 320, 240, [250.0, 160.0, 120.0, -0.1])
-    assert radial.distortion == (-0.1, 0.0, 0.0, 0.0) and radial.cx == 159.5
-    with pytest.raises(CameraModelError, match="no plumb_bob"):
-        PinholeCamera.from_colmap("OPENCV_FISHEYE", 320, 240, [250] * 8)
-    with pytest.raises(CameraModelError, match="4, 5 or 8"):
-        PinholeCamera(320, 240, 1, 1, 1, 1, (0.1, 0.2))
-    k = LENS.matrix().ravel()
-    assert PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob") == LENS
-    assert PinholeCamera.from_camera_info(320, 240, k, [], "").distortion == ()
-    with pytest.raises(CameraModelError, match="equidistant"):
-        PinholeCamera.from_camera_info(320, 240, k, [0.1, 0, 0, 0], "equidistant")
-    with pytest.raises(CameraModelError, match="focal length"):
-        PinholeCamera.from_camera_info(320, 240, [0.0] * 9, [], "plumb_bob")
-
-
-def test_rectified_images_use_the_projection_matrix():
-    from camera_pose_ros.io.bags import is_rectified_topic
-
-    assert is_rectified_topic("/cam/image_rect") and is_rectified_topic("image_rect_color")
-    assert is_rectified_topic("/cam/image_rect/compressed")
-    assert not any(map(is_rectified_topic, ("/cam/image_raw", "/cam/image_color", "image",
-                                            "/rect/image_raw", "")))
-    k = LENS.matrix().ravel()
-    p = [250.0, 0, 158.0, 0, 0, 249.0, 118.0, 0, 0, 0, 1, 0]
-    rect = PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob", p, True)
-    assert rect == PinholeCamera(320, 240, 250.0, 249.0, 158.0, 118.0)
-    unset = PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob",
-                                           [0.0] * 12, True)
-    assert unset == PinholeCamera(320, 240, LENS.fx, LENS.fy, LENS.cx, LENS.cy)
-    assert PinholeCamera.from_camera_info(320, 240, k, LENS.distortion, "plumb_bob", p) == LENS

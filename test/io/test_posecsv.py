@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from camera_pose_ros.errors import FormatError, InputDataError
-from camera_pose_ros.io.posecsv import format_stamp, parse_stamp, read_poses
+from camera_pose_ros.io.posecsv import (
+    PoseTable,
+    format_stamp,
+    parse_stamp,
+    read_poses,
+    write_poses,
+)
 
 
 @pytest.mark.parametrize(("text", "ns"), [
@@ -37,3 +44,14 @@ def test_a_bad_stamp_in_a_pose_file_names_the_file_and_line(tmp_path):
     path.write_text("stamp,x,y,z,qw,qx,qy,qz\n1.0,0,0,0,1,0,0,0\nlater,0,0,0,1,0,0,0\n")
     with pytest.raises(InputDataError, match=r"poses\.csv:3: unparsable number \(stamp 'later'"):
         read_poses(path)
+
+
+def test_pose_csv_round_trip_keeps_nanoseconds(tmp_path):
+    stamps = np.array([1_700_000_000_123_456_789, 1_700_000_000_223_456_789])
+    t = PoseTable(stamps, np.array([[1.0, 2.0, 3.0], [4, 5, 6]]),
+                  np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), None, {"cov_xx": ["0.1", "0.2"]})
+    write_poses(tmp_path / "p.csv", t)
+    back = read_poses(tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text().splitlines()[1].startswith("1700000000.123456789,")
+    assert np.array_equal(back.stamps_ns, stamps)
+    assert back.extra == {"cov_xx": ["0.1", "0.2"]}

@@ -1,4 +1,4 @@
-"""Control points, alignment of an SfM model to the map, splits, pose CSVs."""
+"""camera_pose_ros.dataset.align: control points, robust Sim(3) alignment, refusals."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from scipy.spatial.transform import Rotation
 from camera_pose_ros.dataset import align as align_mod
 from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
 from camera_pose_ros.dataset.sfm import SfMModel
-from camera_pose_ros.dataset.split import SplitConfig, assign_blocks, split_dataset
-from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError, SplitError
+from camera_pose_ros.errors import AlignmentError, ConfigError, InputDataError
 from camera_pose_ros.geometry import Sim3, look_at_rotation, pose_matrix, quat_wxyz_from_rotmat
-from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
+from camera_pose_ros.io.posecsv import read_poses
 
 
 def _walk(n: int = 40) -> np.ndarray:
@@ -40,9 +39,11 @@ def fake_dataset(tmp_path, monkeypatch):
     return tmp_path, map_from_cam, stamps
 
 
+
 def _write_cps(path, rows, header="stamp,x,y,z"):
     path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return path
+
 
 
 def test_alignment_recovers_map_poses(fake_dataset):
@@ -58,6 +59,7 @@ def test_alignment_recovers_map_poses(fake_dataset):
     assert poses.images[0] == "000000.jpg"
 
 
+
 def test_alignment_rejects_one_bad_control_point(fake_dataset):
     data, map_from_cam, stamps = fake_dataset
     rows = [(stamps[i], *map_from_cam[i, :3, 3]) for i in (2, 12, 20, 30, 37)]
@@ -71,12 +73,14 @@ def test_alignment_rejects_one_bad_control_point(fake_dataset):
     assert np.allclose(poses.positions_N3, map_from_cam[:, :3, 3], atol=1e-6)
 
 
+
 def test_control_points_by_image_name(fake_dataset):
     data, map_from_cam, _ = fake_dataset
     rows = [(f"{i:06d}.jpg", *map_from_cam[i, :3, 3]) for i in (3, 15, 33)]
     align_dataset(data, _write_cps(data / "cp.csv", rows, "image,x,y,z"))
     assert np.allclose(read_poses(data / "poses.csv").positions_N3, map_from_cam[:, :3, 3],
                        atol=1e-6)
+
 
 
 def test_too_few_collinear_or_unmatched_control_points(fake_dataset):
@@ -94,6 +98,7 @@ def test_too_few_collinear_or_unmatched_control_points(fake_dataset):
     assert not (data / "poses.csv").exists()  # nothing written by a failed alignment
 
 
+
 def test_control_point_file_errors(tmp_path):
     with pytest.raises(InputDataError, match="not found"):
         read_control_points(tmp_path / "none.csv")
@@ -106,83 +111,6 @@ def test_control_point_file_errors(tmp_path):
     with pytest.raises(ConfigError):
         AlignConfig(max_rms=-1)
 
-
-def test_block_assignment_is_contiguous_and_spread():
-    labels = assign_blocks(20, (0.7, 0.15, 0.15))
-    assert np.bincount(labels, minlength=3).tolist() == [14, 3, 3]
-    assert labels[0] == 0
-    # validation and test blocks are spread along the walk, not bunched at the end
-    assert np.flatnonzero(labels == 2).max() - np.flatnonzero(labels == 2).min() >= 8
-
-
-def _poses_csv(data, n=300, rate=10.0):
-    rot = quat_wxyz_from_rotmat(np.repeat(np.eye(3)[None], n, 0))
-    table = PoseTable(10**12 + np.arange(n) * int(1e9 / rate),
-                      np.c_[np.arange(n) * 0.1, np.zeros((n, 2))],
-                      rot, [f"{i:06d}.jpg" for i in range(n)])
-    write_poses(data / "poses.csv", table)
-    return table
-
-
-def test_splits_are_blocks_never_interleaved(tmp_path):
-    _poses_csv(tmp_path)
-    split_dataset(tmp_path, SplitConfig(block_seconds=3.0, gap_frames=2))
-    parts = {k: read_poses(tmp_path / f"{k}.csv") for k in ("train", "validation", "test")}
-    idx = {k: np.array([int(n[:6]) for n in v.images]) for k, v in parts.items()}
-    assert set(idx["train"]).isdisjoint(idx["test"]) and set(idx["train"]).isdisjoint(
-        idx["validation"])
-    # every test frame's neighbours within one frame are not training frames
-    train = set(idx["train"])
-    assert not any((i - 1) in train or (i + 1) in train for i in idx["test"])
-    # test frames form runs of whole blocks (>= 25 frames), not single frames
-    runs = np.split(idx["test"], np.flatnonzero(np.diff(idx["test"]) > 1) + 1)
-    assert min(len(r) for r in runs) >= 25
-    total = sum(len(v) for v in parts.values())
-    assert 0.6 < len(parts["train"]) / total < 0.8
-
-
-def test_split_with_separate_test_session(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    _poses_csv(a)
-    other = _poses_csv(b, n=50)
-    split_dataset(a, SplitConfig(block_seconds=3.0), test_poses=b / "poses.csv")
-    test = read_poses(a / "test.csv")
-    assert len(test) == len(other)
-    assert test.images[0] == "../../b/images/000000.jpg"
-    assert len(read_poses(a / "train.csv")) + len(read_poses(a / "validation.csv")) > 250
-
-
-def test_split_errors(tmp_path):
-    _poses_csv(tmp_path, n=1)
-    with pytest.raises(SplitError, match="need at least 3"):
-        split_dataset(tmp_path)
-    _poses_csv(tmp_path, n=3)
-    with pytest.raises(SplitError, match="is empty"):
-        split_dataset(tmp_path)
-    assert not (tmp_path / "train.csv").exists()  # nothing written when a split fails
-    (tmp_path / "poses.csv").write_text("stamp,x,y\n")
-    with pytest.raises(InputDataError, match="missing column"):
-        split_dataset(tmp_path)
-
-
-def test_short_walk_gets_shorter_blocks(tmp_path):
-    _poses_csv(tmp_path, n=100)  # 10 s: fewer than the 8 blocks of 4 s the shares need
-    split_dataset(tmp_path)
-    sizes = [len(read_poses(tmp_path / f"{k}.csv")) for k in ("train", "validation", "test")]
-    assert min(sizes) >= 5 and sizes[0] > sizes[1]
-
-
-def test_pose_csv_round_trip_keeps_nanoseconds(tmp_path):
-    stamps = np.array([1_700_000_000_123_456_789, 1_700_000_000_223_456_789])
-    t = PoseTable(stamps, np.array([[1.0, 2.0, 3.0], [4, 5, 6]]),
-                  np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), None, {"cov_xx": ["0.1", "0.2"]})
-    write_poses(tmp_path / "p.csv", t)
-    back = read_poses(tmp_path / "p.csv")
-    assert (tmp_path / "p.csv").read_text().splitlines()[1].startswith("1700000000.123456789,")
-    assert np.array_equal(back.stamps_ns, stamps)
-    assert back.extra == {"cov_xx": ["0.1", "0.2"]}
 
 
 def test_control_point_between_frames_is_interpolated(fake_dataset, monkeypatch):

@@ -1,0 +1,116 @@
+"""camera_pose_ros.dataset.frames: frame sources (bag, video, image folder) and keyframes."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.dataset.frames import (
+    FrameSource,
+    KeyframeConfig,
+    KeyframeSelector,
+    extract_frames,
+    iter_image_folder,
+    iter_video,
+    read_frames_csv,
+)
+from camera_pose_ros.errors import ConfigError, InputDataError
+from camera_pose_ros.io.bags import BagImageWriter
+from test.conftest import textured
+
+CAM = PinholeCamera(64, 48, 50.0, 50.0, 31.5, 23.5)
+LENS = PinholeCamera(128, 96, 100, 100, 63.5, 47.5, (-0.2, 0.05, 0.001, -0.002, 0.01))
+
+
+
+
+
+def test_video_source(tmp_path):
+    path = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    assert writer.isOpened()
+    for i in range(5):
+        writer.write(textured(i)[:, :, ::-1])
+    writer.release()
+    frames = list(iter_video(path))
+    assert len(frames) == 5
+    assert [round(s, 3) for s, _ in frames] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert np.abs(frames[2][1].astype(int) - textured(2)).mean() < 20
+    with pytest.raises(InputDataError):
+        list(iter_video(tmp_path / "missing.mp4"))
+    (tmp_path / "junk.mp4").write_bytes(b"junk")
+    with pytest.raises(InputDataError):
+        list(iter_video(tmp_path / "junk.mp4"))
+
+
+
+def test_image_folder_source(tmp_path):
+    for i, stamp in enumerate(["10.5", "11.0", "12.25"]):
+        cv2.imwrite(str(tmp_path / f"{stamp}.png"), textured(i)[:, :, ::-1])
+    (tmp_path / "notes.txt").write_text("ignored")
+    frames = list(iter_image_folder(tmp_path))
+    assert [s for s, _ in frames] == [10.5, 11.0, 12.25]
+    assert np.array_equal(frames[0][1], textured(0))
+    with pytest.raises(InputDataError, match="no images"):
+        list(iter_image_folder(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None
+                               else tmp_path))
+
+
+
+def test_keyframes_skip_blur_duplicates_and_time_step():
+    sel = KeyframeSelector(KeyframeConfig(min_time_step=0.09, min_change=1.5, blur_ratio=0.5))
+    big = [cv2.resize(textured(i), (320, 240), interpolation=cv2.INTER_NEAREST)
+           for i in range(8)]
+    decisions = [sel.accept(0.1 * i, img) for i, img in enumerate(big[:4])]
+    assert decisions == [True, True, True, True]
+    assert not sel.accept(0.35, big[4])  # too soon after the last keyframe (0.3)
+    assert sel.skipped["time_step"] == 1
+    assert not sel.accept(0.4, big[3])  # the last keyframe's picture again: duplicate
+    assert sel.skipped["duplicate"] == 1
+    blurred = cv2.GaussianBlur(big[5], (0, 0), 4)
+    assert not sel.accept(0.6, blurred)
+    assert sel.skipped["blurred"] == 1
+    assert sel.accept(0.7, big[6])
+
+
+
+def test_keyframe_config_validation():
+    with pytest.raises(ConfigError):
+        KeyframeConfig(blur_ratio=1.5)
+
+
+
+def test_extract_frames_from_bag(tmp_path):
+    bag = tmp_path / "bag"
+    with BagImageWriter(bag) as w:
+        for i in range(6):
+            img = cv2.resize(textured(i, 48, 64), (128, 96), interpolation=cv2.INTER_NEAREST)
+            w.write(10**18 + i * 10**8, img, LENS)
+            w.write(10**18 + i * 10**8 + 10**6, img, LENS)  # 1 ms later: skipped
+    out = tmp_path / "data"
+    cfg = KeyframeConfig(max_width=64, jpeg_quality=100)
+    extract_frames(FrameSource(bag=bag), out, cfg, progress=False)
+    names, stamps = read_frames_csv(out / "frames.csv")
+    assert names == [f"{i:06d}.png" for i in range(6)]
+    assert stamps.tolist() == [10**18 + i * 10**8 for i in range(6)]  # exact nanoseconds
+    assert cv2.imread(str(out / "images" / names[0])).shape == (48, 64, 3)
+    cam = json.loads((out / "camera.json").read_text())
+    assert cam["width"] == 64 and cam["fx"] == pytest.approx(50.0)
+    # the lens's plumb_bob distortion travels with it (its coefficients do not scale)
+    assert cam["distortion"] == list(LENS.distortion)
+    # a second run skips the finished stage
+    mtime = (out / "frames.csv").stat().st_mtime_ns
+    extract_frames(FrameSource(bag=bag), out, cfg, progress=False)
+    assert (out / "frames.csv").stat().st_mtime_ns == mtime
+
+
+
+def test_frame_source_needs_exactly_one_input(tmp_path):
+    with pytest.raises(ConfigError):
+        FrameSource()
+    with pytest.raises(ConfigError):
+        FrameSource(bag=tmp_path, video=tmp_path)
