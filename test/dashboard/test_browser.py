@@ -34,7 +34,7 @@ import pytest
 
 from camera_pose_ros.io.posecsv import read_poses
 from test.conftest import wait_for
-from test.test_dashboard_api import dashboard_run  # noqa: F401 -- the session's tiny run
+from test.dashboard.test_server import dashboard_run  # noqa: F401 -- the session's tiny run
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402

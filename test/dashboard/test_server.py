@@ -435,7 +435,7 @@ def test_cli_serves_beyond_loopback_only_with_a_token(dashboard_run, venv_bin):
 def test_launch_file_starts_the_dashboard_on_request():
     import ast
 
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "launch"
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "launch"
                       / "relocalization.launch.py").read_text())
     declared = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
                 and getattr(c.func, "id", None) == "DeclareLaunchArgument"}

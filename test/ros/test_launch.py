@@ -14,7 +14,7 @@ import yaml
 
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SETUP = (REPO / "setup.py").read_text()
 EXECUTABLES = set(re.findall(r'"\s*([\w-]+)\s*=\s*camera_pose_ros', SETUP))
 
