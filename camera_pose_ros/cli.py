@@ -135,25 +135,22 @@ def _cmd_train(args: argparse.Namespace) -> Path:
 
 
 def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
-    """The refiner for ``--mode refine``: map from ``--map`` or the checkpoint's dataset."""
-    from camera_pose_ros.config import load_yaml
+    """The refiner for ``evaluate --mode``: map from ``--map`` or the checkpoint's dataset."""
     from camera_pose_ros.errors import RefinementError
-    from camera_pose_ros.io.refmap import load_refinement_map
     from camera_pose_ros.learning.checkpoint import load_checkpoint
-    from camera_pose_ros.runtime.refine import RefineConfig, Refiner, find_refinement_map
+    from camera_pose_ros.runtime.localizer import load_refiner
 
-    config = RefineConfig.from_dict(load_yaml(args.refine_config) if args.refine_config
-                                    else {})
     provenance = load_checkpoint(args.checkpoint).meta.provenance.to_dict()
     try:
-        path = find_refinement_map(args.checkpoint, provenance, args.map)
+        refiner, path = load_refiner(args.checkpoint, args.map, args.refine_config,
+                                     provenance=provenance)
     except RefinementError:
         if required:
             raise
         log.info("no refinement map found: evaluating the regressed poses only")
         return None
     log.info("refinement map: %s", path)
-    return Refiner(load_refinement_map(path), config)
+    return refiner
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> Path:
@@ -167,11 +164,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> Path:
 
 
 def _cmd_localize(args: argparse.Namespace) -> Path:
-    from camera_pose_ros.learning.evaluate import localize
+    from camera_pose_ros.io.floorplan import FloorPlan
+    from camera_pose_ros.runtime.batch import localize_source
+    from camera_pose_ros.runtime.localizer import Localizer
 
-    refiner, camera = None, None
+    source = _source(args)
+    plan = FloorPlan.load(args.floorplan) if args.floorplan is not None else None
+    localizer = Localizer(args.checkpoint, device=args.device, floorplan=plan)
+    camera = None
     if args.mode == "refine":
-        refiner = _refiner(args, required=True)
+        log.info("refinement map: %s", localizer.enable_refinement(args.map,
+                                                                   args.refine_config))
         if args.bag is not None:
             from camera_pose_ros.io.bags import (
                 camera_info_topic_for,
@@ -181,9 +184,9 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
 
             camera = read_camera_info(args.bag, camera_info_topic_for(args.topic),
                                       rectified=is_rectified_topic(args.topic))
-    return localize(args.checkpoint, _source(args), args.out, device=args.device,
-                    progress=not args.quiet, refiner=refiner, camera=camera,
-                    ground_truth=args.ground_truth, max_dt=args.max_dt)
+    return localize_source(localizer, source, args.out, camera=camera,
+                           ground_truth=args.ground_truth, max_dt=args.max_dt,
+                           progress=not args.quiet).csv
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> Path:
@@ -355,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT.metrics.json (errors, covariance honesty, refined share)")
     p.add_argument("--max-dt", type=float, default=1e-3,
                    help="largest stamp difference (s) matched with --ground-truth")
+    p.add_argument("--floorplan", type=Path,
+                   help="map_server YAML: poses off the walkable floor are moved onto it, as "
+                        "the node does (column snapped); default: no snapping")
     refine_opts(p)
     p.set_defaults(func=_cmd_localize)
 

@@ -122,6 +122,7 @@ def no_work(monkeypatch):
         raise AssertionError("work started before the output was checked")
 
     monkeypatch.setattr("camera_pose_ros.learning.evaluate.Predictor", refuse)
+    monkeypatch.setattr("camera_pose_ros.runtime.localizer.Predictor", refuse)
     monkeypatch.setattr("camera_pose_ros.learning.train._Run", refuse)
     monkeypatch.setattr("camera_pose_ros.learning.export.load_checkpoint", refuse)
     monkeypatch.setattr("camera_pose_ros.dataset.frames.KeyframeSelector", refuse)

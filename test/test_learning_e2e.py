@@ -26,10 +26,12 @@ from camera_pose_ros.errors import (
 )
 from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.checkpoint import load_checkpoint
-from camera_pose_ros.learning.evaluate import COV_COLUMNS, evaluate, localize
+from camera_pose_ros.learning.evaluate import COV_COLUMNS, evaluate
 from camera_pose_ros.learning.export import export_model
 from camera_pose_ros.learning.train import load_train_config, train
 from camera_pose_ros.metrics import match_by_stamp
+from camera_pose_ros.runtime.batch import localize_source
+from camera_pose_ros.runtime.localizer import Localizer
 
 pytestmark = pytest.mark.slow
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -109,8 +111,8 @@ def test_localize_bag_writes_predictions_with_covariance(trained, dataset, venv_
     assert set(COV_COLUMNS) <= set(pred.extra)
     var_x = np.array([float(v) for v in pred.extra["cov_00"]])
     assert np.all(var_x > 0)
-    direct = localize(trained, FrameSource(bag=synth / "query"), tmp_path / "p2.csv",
-                      device="cpu", progress=False)
+    direct = localize_source(Localizer(trained, device="cpu"), FrameSource(bag=synth / "query"),
+                             tmp_path / "p2.csv", progress=False).csv
     assert np.allclose(read_poses(direct).positions_N3, pred.positions_N3, atol=1e-5)
 
 

@@ -226,14 +226,16 @@ def test_cli_localize_with_ground_truth_writes_honesty_metrics(tiny_query, venv_
     from camera_pose_ros.dataset.frames import FrameSource
     from camera_pose_ros.errors import InputDataError
     from camera_pose_ros.io.posecsv import PoseTable, write_poses
-    from camera_pose_ros.learning.evaluate import localize
+    from camera_pose_ros.runtime.batch import localize_source
+    from camera_pose_ros.runtime.localizer import Localizer
 
     gt = read_poses(synth / "gt_query.csv")
     write_poses(tmp_path / "other.csv", PoseTable(gt.stamps_ns + 10**9, gt.positions_N3,
                                                   gt.quats_wxyz_N4))
     with pytest.raises(InputDataError, match="stamp"):
-        localize(ckpt, FrameSource(bag=synth / "query"), tmp_path / "p2.csv", device="cpu",
-                 progress=False, ground_truth=tmp_path / "other.csv")
+        localize_source(Localizer(ckpt, device="cpu"), FrameSource(bag=synth / "query"),
+                        tmp_path / "p2.csv", progress=False,
+                        ground_truth=tmp_path / "other.csv")
     assert not (tmp_path / "p2.metrics.json").exists()
 
 

@@ -144,15 +144,11 @@ class LocalizeService:
         if self.checkpoint is None:
             raise CheckpointError("no checkpoint: start the dashboard with --checkpoint "
                                   "RUN/model.pt to localize images")
-        from camera_pose_ros.config import load_yaml
         from camera_pose_ros.runtime.localizer import Localizer
-        from camera_pose_ros.runtime.refine import RefineConfig
 
         localizer = Localizer(self.checkpoint, device=self.device, mc_samples=self.mc_samples)
         try:
-            cfg = RefineConfig.from_dict(load_yaml(self.refine_config)
-                                         if self.refine_config else {})
-            path = localizer.enable_refinement(self.refinement_map, cfg)
+            path = localizer.enable_refinement(self.refinement_map, self.refine_config)
             log.info("dashboard: refinement map %s", path)
         except CameraPoseError as exc:
             self.refine_problem = str(exc)

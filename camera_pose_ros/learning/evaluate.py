@@ -1,14 +1,18 @@
-"""``camera-pose evaluate`` and ``camera-pose localize``.
+"""``camera-pose evaluate``, and the pose-table metrics ``camera-pose localize`` reports.
 
 Evaluation predicts every frame of a split, compares with its poses, and writes JSON
 metrics (medians, means, threshold shares, the trivial baseline of always predicting the
 mean training pose, uncertainty coverage), the predictions CSV, the cumulative error plot
-and the predicted trajectory over the floor plan beside the ground truth.
-Localization predicts every frame of a bag, video or image folder into a pose CSV.
+and the predicted trajectory over the floor plan beside the ground truth. It takes an
+optional refiner (``runtime.refine.Refiner``, made by ``runtime.localizer.load_refiner``
+and handed in by the caller: this layer does not import the runtime) for the ``refine``
+mode: each regressed pose is then refined against the SfM map, and evaluation reports both
+modes side by side.
 
-Both take an optional refiner (``runtime.refine.Refiner``, handed in by the caller: this
-layer does not import the runtime) for the ``refine`` mode: each regressed pose is then
-refined against the SfM map, and evaluation reports both modes side by side.
+Localizing a bag, video or image folder is the runtime's job
+(:mod:`camera_pose_ros.runtime.batch`, through the same ``Localizer`` as the node); it
+writes its pose CSV with :func:`prediction_table` and compares it with ground truth with
+:func:`table_metrics`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from camera_pose_ros.dataset.frames import FrameSource
 from camera_pose_ros.dataset.plots import plot_trajectories
 from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import atomic_path, write_json_atomic
@@ -44,9 +47,8 @@ from camera_pose_ros.metrics import (
     summary_table,
 )
 
-__all__ = ["evaluate", "localize", "prediction_table", "plot_error_cdf", "COV_COLUMNS",
-           "compare_with_ground_truth", "PoseRefiner", "EVAL_MODES",
-           "localization_metrics_path"]
+__all__ = ["evaluate", "prediction_table", "plot_error_cdf", "COV_COLUMNS",
+           "compare_with_ground_truth", "table_metrics", "PoseRefiner", "EVAL_MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
 
     refined = None
     if refiner is not None:
-        refined = _Refined(refiner, exclude=tuple(table.images) if exclude_split_from_map
+        refined = _Refined(refiner, exclude=tuple(table.images or ()) if exclude_split_from_map
                            else ())
     pred, cov, seconds = _predict_batches(predictor, images(), 16, f"evaluate {split}",
                                           progress, refined)
@@ -276,86 +278,13 @@ def _mean_quat(q_N4: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
-def localize(checkpoint: str | os.PathLike, source: FrameSource, out: str | os.PathLike, *,
-             device: str = "auto", batch: int = 16, progress: bool = True,
-             refiner: PoseRefiner | None = None, camera: Any = None,
-             ground_truth: str | os.PathLike | None = None, max_dt: float = 1e-3) -> Path:
-    """Predict every frame of ``source`` into a pose CSV with covariance columns.
+def table_metrics(pred: PoseTable, gt: PoseTable, max_dt: float = 1e-3) -> dict:
+    """Errors of ``pred`` against ``gt`` matched by stamp (within ``max_dt`` seconds).
 
-    With a ``refiner`` (the ``refine`` mode) the CSV holds the refined poses, with columns
-    ``refined`` (1: refined, 0: the regressed pose, refinement failed) and ``inliers``;
-    ``camera`` gives the frames' intrinsics (default: the refinement map's).
-
-    With ``ground_truth`` (a pose CSV) the predictions are matched to it by stamp (within
-    ``max_dt`` seconds) and :func:`localization_metrics_path` (``OUT.metrics.json``) gets
-    the error summary, the covariance honesty figures, the refined share and false
-    acceptance rate (refine mode) and ms per frame. No matching stamp raises
-    :class:`InputDataError` (the CSV is written all the same).
+    With covariance columns (``cov_ij``) the covariance honesty figures are added
+    (:func:`camera_pose_ros.metrics.honesty_summary`), with a ``refined`` column the refined
+    share and false acceptance rate (:func:`camera_pose_ros.metrics.refinement_summary`).
     """
-    gt_table = read_poses(ground_truth) if ground_truth is not None else None
-    predictor = Predictor(load_checkpoint(checkpoint), device=device)
-    stamps: list[int] = []
-
-    def images():
-        for stamp_ns, rgb in source.frames():
-            stamps.append(stamp_ns)
-            yield rgb
-
-    refined = _Refined(refiner, camera) if refiner is not None else None
-    pred, cov, seconds = _predict_batches(predictor, images(), batch, "localize", progress,
-                                          refined)
-    if len(pred) == 0:
-        raise InputDataError("the source has no frames to localize")
-    if refined is None:
-        table = prediction_table(np.array(stamps), pred, cov)
-    else:
-        table = prediction_table(np.array(stamps), *refined.arrays())
-        table.extra.update(refined.columns())
-        seconds += refined.seconds
-        log.info("refined %d of %d frames", sum(refined.success), len(pred))
-    path = write_poses(out, table)
-    log.info("localized %d frames (%.1f ms per frame)", len(pred),
-             1000 * seconds / len(pred))
-    if gt_table is not None:
-        metrics = _table_metrics(table, gt_table, max_dt)
-        if metrics["frames"] == 0:
-            raise InputDataError(f"no localized frame matches a stamp of {ground_truth} "
-                                 f"(within {max_dt * 1e3:g} ms): nothing to compare")
-        metrics = {"mode": "regress" if refined is None else "refine",
-                   "predictions": str(path), "ground_truth": str(ground_truth),
-                   "frames_localized": len(pred), **metrics,
-                   "ms_per_frame": 1000.0 * seconds / len(pred)}
-        mpath = write_json_atomic(localization_metrics_path(path), metrics)
-        log.info("%s", _one_line(metrics))
-        log.info("wrote %s", mpath)
-    return path
-
-
-def localization_metrics_path(out_csv: str | os.PathLike) -> Path:
-    """Where ``localize`` with ground truth writes its metrics: ``preds.csv`` gives
-    ``preds.metrics.json`` beside it."""
-    return Path(out_csv).with_suffix(".metrics.json")
-
-
-def _one_line(m: dict) -> str:
-    """One-line summary of localization metrics against ground truth."""
-    text = (f"localize vs ground truth ({m.get('mode', '')}): {m['frames']} frames, median "
-            f"{m['median_position_m']:.3f} m, {m['median_rotation_deg']:.2f} deg, "
-            f"{m['within_25cm_2deg']:.0%} within 25cm,2deg")
-    if "outside_99_any" in m:
-        text += (f"; outside 99% {m['outside_99_any']:.0%} (position "
-                 f"{m['outside_99_position']:.0%}), confidently wrong "
-                 f"{m['overconfident_1m_0.5m']:.0%}, claimed sigma "
-                 f"{m['median_claimed_sigma_m']:.2f} m")
-    if "refined_share" in m:
-        text += (f"; refined {m['refined_share']:.0%}, false acceptance "
-                 f"{m['false_acceptance_25cm']:.0%}")
-    return text
-
-
-def _table_metrics(pred: PoseTable, gt: PoseTable, max_dt: float = 1e-3) -> dict:
-    """Errors of ``pred`` against ``gt`` matched by stamp; honesty when the prediction has
-    covariance columns, refined share and false acceptance when it has ``refined``."""
     ip, ig = match_by_stamp(pred.stamps, gt.stamps, max_dt)
     out = error_summary(pred.positions_N3[ip], pred.quats_wxyz_N4[ip], gt.positions_N3[ig],
                         gt.quats_wxyz_N4[ig])
@@ -381,4 +310,4 @@ def compare_with_ground_truth(pred_csv: str | os.PathLike, gt_csv: str | os.Path
     (:func:`camera_pose_ros.metrics.honesty_summary`), with a ``refined`` column the refined
     share and false acceptance rate (:func:`camera_pose_ros.metrics.refinement_summary`).
     """
-    return _table_metrics(read_poses(pred_csv), read_poses(gt_csv), max_dt)
+    return table_metrics(read_poses(pred_csv), read_poses(gt_csv), max_dt)

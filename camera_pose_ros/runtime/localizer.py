@@ -1,8 +1,12 @@
-"""Localizer: one RGB image in, one pose estimate out. No ROS here.
+"""Localizer: RGB images in, pose estimates out. No ROS here.
 
-Wraps a checkpoint's predictor, validates its output (a NaN or non-unit pose is rejected, not
-published), snaps estimates that fall outside the walkable floor to the nearest walkable
-point, and gates implausible jumps against odometry.
+The one inference path of the package: the node, the dashboard and ``camera-pose localize``
+(:mod:`camera_pose_ros.runtime.batch`) all go through :class:`Localizer`. It wraps a
+checkpoint's predictor, validates its output (a non-finite pose or covariance, or a
+quaternion of zero length, is rejected, not published), snaps estimates that fall outside the
+walkable floor to the nearest walkable point, and refines them against the SfM map when a
+refiner is loaded (:func:`load_refiner`, the one place a refiner is made). :class:`JumpGate`
+gates implausible jumps against odometry.
 """
 
 from __future__ import annotations
@@ -10,19 +14,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.config import load_yaml
+from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.refmap import load_refinement_map
 from camera_pose_ros.learning.checkpoint import load_checkpoint
 from camera_pose_ros.learning.predict import Predictor
 from camera_pose_ros.runtime.refine import RefineConfig, Refiner, find_refinement_map
 
-__all__ = ["PoseEstimate", "Localizer", "FloorSnapper", "JumpGate"]
+__all__ = ["PoseEstimate", "Localizer", "FloorSnapper", "JumpGate", "load_refiner"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,8 @@ class PoseEstimate:
         position: (3,) metres.
         quat_wxyz: (4,) unit quaternion, ``map_from_cam``.
         covariance: (6, 6) REP 103 order (x, y, z, rotation about x, y, z).
-        latency_s: inference time of the regression.
+        latency_s: inference time of the regression (in a batch, this frame's share of
+            the batch's time).
         snapped: moved onto the walkable floor.
         refined: geometric refinement against the SfM map succeeded (``refine_note`` says
             why not when it was tried and failed).
@@ -56,13 +65,16 @@ class FloorSnapper:
 
     The nearest walkable cell of every cell comes from one Euclidean distance transform,
     computed when the map arrives, so snapping is a table lookup per estimate.
+
+    Raises:
+        InputDataError: the plan has no walkable (free) cell.
     """
 
     def __init__(self, plan: FloorPlan) -> None:
         self.plan = plan
         walkable = plan.walkable
         if not walkable.any():
-            raise ValueError("floor plan has no walkable (free) cell")
+            raise InputDataError("floor plan has no walkable (free) cell")
         _, (self._near_r, self._near_c) = ndimage.distance_transform_edt(
             ~walkable, return_indices=True)
 
@@ -108,6 +120,41 @@ class JumpGate:
         return True
 
 
+def load_refiner(checkpoint: str | os.PathLike,
+                 map_path: str | os.PathLike | None = None,
+                 config: RefineConfig | str | os.PathLike | None = None, *,
+                 provenance: dict | None = None) -> tuple[Refiner, Path]:
+    """The refiner of a checkpoint, and the refinement map it loaded.
+
+    The one place a refiner is made: ``camera-pose evaluate`` and ``localize``, the node and
+    the dashboard all come here.
+
+    Args:
+        checkpoint: the model file (a map beside it is found, see
+            :func:`~camera_pose_ros.runtime.refine.find_refinement_map`).
+        map_path: an explicit refinement map or dataset folder, or None to search.
+        config: refinement settings, a YAML file of them (``config/refine.yaml``), or None
+            (or "") for the defaults.
+        provenance: the checkpoint's provenance when the caller has loaded it already
+            (default: read from ``checkpoint``), to find the dataset it was trained on.
+
+    Raises:
+        ConfigError: the settings are invalid (checked before the map is looked for).
+        RefinementError: no map found, or it cannot be read.
+        CheckpointError: ``provenance`` is None and ``checkpoint`` cannot be loaded.
+    """
+    if config is None or config == "":  # "": an unset ROS parameter
+        config = RefineConfig()
+    elif not isinstance(config, RefineConfig):
+        config = RefineConfig.from_dict(load_yaml(config))
+    if provenance is None:
+        provenance = load_checkpoint(checkpoint).meta.provenance.to_dict()
+    if not isinstance(provenance, dict):
+        provenance = {}
+    path = find_refinement_map(checkpoint, provenance, map_path)
+    return Refiner(load_refinement_map(path), config), path
+
+
 class Localizer:
     """Checkpoint + optional floor plan and refiner -> :class:`PoseEstimate` per RGB image."""
 
@@ -124,15 +171,17 @@ class Localizer:
         self.model_name = f"{model.kind}/{model.backbone}"
 
     def enable_refinement(self, map_path: str | os.PathLike | None = None,
-                          config: RefineConfig = RefineConfig()) -> str:
-        """Load the refinement map (see :func:`find_refinement_map`); returns its path.
+                          config: RefineConfig | str | os.PathLike | None = None) -> str:
+        """Load the refinement map (see :func:`load_refiner`); returns its path.
+
+        ``config``: settings, a YAML file of them, or None for the defaults.
 
         Raises:
+            ConfigError: invalid settings.
             RefinementError: no map found, or it cannot be read.
         """
-        path = find_refinement_map(self.checkpoint_path,
-                                   self.loaded.meta.provenance.to_dict(), map_path)
-        self.refiner = Refiner(load_refinement_map(path), config)
+        self.refiner, path = load_refiner(self.checkpoint_path, map_path, config,
+                                          provenance=self.loaded.meta.provenance.to_dict())
         return str(path)
 
     @property
@@ -141,19 +190,43 @@ class Localizer:
         return str(self.predictor.device)
 
     def set_floorplan(self, plan: FloorPlan | None) -> None:
-        """Replace the walkable-area map (e.g. when a new /map arrives)."""
+        """Replace the walkable-area map (e.g. when a new /map arrives).
+
+        Raises:
+            InputDataError: the plan has no walkable cell (the previous one is kept).
+        """
         self.snapper = FloorSnapper(plan) if plan is not None else None
 
     def localize(self, image_rgb: np.ndarray) -> PoseEstimate | None:
-        """Estimate the camera pose of one image; None when the prediction is not finite."""
+        """Estimate the camera pose of one image; None when the prediction is rejected."""
+        return self.localize_batch([image_rgb])[0]
+
+    def localize_batch(self, images_rgb: Sequence[np.ndarray]) -> list[PoseEstimate | None]:
+        """Estimate the camera poses of several images in one forward pass.
+
+        Each estimate is validated and snapped as :meth:`localize` does it; a rejected
+        prediction (a non-finite pose or covariance, a quaternion of zero length) is None in
+        its place, so the list is as long as ``images_rgb``. ``latency_s`` of each estimate
+        is its share of the batch's inference time.
+        """
+        if len(images_rgb) == 0:
+            return []
         t0 = time.perf_counter()
-        poses, covs = self.predictor.predict([image_rgb])
-        latency = time.perf_counter() - t0
-        pose, cov = poses[0], covs[0]
-        if not (np.all(np.isfinite(pose)) and np.all(np.isfinite(cov))):
+        poses_B7, covs_B66 = self.predictor.predict(list(images_rgb))
+        latency = (time.perf_counter() - t0) / len(images_rgb)
+        return [self._estimate(pose, cov, latency)
+                for pose, cov in zip(poses_B7, covs_B66, strict=True)]
+
+    def _estimate(self, pose_7: np.ndarray, cov_66: np.ndarray, latency_s: float
+                  ) -> PoseEstimate | None:
+        """Validate, normalise and snap one prediction; None when it is rejected."""
+        if not (np.all(np.isfinite(pose_7)) and np.all(np.isfinite(cov_66))):
             return None
-        q = pose[3:] / np.linalg.norm(pose[3:])
-        est = PoseEstimate(pose[:3].copy(), q, cov, latency)
+        norm = float(np.linalg.norm(pose_7[3:]))
+        if not norm > 1e-12:
+            return None
+        est = PoseEstimate(np.array(pose_7[:3], float), np.asarray(pose_7[3:], float) / norm,
+                           np.asarray(cov_66, float), latency_s)
         if self.snapper is not None:
             xy, moved = self.snapper.snap(est.position[:2])
             if moved:

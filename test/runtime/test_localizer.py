@@ -1,0 +1,95 @@
+"""camera_pose_ros.runtime.localizer: batched inference and the one way a refiner is made.
+
+No DDS and no training: a tiny random network and a refinement map built here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.errors import ConfigError, RefinementError
+from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap, save_refinement_map
+from camera_pose_ros.runtime.localizer import Localizer, load_refiner
+from test.conftest import write_random_checkpoint
+
+
+def small_map() -> RefinementMap:
+    """Three mapped frames, five points: enough to load, not to refine against."""
+    rng = np.random.default_rng(0)
+    poses = np.tile(np.eye(4), (3, 1, 1))
+    poses[:, :3, 3] = rng.normal(size=(3, 3))
+    return RefinementMap(
+        names=np.array(["a.png", "b.png", "c.png"]), map_from_cam=poses,
+        camera=PinholeCamera(320, 240, 260.0, 261.0, 159.5, 119.5),
+        points=rng.normal(size=(5, 3)), offsets=np.array([0, 2, 3, 5]),
+        obs_point=np.array([0, 1, 2, 3, 4]),
+        obs_desc=rng.integers(0, 255, (5, 128)).astype(np.uint8),
+        vocabulary=rng.normal(size=(4, 128)).astype(np.float32),
+        idf=np.ones(4, np.float32), global_desc=np.eye(3, 4, dtype=np.float32),
+        alignment_rms_m=0.01)
+
+
+def test_a_batch_gives_the_poses_of_single_frames_in_order(tmp_path):
+    loc = Localizer(write_random_checkpoint(tmp_path / "model.pt", seed=1), device="cpu")
+    real = loc.predictor.predict
+
+    def by_content(images):  # an untrained network answers alike for every image
+        poses, covs = real(images)
+        poses[:, 0] += [img.mean() / 10.0 for img in images]
+        poses[:, 3:] *= 2.0  # not unit: the localizer normalises
+        return poses, covs
+
+    loc.predictor.predict = by_content
+    rng = np.random.default_rng(3)
+    images = [np.full((48, 64, 3), v, np.uint8) for v in rng.integers(0, 256, 5)]
+    batch = loc.localize_batch(images)
+    assert len(batch) == 5 and loc.localize_batch([]) == []
+    assert len({round(e.position[0], 6) for e in batch}) == 5
+    for img, est in zip(images, batch, strict=True):
+        one = loc.localize(img)
+        np.testing.assert_allclose(est.position, one.position, atol=1e-5)
+        np.testing.assert_allclose(est.quat_wxyz, one.quat_wxyz, atol=1e-5)
+        assert np.linalg.norm(est.quat_wxyz) == pytest.approx(1.0)
+        assert est.latency_s > 0 and not est.snapped
+
+
+def test_the_refiner_comes_from_the_explicit_map_with_the_yaml_settings(tmp_path):
+    ckpt = write_random_checkpoint(tmp_path / "run" / "model.pt")
+    data = tmp_path / "data"
+    save_refinement_map(data / REFINEMENT_MAP, small_map())
+    cfg = tmp_path / "refine.yaml"
+    cfg.write_text("min_inliers: 12\nk_pose: 2\n")
+    refiner, path = load_refiner(ckpt, data, cfg)  # a dataset folder holds the map
+    assert path == data / REFINEMENT_MAP
+    assert (refiner.config.min_inliers, refiner.config.k_pose) == (12, 2)
+    assert list(refiner.map.names) == ["a.png", "b.png", "c.png"]
+    refiner, _ = load_refiner(ckpt, data, "")  # an unset ROS parameter: the defaults
+    assert refiner.config.min_inliers == 30
+
+
+def test_the_refiner_is_found_through_the_checkpoints_provenance(tmp_path):
+    data = tmp_path / "data"
+    save_refinement_map(data / REFINEMENT_MAP, small_map())
+    ckpt = write_random_checkpoint(tmp_path / "run" / "model.pt",
+                                   provenance={"dataset": str(data)})
+    loc = Localizer(ckpt, device="cpu")
+    assert loc.refiner is None
+    assert loc.enable_refinement() == str(data / REFINEMENT_MAP)
+    assert loc.refiner is not None and len(loc.refiner.map.names) == 3
+
+
+def test_bad_settings_fail_before_the_map_is_looked_for_and_no_map_keeps_no_refiner(
+        tmp_path):
+    ckpt = write_random_checkpoint(tmp_path / "model.pt")
+    bad = tmp_path / "refine.yaml"
+    bad.write_text("min_inliers: 2\n")
+    with pytest.raises(ConfigError, match="min_inliers"):
+        load_refiner(ckpt, tmp_path / "nowhere", bad)
+    with pytest.raises(RefinementError, match="none was found"):
+        load_refiner(ckpt, None, None)  # none beside it, no provenance
+    loc = Localizer(ckpt, device="cpu")
+    with pytest.raises(RefinementError):
+        loc.enable_refinement(tmp_path / "nowhere")
+    assert loc.refiner is None
