@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -88,98 +87,6 @@ def record_through_ros(bag: Path, out: Path, env: dict) -> int:
     return sum(1 for _ in iter_bag_images(out))
 
 
-def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: str,
-                  env: dict) -> tuple[dict[int, np.ndarray], list[float]]:
-    """Start relocalization_node, play the query bag into it; poses by stamp and latencies.
-
-    Each stamp's entry is 43 numbers: the pose (x, y, z, qw, qx, qy, qz) and the published
-    6x6 covariance, row-major.
-    """
-    import rclpy
-    from geometry_msgs.msg import PoseWithCovarianceStamped
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from camera_pose_ros.io.bags import iter_bag_images
-    from camera_pose_ros.io.images import encode_raw
-    from camera_pose_ros.ros.conversions import ns_to_stamp, stamp_to_ns
-
-    node = subprocess.Popen(
-        [sys.executable, "-m", "camera_pose_ros.ros.relocalization_node", "--ros-args",
-         "-r", "image:=/camera/image_raw",
-         "-p", f"model_path:={checkpoint}", "-p", f"device:={device}",
-         "-p", f"floorplan_yaml:={floorplan}", "-p", "max_image_age:=0.0",
-         "-p", "qos_overrides./camera/image_raw.subscription.reliability:=reliable"],
-        env=env, stderr=subprocess.PIPE, text=True)
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    probe = rclpy.create_node("demo_probe", context=ctx)
-    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    got: dict[int, np.ndarray] = {}
-    sent: dict[int, float] = {}
-    latency: list[float] = []
-    lock = threading.Lock()
-
-    def on_pose(msg: PoseWithCovarianceStamped) -> None:
-        ns = stamp_to_ns(msg.header.stamp)
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        with lock:
-            got[ns] = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z, *msg.pose.covariance])
-            if ns in sent:
-                latency.append(time.perf_counter() - sent[ns])
-
-    probe.create_subscription(PoseWithCovarianceStamped, "/relocalization/pose_with_covariance",
-                              on_pose, reliable)
-    pub = probe.create_publisher(Image, "/camera/image_raw", reliable)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(probe)
-
-    def spin() -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            while ctx.ok():
-                ex.spin_once(timeout_sec=0.02)
-        except ExternalShutdownException:
-            pass  # the context was shut down: the probe is done
-
-    th = threading.Thread(target=spin, daemon=True)
-    th.start()
-    try:
-        deadline = time.monotonic() + 120
-        while pub.get_subscription_count() == 0:
-            if time.monotonic() > deadline or node.poll() is not None:
-                raise CameraPoseError("relocalization_node did not come up")
-            time.sleep(0.1)
-        time.sleep(1.0)
-        frames = list(iter_bag_images(query_bag))
-        # play at the recorded rate (10 Hz), the query bag's own stamps on every frame
-        for i, f in enumerate(frames):
-            msg = Image()
-            msg.header.stamp, msg.header.frame_id = ns_to_stamp(f.stamp_ns), "camera"
-            data, step = encode_raw(f.image_rgb, "rgb8")
-            msg.height, msg.width = f.image_rgb.shape[:2]
-            msg.encoding, msg.step, msg.data = "rgb8", step, data
-            with lock:
-                sent[f.stamp_ns] = time.perf_counter()
-            pub.publish(msg)
-            if i + 1 < len(frames):
-                time.sleep(max(0.0, (frames[i + 1].stamp_ns - f.stamp_ns) / 1e9))
-        deadline = time.monotonic() + 30
-        while len(got) < len(frames) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        ctx.shutdown()
-        th.join(timeout=5)
-        node.send_signal(signal.SIGINT)
-        try:
-            node.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-    return got, latency
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit status (non-zero when a stage fails)."""
     p = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
@@ -212,11 +119,9 @@ def _run(args: argparse.Namespace) -> int:
     from camera_pose_ros.io.bags import read_camera_info
     from camera_pose_ros.io.floorplan import FloorPlan
     from camera_pose_ros.io.posecsv import read_poses
-    from camera_pose_ros.io.refmap import load_refinement_map
     from camera_pose_ros.learning.evaluate import (
         compare_with_ground_truth,
         evaluate,
-        localize,
         plot_error_cdf,
     )
     from camera_pose_ros.learning.train import load_train_config, train
@@ -226,7 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         match_by_stamp,
         pose_error_vectors,
     )
-    from camera_pose_ros.runtime.refine import Refiner
+    from camera_pose_ros.runtime.batch import localize_source
+    from camera_pose_ros.runtime.localizer import Localizer, load_refiner
 
     out, work = args.out, args.out / "work"
     if work.exists():
@@ -263,19 +169,23 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.preset, device=args.device)
     ckpt = train(work / "data", cfg, work / "run")
     stage("offline", "evaluating offline: test split and the query bag, regressed and refined")
-    refiner = Refiner(load_refinement_map(work / "data"))
+    refiner, _ = load_refiner(ckpt, work / "data")
     test = json.loads(evaluate(ckpt, work / "data", split="test", device=args.device,
                                progress=False, refiner=refiner).read_text())
-    localize(ckpt, FrameSource(bag=synth / "query"), work / "query_offline.csv",
-             device=args.device, progress=False)
+    localizer = Localizer(ckpt, device=args.device)
+    localize_source(localizer, FrameSource(bag=synth / "query"), work / "query_offline.csv",
+                    progress=False)
     offline = compare_with_ground_truth(work / "query_offline.csv", synth / "gt_query.csv")
-    localize(ckpt, FrameSource(bag=synth / "query"), work / "query_refined.csv",
-             device=args.device, progress=False, refiner=refiner,
-             camera=read_camera_info(synth / "query", "/camera/camera_info"))
+    localizer.refiner = refiner
+    localize_source(localizer, FrameSource(bag=synth / "query"), work / "query_refined.csv",
+                    camera=read_camera_info(synth / "query", "/camera/camera_info"),
+                    progress=False)
     refined = compare_with_ground_truth(work / "query_refined.csv", synth / "gt_query.csv")
     ref_table = read_poses(work / "query_refined.csv")
     refined["refined_share"] = float(np.mean([v == "1" for v in ref_table.extra["refined"]]))
     stage("live", "running relocalization_node on the query bag")
+    from camera_pose_ros.ros.demo_probe import run_live_node  # rclpy: only for this stage
+
     got, latency = run_live_node(ckpt, synth / "query", synth / "floorplan.yaml",
                                  args.device, env)
     stage("done", "")
