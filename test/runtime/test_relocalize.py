@@ -1,13 +1,19 @@
-"""Relocalization requests without ROS: verification rule, deadline, one result."""
+"""camera_pose_ros.runtime.relocalize without ROS: verification rule, deadline, one result,
+and the thread-safe session that reports each request's result exactly once."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
+from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.runtime.localizer import PoseEstimate
 from camera_pose_ros.runtime.relocalize import (
+    Outcome,
     RelocalizationRequest,
+    RelocalizationSession,
     VerifyThresholds,
     pose_sigmas,
     verify,
@@ -93,5 +99,94 @@ def test_notes_and_cancel():
     req = RelocalizationRequest(0.0, 2.0)
     result = req.cancel("node deactivated")
     assert not result.success and "node deactivated" in result.message
-    with pytest.raises(ValueError):
+    assert result.outcome is Outcome.CANCELLED
+    with pytest.raises(ConfigError, match="timeout must be positive"):
         RelocalizationRequest(0.0, 0.0)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session(clock: Clock) -> tuple[RelocalizationSession, list]:
+    results: list = []
+    return RelocalizationSession(results.append, clock=clock), results
+
+
+def test_session_joins_the_open_request_and_reports_once():
+    clock = Clock()
+    ses, results = session(clock)
+    assert not ses.is_open
+    ses.offer(estimate(0.1), stamp="ignored")  # no request open: nothing happens
+    req, new = ses.start(5.0)
+    again, joined = ses.start(5.0)
+    assert new and not joined and again is req and ses.is_open
+    clock.now += 1.0
+    ses.offer(estimate(2.0), stamp="a")  # not verified
+    ses.note("bad image")
+    ses.offer(estimate(0.1), stamp="b")
+    ses.offer(estimate(0.1), stamp="c")  # the request has ended: ignored
+    ses.expire()
+    ses.cancel("late")
+    assert len(results) == 1 and results[0].outcome is Outcome.RELOCALIZED
+    assert results[0].stamp == "b" and results[0].success and req.reported
+    assert not ses.is_open
+    third, new = ses.start(5.0)  # the next request is a new one
+    assert new and third is not req
+
+
+def test_session_expires_and_cancels_with_their_outcomes():
+    clock = Clock()
+    ses, results = session(clock)
+    ses.start(2.0)
+    ses.offer(estimate(3.0))
+    ses.expire()
+    assert results == []  # not yet
+    clock.now += 2.5
+    ses.expire()
+    assert [r.outcome for r in results] == [Outcome.FAILED]
+    assert "1 frame, none verified (last: position sigma 3.00 m" in results[0].message
+    ses.start(2.0)
+    ses.cancel("the node was deactivated")
+    assert [r.outcome for r in results] == [Outcome.FAILED, Outcome.CANCELLED]
+    with pytest.raises(ConfigError):
+        ses.start(0.0)
+
+
+def test_session_wait_returns_the_result_another_thread_reports():
+    ses, results = session(Clock())  # the deadline never passes on this clock
+    req, _ = ses.start(5.0)
+    answers: list = []
+    waiter = threading.Thread(target=lambda: answers.append(ses.wait(req)))
+    waiter.start()
+    ses.offer(estimate(0.1), stamp="s")
+    waiter.join(10)
+    assert answers and answers[0] is results[0] and answers[0].stamp == "s"
+
+
+def test_session_wait_expires_a_request_past_its_deadline():
+    clock = Clock()
+    ses, results = session(clock)
+    req, _ = ses.start(1.0)
+    clock.now += 5.0  # no frame came and no timer expired it: wait ends it itself
+    result = ses.wait(req, grace=0.0)
+    assert result.outcome is Outcome.FAILED and "no image arrived" in result.message
+    assert results == [result]
+
+
+def test_a_failing_result_callback_still_releases_waiters():
+    def broken(result):
+        raise RuntimeError("publisher gone")
+
+    ses = RelocalizationSession(broken, clock=Clock())
+    req, _ = ses.start(5.0)
+    with pytest.raises(RuntimeError):
+        ses.offer(estimate(0.1))
+    assert req.reported and not ses.is_open
+    assert ses.wait(req).success  # reported: returns at once
