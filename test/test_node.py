@@ -338,12 +338,12 @@ def test_camera_info_gives_raw_or_rectified_intrinsics(ros_context, spinner, che
     info.p = [240.0, 0.0, 158.0, 0.0, 0.0, 238.0, 118.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     pub.publish(info)  # a fisheye model on raw images: refused, the node keeps going
     if not rectified:
-        assert wait_for(lambda: "equidistant" in node._camera_info_error, 10)
-        assert node._camera is None
+        assert wait_for(lambda: "equidistant" in node.pipeline.camera_error, 10)
+        assert node.pipeline.camera is None
     info.distortion_model = "plumb_bob"
     info.d = [-0.2, 0.05, 0.001, -0.001, 0.0]
     pub.publish(info)
     expected = (PinholeCamera(320, 240, 240.0, 238.0, 158.0, 118.0) if rectified
                 else PinholeCamera(320, 240, 260.0, 258.0, 161.0, 121.0, (-0.2, 0.05, 0.001,
                                                                           -0.001)))
-    assert wait_for(lambda: node._camera == expected, 10), node._camera
+    assert wait_for(lambda: node.pipeline.camera == expected, 10), node.pipeline.camera

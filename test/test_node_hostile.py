@@ -205,12 +205,12 @@ def test_a_bad_latched_map_does_not_kill_a_starting_node(ros_context, spinner, c
 def test_configure_failures_are_logged(ros_context, spinner, checkpoint, tmp_path,  # noqa: F811
                                        monkeypatch, what):
     if what == "unexpected":  # an exception type configure does not expect
-        import camera_pose_ros.ros.relocalization_node as node_module
+        import camera_pose_ros.runtime.pipeline as pipeline_module
 
         def broken(*args, **kwargs):
             raise IndexError("list index out of range")
 
-        monkeypatch.setattr(node_module, "Localizer", broken)
+        monkeypatch.setattr(pipeline_module, "Localizer", broken)
     helper = spinner.add(rclpy.create_node("log_probe", context=ros_context))
     name = f"reloc_{what}"  # one name per test: rcl keeps one /rosout publisher per name
     log = Rosout(helper, name)
@@ -249,8 +249,8 @@ def test_non_finite_camera_info_is_rejected(running):
                       d=[-0.2, 0.05, 0.001, -0.001, 0.0])
     good.k = [260.0, 0.0, 161.0, 0.0, 258.0, 121.0, 0.0, 0.0, 1.0]
     info_pub.publish(good)
-    assert wait_for(lambda: node._camera is not None, 10)
-    kept = node._camera
+    assert wait_for(lambda: node.pipeline.camera is not None, 10)
+    kept = node.pipeline.camera
     for field, value in (("k", [float("nan")] + list(good.k[1:])),
                          ("k", list(good.k[:2]) + [float("inf")] + list(good.k[3:])),
                          ("d", [float("nan"), 0.0, 0.0, 0.0, 0.0]),
@@ -261,7 +261,7 @@ def test_non_finite_camera_info_is_rejected(running):
         info_pub.publish(bad)
     assert wait_for(lambda: node.stats.counts["rejected_camera_info"] >= 4, 10), dict(
         node.stats.counts)
-    assert node._camera == kept
+    assert node.pipeline.camera == kept
     assert wait_for(lambda: diag_value(probe, "rejected_camera_info") >= 4, 5)
 
 
@@ -519,7 +519,7 @@ def test_fuzzed_inputs_never_stop_the_node(ros_context, spinner, checkpoint):  #
     # the executor, the workers and the services are alive, and good frames give poses
     assert spinner._thread.is_alive(), "the executor thread died"
     for node in (raw, comp):
-        assert node._worker is not None and node._worker.is_alive(), node.get_name()
+        assert node.pipeline is not None and node.pipeline.workers_alive(), node.get_name()
         assert node._state_machine.current_state[1] == "active"
     for name in ("relocalization", "relocalization_c"):
         client = helper.create_client(GetState, f"/{name}/get_state")

@@ -88,7 +88,7 @@ def _image(helper, rgb: np.ndarray) -> Image:
 def test_node_publishes_refined_poses_with_covariance(refining_node):
     node, helper, pub, info_pub, info, got, lock, truth = refining_node
     info_pub.publish(info)
-    assert wait_for(lambda: node._camera is not None, 10), "camera_info not received"
+    assert wait_for(lambda: node.pipeline.camera is not None, 10), "camera_info not received"
     sent: dict[tuple[int, int], np.ndarray] = {}
     for rgb, pos in truth:
         n0 = len(got["refined"]) + node.stats.counts["refine_failed"]

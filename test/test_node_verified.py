@@ -47,7 +47,8 @@ def _start(spinner, ros_context, ckpt, name: str = "relocalization", **extra):
                                verified.append, RELIABLE)
     pub = helper.create_publisher(Image, "/image", RELIABLE)
     assert wait_for(lambda: pub.get_subscription_count() > 0, 20), "node did not subscribe"
-    assert wait_for(lambda: node._running, 20), "node did not activate"
+    assert wait_for(lambda: node.pipeline is not None and node.pipeline.running, 20), (
+        "node did not activate")
     client = helper.create_client(Trigger, f"/{name}/relocalize")
     assert client.wait_for_service(timeout_sec=10)
     return node, helper, probe, pub, client, verified

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import (
     Pose,
     PoseStamped,
@@ -23,6 +25,9 @@ from camera_pose_ros.io.images import (
     decode_raw,
 )
 
+if TYPE_CHECKING:  # runtime.diagnostics loads the model code: only its type is needed here
+    from camera_pose_ros.runtime.diagnostics import DiagnosticsSnapshot
+
 __all__ = [
     "image_to_rgb",
     "compressed_image_size",
@@ -35,6 +40,7 @@ __all__ = [
     "transform_stamped",
     "pose_to_matrix",
     "matrix_to_pose",
+    "diagnostic_array",
 ]
 
 
@@ -180,3 +186,14 @@ def insert_by_stamp(poses: collections.deque, pose: PoseStamped) -> None:
         poses.popleft()
         i -= 1
     poses.insert(i, pose)
+
+
+def diagnostic_array(stamp: Time, name: str, snapshot: DiagnosticsSnapshot) -> DiagnosticArray:
+    """DiagnosticArray of one status (``hardware_id``: the snapshot's ``device`` value)."""
+    status = DiagnosticStatus(
+        level=bytes([int(snapshot.level)]), name=name, message=snapshot.message,
+        hardware_id=snapshot.values.get("device", ""),
+        values=[KeyValue(key=k, value=v) for k, v in snapshot.values.items()])
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = stamp
+    return msg
