@@ -3,6 +3,8 @@ versions, and removed or unknown model kinds (learning/checkpoint.py)."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -23,6 +25,11 @@ from camera_pose_ros.learning.registry import ModelKind
 NET = NetworkConfig(kind=ModelKind.MAPNET, backbone="mobilenet_v3_small", hidden=16,
                     dropout=0.2, pool_grid=(1, 1), pos_mean=(1.0, 2.0, 1.5), pos_scale=3.0)
 INPUT = InputConfig(height=32, width=48)
+PLAIN_NET = {"kind": "posenet", "backbone": "mobilenet_v3_small", "hidden": 32,
+             "dropout": 0.2, "pool_grid": [1, 1], "pos_mean": [1.0, 2.0, 1.5],
+             "pos_scale": 3.0}
+PLAIN_INPUT = {"height": 48, "width": 64, "mean": [0.485, 0.456, 0.406],
+               "std": [0.229, 0.224, 0.225]}
 
 
 def _old_payload(model: torch.nn.Module, kind: str | None = "posenet") -> dict:
@@ -139,3 +146,48 @@ def test_plain_sections_are_accepted_as_before(tmp_path):
                            extra={"provenance": {"dataset": "/d"}})
     meta = load_checkpoint(path).meta
     assert meta.model == NET and meta.input == INPUT and meta.provenance.dataset == "/d"
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_regressor(PLAIN_NET).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, model_cfg=PLAIN_NET, input_cfg=PLAIN_INPUT,
+                           map_frame="map", extra={"calibration": {"k_pos": 2.0}})
+    data = torch.load(path, weights_only=True)  # plain data: loads without unpickling code
+    assert data["map_frame"] == "map" and data["calibration"]["k_pos"] == 2.0
+    loaded = load_checkpoint(path)
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), model(x), atol=1e-6)
+    assert (loaded.transform.height, loaded.transform.width) == (48, 64)
+
+
+class Evil:
+    """A pickled object that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_refuses_pickled_objects_and_other_versions(tmp_path):
+    model = build_regressor(PLAIN_NET)
+    path = save_checkpoint(tmp_path / "m.pt", model, model_cfg=PLAIN_NET, input_cfg=PLAIN_INPUT,
+                           map_frame="map", extra={})
+    data = torch.load(path, weights_only=True)
+    data["evil"] = Evil()
+    torch.save(data, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    data.pop("evil")
+    data["format_version"] = 999
+    torch.save(data, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 999"):
+        load_checkpoint(tmp_path / "future.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.pt")
+    with open(tmp_path / "plain.pt", "wb") as fh:
+        pickle.dump({"a": 1}, fh)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")

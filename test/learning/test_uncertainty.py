@@ -1,12 +1,15 @@
-"""Covariance calibration off the training path: the novelty index and the fitted model."""
+"""Covariance calibration: MC-dropout scales, the novelty index and the fitted model off the
+training path (learning/uncertainty.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.stats import chi2
 
 from camera_pose_ros.learning.uncertainty import (
     apply_calibration,
+    coverage,
     fit_calibration,
     fit_novelty_index,
     mahalanobis_sq,
@@ -107,3 +110,19 @@ def test_rotation_uncertainty_is_capped_at_half_a_turn():
     np.testing.assert_allclose(np.sqrt(w[:, 0]), 0.1)
     np.testing.assert_allclose(out[:, :3, :3], cov[:, :3, :3])
     np.testing.assert_allclose(out, np.swapaxes(out, 1, 2))
+
+
+def test_calibration_matches_chi_square():
+    rng = np.random.default_rng(0)
+    n = 4000
+    true_sigma = np.array([0.3, 0.3, 0.05, 0.02, 0.02, 0.05])
+    err = rng.normal(size=(n, 6)) * true_sigma
+    raw_cov = np.repeat(np.diag((true_sigma * 0.1) ** 2)[None], n, 0)  # 10x too confident
+    calib = fit_calibration(err, raw_cov, samples=10, floor_pos=0.0, floor_rot=0.0)
+    cov = apply_calibration(raw_cov, calib)
+    cover = coverage(err, cov)
+    for block in ("position", "rotation"):
+        assert cover[f"{block}_inside_1sigma"] == pytest.approx(0.683, abs=0.03)
+        assert cover[f"{block}_inside_2sigma"] == pytest.approx(0.954, abs=0.02)
+    before = coverage(err, raw_cov)
+    assert before["position_inside_1sigma"] < 0.1
