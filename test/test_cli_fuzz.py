@@ -26,6 +26,8 @@ import torch
 
 from camera_pose_ros.cli import main
 
+pytestmark = pytest.mark.slow  # each test spends its time budget running commands
+
 # per test; a longer local run: CAMERA_POSE_FUZZ_SECONDS=60 pytest test/test_cli_fuzz.py
 SECONDS = float(os.environ.get("CAMERA_POSE_FUZZ_SECONDS", "3"))
 MAX_CASES = max(150, int(50 * SECONDS))

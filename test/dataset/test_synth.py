@@ -22,6 +22,8 @@ from camera_pose_ros.io.bags import iter_bag_images, list_topics, read_camera_in
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 
+pytestmark = pytest.mark.slow  # renders buildings: seconds per test
+
 
 @pytest.fixture(scope="module")
 def small_synth(tmp_path_factory):
