@@ -136,7 +136,7 @@ def test_outputs_carry_the_image_stamp(node_setup):
 def test_relocalize_service_and_tracking_lost_send_initialpose(ros_context, spinner,
                                                               checkpoint):
     # limits loose enough that the tiny network's estimates count as verified (a failed
-    # request is tested in test_node_verified.py)
+    # request is tested in test_relocalization_node_verified.py)
     params = [Parameter("model_path", value=str(checkpoint)), Parameter("device", value="cpu"),
               Parameter("max_image_age", value=5.0), Parameter("mc_samples", value=5),
               Parameter("verify_max_position_sigma", value=1000.0),

@@ -18,7 +18,7 @@ import pytest
 from camera_pose_ros.errors import ImageDecodeError, InputDataError
 from camera_pose_ros.io.floorplan import FloorPlan
 from test.conftest import wait_for
-from test.test_node import Probe, checkpoint, frame, image_msg  # noqa: F401 -- fixture
+from test.ros.test_relocalization_node import Probe, checkpoint, frame, image_msg  # noqa: F401 -- fixture
 
 rclpy = pytest.importorskip("rclpy")
 from lifecycle_msgs.msg import Transition  # noqa: E402
@@ -316,6 +316,54 @@ def test_lifecycle_cycles_leave_one_publisher_and_poses_still_arrive(ros_context
     assert wait_for(lambda: pub.get_subscription_count() == 0, 10)
     assert transition(Transition.TRANSITION_CLEANUP)
     assert wait_for(lambda: helper.count_publishers("/relocalization/pose") == 0, 10)
+
+
+@pytest.mark.parametrize("state", ["unconfigured", "inactive", "active"])
+def test_shutdown_from_each_state_releases_everything(ros_context, spinner, checkpoint,  # noqa: F811
+                                                      state):
+    """Shutdown through the lifecycle service leaves only what every node has."""
+    name = f"reloc_shutdown_{state}"
+    node = spinner.add(RelocalizationNode(name, context=ros_context, parameter_overrides=_params(
+        checkpoint, autostart=False)))
+    helper = spinner.add(rclpy.create_node(f"{name}_probe", context=ros_context))
+    probe = Probe(helper, f"/{name}")
+    change = helper.create_client(ChangeState, f"/{name}/change_state")
+    get = helper.create_client(GetState, f"/{name}/get_state")
+    assert change.wait_for_service(timeout_sec=10) and get.wait_for_service(timeout_sec=10)
+
+    def transition(tid: int) -> bool:
+        future = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+        assert wait_for(future.done, 30), f"transition {tid} did not answer"
+        return future.result().success
+
+    def graph(query) -> set[str]:
+        return {topic for topic, _ in query(name, "/")}
+
+    if state != "unconfigured":
+        assert transition(Transition.TRANSITION_CONFIGURE)
+        assert wait_for(lambda: f"/{name}/relocalize" in graph(
+            helper.get_service_names_and_types_by_node), 10)
+    if state == "active":
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        pub = helper.create_publisher(Image, "/image", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 20)
+        assert send_image(pub, helper, probe, 0), "no pose before the shutdown"
+    shutdown = {"unconfigured": Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                "inactive": Transition.TRANSITION_INACTIVE_SHUTDOWN,
+                "active": Transition.TRANSITION_ACTIVE_SHUTDOWN}[state]
+    assert transition(shutdown)
+    future = get.call_async(GetState.Request())
+    assert wait_for(future.done, 10) and future.result().current_state.label == "finalized"
+    # what every (lifecycle) node has, and nothing of configure's or activate's
+    base = {"/rosout", "/parameter_events", f"/{name}/transition_event"}
+    assert wait_for(lambda: graph(helper.get_publisher_names_and_types_by_node) <= base, 10), (
+        graph(helper.get_publisher_names_and_types_by_node))
+    assert wait_for(lambda: not graph(helper.get_subscriber_names_and_types_by_node) - {
+        "/parameter_events"}, 10), graph(helper.get_subscriber_names_and_types_by_node)
+    assert f"/{name}/relocalize" not in graph(helper.get_service_names_and_types_by_node)
+    assert node.pipeline is None and node.localizer is None
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("relocalization-")]
+    assert workers == []
 
 
 # -- Part A.6: /initialpose frame -----------------------------------------------------------------

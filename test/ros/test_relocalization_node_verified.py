@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from test.conftest import wait_for
-from test.test_node import Probe, checkpoint, frame, image_msg  # noqa: F401 -- fixture
-from test.test_node_hostile import Rosout, diag_value
+from test.ros.test_relocalization_node import Probe, checkpoint, frame, image_msg  # noqa: F401 -- fixture
+from test.ros.test_relocalization_node_hostile import Rosout, diag_value
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
