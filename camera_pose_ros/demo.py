@@ -112,11 +112,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from camera_pose_ros.dataset.frames import FrameSource
     from camera_pose_ros.dataset.pipeline import build_dataset
-    from camera_pose_ros.dataset.plots import plot_trajectories
     from camera_pose_ros.dataset.synth import write_synthetic_building
     from camera_pose_ros.fileio import write_json_atomic
     from camera_pose_ros.geometry import rotation_errors_deg
     from camera_pose_ros.io.bags import read_camera_info
+    from camera_pose_ros.io.figures import plot_trajectories
     from camera_pose_ros.io.floorplan import FloorPlan
     from camera_pose_ros.io.posecsv import read_poses
     from camera_pose_ros.learning.evaluate import (

@@ -13,11 +13,11 @@ from tqdm import tqdm
 
 from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
-from camera_pose_ros.dataset.plots import plot_trajectories
 from camera_pose_ros.dataset.refmap import build_refinement_map
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.dataset.split import SPLITS, SplitConfig, split_dataset
 from camera_pose_ros.fileio import write_json_atomic
+from camera_pose_ros.io.figures import plot_trajectories
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import error_summary, match_by_stamp

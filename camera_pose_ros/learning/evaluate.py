@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from camera_pose_ros.dataset.plots import plot_trajectories
 from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import atomic_path, write_json_atomic
 from camera_pose_ros.geometry import rotation_errors_deg
+from camera_pose_ros.io.figures import plot_trajectories
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.checkpoint import load_checkpoint

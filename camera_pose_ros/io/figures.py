@@ -1,4 +1,4 @@
-"""Figures of the dataset builder (matplotlib, Agg backend, written atomically)."""
+"""Trajectory figures over the floor plan (matplotlib, Agg backend, written atomically)."""
 
 from __future__ import annotations
 
