@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from camera_pose_ros import __version__
 from camera_pose_ros.errors import CameraPoseError
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_opts(p)
     p.set_defaults(func=_cmd_split)
 
-    device = {"default": "auto", "choices": ("auto", "cpu", "cuda")}
+    device: dict[str, Any] = {"default": "auto", "choices": ("auto", "cpu", "cuda")}
     def refine_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--map", type=Path,
                        help="refinement map or dataset folder (default: beside the checkpoint, "
