@@ -11,7 +11,7 @@ hands some frames to a second worker whose refined poses go out too. Relocalizat
 estimates. Every drop is counted in :class:`~camera_pose_ros.runtime.diagnostics.NodeStats`,
 logged (throttled) and told to an open request.
 
-The node supplies the outputs (messages, TF, logging) and its clock; stamps are integer
+The node supplies the outputs (messages and TF), its logger and its clock; stamps are integer
 nanoseconds here and the message's own stamp rides along untouched to the outputs.
 """
 
@@ -27,7 +27,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from camera_pose_ros.camera import PinholeCamera
-from camera_pose_ros.config import load_yaml
 from camera_pose_ros.errors import CameraModelError, CameraPoseError, ConfigError, ImageDecodeError
 from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
 from camera_pose_ros.io.floorplan import FloorPlan
@@ -38,7 +37,6 @@ from camera_pose_ros.runtime.diagnostics import (
 )
 from camera_pose_ros.runtime.localizer import JumpGate, Localizer, PoseEstimate
 from camera_pose_ros.runtime.odometry import OdometryBuffer, base_from_camera, map_from_odom
-from camera_pose_ros.runtime.refine import RefineConfig
 from camera_pose_ros.runtime.relocalize import (
     RelocalizationRequest,
     RelocalizationResult,
@@ -126,9 +124,8 @@ def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | No
         localizer.predictor.enable_half()
     where = ""
     if params["mode"] == Mode.REFINE.value:
-        path = str(params["refine_config"])
-        config = RefineConfig.from_dict(load_yaml(path) if path else {})
-        where = localizer.enable_refinement(str(params["refinement_map"]) or None, config)
+        where = localizer.enable_refinement(str(params["refinement_map"]) or None,
+                                            str(params["refine_config"]) or None)
     if not params["snap_to_floorplan"]:
         localizer.set_floorplan(None)
     return localizer, plan, where
@@ -172,7 +169,6 @@ class Outputs(Protocol):
 
     def publish_initial_pose(self, stamp: object, est: PoseEstimate) -> None:
         """The verified estimate that ended a relocalization request (/initialpose)."""
-
 
 
 class RelocalizationPipeline:
@@ -260,8 +256,8 @@ class RelocalizationPipeline:
         max_ahead = self.settings.max_future_stamp
         if max_ahead > 0 and ahead > max_ahead:
             self.stats.add("dropped_future")
-            self._log(logging.WARNING, f"dropping a frame stamped {ahead:.2f} s ahead "
-                             f"of this node's clock (max_future_stamp {max_ahead} s)", "future")
+            self._log(logging.WARNING, f"dropping a frame stamped {ahead:.2f} s ahead of "
+                      f"this node's clock (max_future_stamp {max_ahead} s)", "future")
             return
         frames = self._frames
         if frames is not None and frames.submit(frame):
@@ -277,8 +273,8 @@ class RelocalizationPipeline:
         s = self.settings
         req, new = self.session.start(s.relocalize_timeout, s.thresholds, self.refining)
         if new:
-            self._log(logging.INFO, f"relocalization requested by {source}: trying "
-                             f"frames for up to {req.timeout:g} s")
+            self._log(logging.INFO, f"relocalization requested by {source}: trying frames "
+                      f"for up to {req.timeout:g} s")
         return req
 
     def relocalize(self, source: str, *, wait: bool) -> tuple[bool, str]:
@@ -400,8 +396,7 @@ class RelocalizationPipeline:
             self._publish(job.stamp, est, job.odom_from_base, refined=True)
         else:
             self.stats.add("refine_failed")
-            self._log(logging.WARNING, f"refinement failed: {est.refine_note}",
-                             "refine_failed")
+            self._log(logging.WARNING, f"refinement failed: {est.refine_note}", "refine_failed")
         if job.requested:
             self.session.offer(est, job.stamp)
 
@@ -411,8 +406,8 @@ class RelocalizationPipeline:
         edge = None
         if s.publish_map_to_odom and odom is None:
             self.stats.add("no_odometry")
-            self._log(logging.WARNING, "no odometry near the image stamp: map -> odom "
-                             "not published", "no_odometry")
+            self._log(logging.WARNING, "no odometry near the image stamp: map -> odom not "
+                      "published", "no_odometry")
         elif s.publish_map_to_odom and odom is not None:
             map_from_cam = pose_matrix(rotmat_from_quat_wxyz(est.quat_wxyz), est.position)
             edge = map_from_odom(map_from_cam, s.base_from_cam, odom)
