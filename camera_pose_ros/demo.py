@@ -162,8 +162,6 @@ def _run(args: argparse.Namespace) -> int:
     report_path = build_dataset(
         FrameSource(bag=work / "recorded"), synth / "control_points.csv", work / "data",
         floorplan=synth / "floorplan.yaml", ground_truth=synth / "gt_mapping.csv")
-    shutil.copy2(synth / "floorplan.yaml", work / "data" / "floorplan.yaml")
-    shutil.copy2(synth / "floorplan.pgm", work / "data" / "floorplan.pgm")
     report = json.loads(Path(report_path).read_text())
     stage("train", f"training from {Path(args.preset).name}")
     cfg = load_train_config(args.preset, device=args.device)

@@ -95,7 +95,8 @@ def build_dataset(
 
     Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment,
     splits and the refinement map are cheap and always recomputed, so new control points
-    take effect.
+    take effect. A ``floorplan`` is saved into the dataset (``out/floorplan.yaml`` and its
+    ``.pgm``), where evaluation, the dashboard and the node's snapping look for it.
     """
     out = Path(out)
     # every input file is read before the first stage: a typo in the control points or a
@@ -105,8 +106,7 @@ def build_dataset(
     for pose_file in (test_poses, ground_truth):
         if pose_file is not None:
             read_poses(pose_file)
-    if floorplan is not None:
-        FloorPlan.load(floorplan)
+    plan = FloorPlan.load(floorplan) if floorplan is not None else None
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     stages = [
@@ -123,4 +123,6 @@ def build_dataset(
         t0 = time.perf_counter()
         run()
         timings[name] = time.perf_counter() - t0
+    if plan is not None:
+        floorplan = plan.save(out / "floorplan.yaml")
     return write_report(out, floorplan=floorplan, timings=timings, ground_truth=ground_truth)

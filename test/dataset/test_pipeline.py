@@ -17,6 +17,7 @@ import pytest
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.errors import SfMError
+from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import error_summary, match_by_stamp
 
@@ -59,6 +60,15 @@ def test_outputs_and_splits(built):
     assert min(sizes.values()) > 0 and sizes["train"] > sizes["test"]
     train = set(read_poses(data / "train.csv").images)
     assert train.isdisjoint(read_poses(data / "test.csv").images)
+
+
+def test_the_floor_plan_is_saved_into_the_dataset(built):
+    synth, data = built
+    src, kept = FloorPlan.load(synth / "floorplan.yaml"), FloorPlan.load(data / "floorplan.yaml")
+    assert kept.resolution == src.resolution
+    np.testing.assert_allclose(kept.origin[:2], src.origin[:2])
+    np.testing.assert_array_equal(kept.walkable, src.walkable)
+    assert (data / "floorplan.pgm").is_file()
 
 
 def test_rerun_skips_finished_stages(built, venv_bin):
