@@ -27,6 +27,7 @@ from camera_pose_ros.errors import (
     InputDataError,
 )
 from camera_pose_ros.geometry import rotation_errors_deg
+from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.images import compressed_image_size, decode_compressed
 
 __all__ = ["UploadError", "check_upload_name", "decode_upload", "LocalizeService",
@@ -107,13 +108,16 @@ class LocalizeService:
         refine_config: refinement settings (``config/refine.yaml``), or None for defaults.
         device: torch device.
         mc_samples: covariance samples (default: the checkpoint's).
+        floorplan: regressed poses off its walkable cells are snapped onto them, as the
+            node and ``camera-pose localize --floorplan`` do.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None, *,
                  refinement_map: str | os.PathLike | None = None,
                  refine_config: str | os.PathLike | None = None, device: str = "cpu",
-                 mc_samples: int | None = None) -> None:
+                 mc_samples: int | None = None, floorplan: FloorPlan | None = None) -> None:
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.floorplan = floorplan
         self.refinement_map = refinement_map
         self.refine_config = refine_config
         self.device = device
@@ -146,7 +150,8 @@ class LocalizeService:
                                   "RUN/model.pt to localize images")
         from camera_pose_ros.runtime.localizer import Localizer
 
-        localizer = Localizer(self.checkpoint, device=self.device, mc_samples=self.mc_samples)
+        localizer = Localizer(self.checkpoint, device=self.device, mc_samples=self.mc_samples,
+                              floorplan=self.floorplan)
         try:
             path = localizer.enable_refinement(self.refinement_map, self.refine_config)
             log.info("dashboard: refinement map %s", path)

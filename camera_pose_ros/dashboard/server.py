@@ -256,9 +256,6 @@ def create_app(sources: DashboardSources, live: LiveState | None = None, *,
         warm_up: load the model in a background thread at start.
     """
     live = live if live is not None else LiveState(None)
-    service = LocalizeService(sources.checkpoint, refinement_map=sources.refinement_map,
-                              refine_config=refine_config, device=device,
-                              mc_samples=mc_samples)
     cache = _Cache()
     plan: FloorPlan | None = None
     plan_problem: str | None = None
@@ -272,6 +269,9 @@ def create_app(sources: DashboardSources, live: LiveState | None = None, *,
                         f"{sources.data / 'floorplan.yaml'}")
     else:
         plan_problem = "no floor plan given (--floorplan floor.yaml)"
+    service = LocalizeService(sources.checkpoint, refinement_map=sources.refinement_map,
+                              refine_config=refine_config, device=device,
+                              mc_samples=mc_samples, floorplan=plan)
     plan_png: bytes | None = None
     if plan is not None:
         ok, buf = cv2.imencode(".png", plan.to_image())
