@@ -17,9 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from camera_pose_ros.io.refmap import RefinementMap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,6 +188,26 @@ def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return synth, data
+
+
+def small_refinement_map(*, distortion: tuple[float, ...] = (), alignment_rms_m: float = 0.01
+                         ) -> RefinementMap:
+    """Three mapped frames, five points: enough to save and load, not to refine against."""
+    from camera_pose_ros.camera import PinholeCamera
+    from camera_pose_ros.io.refmap import RefinementMap
+
+    rng = np.random.default_rng(0)
+    poses = np.tile(np.eye(4), (3, 1, 1))
+    poses[:, :3, 3] = rng.normal(size=(3, 3))
+    return RefinementMap(
+        names=np.array(["a.png", "b.png", "c.png"]), map_from_cam=poses,
+        camera=PinholeCamera(320, 240, 260.0, 261.0, 159.5, 119.5, distortion),
+        points=rng.normal(size=(5, 3)), offsets=np.array([0, 2, 3, 5]),
+        obs_point=np.array([0, 1, 2, 3, 4]),
+        obs_desc=rng.integers(0, 255, (5, 128)).astype(np.uint8),
+        vocabulary=rng.normal(size=(4, 128)).astype(np.float32),
+        idf=np.ones(4, np.float32), global_desc=np.eye(3, 4, dtype=np.float32),
+        alignment_rms_m=alignment_rms_m)
 
 
 def write_random_checkpoint(path: Path, *, seed: int | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import RefinementError
 from camera_pose_ros.io.refmap import (
     REFINEMENT_MAP,
@@ -13,21 +12,11 @@ from camera_pose_ros.io.refmap import (
     load_refinement_map,
     save_refinement_map,
 )
+from test.conftest import small_refinement_map
 
 
 def _map() -> RefinementMap:
-    rng = np.random.default_rng(0)
-    poses = np.tile(np.eye(4), (3, 1, 1))
-    poses[:, :3, 3] = rng.normal(size=(3, 3))
-    return RefinementMap(
-        names=np.array(["a.png", "b.png", "c.png"]), map_from_cam=poses,
-        camera=PinholeCamera(320, 240, 260.0, 261.0, 159.5, 119.5, (0.1, -0.02, 0.0, 0.001)),
-        points=rng.normal(size=(5, 3)), offsets=np.array([0, 2, 3, 5]),
-        obs_point=np.array([0, 1, 2, 3, 4]),
-        obs_desc=rng.integers(0, 255, (5, 128)).astype(np.uint8),
-        vocabulary=rng.normal(size=(4, 128)).astype(np.float32),
-        idf=np.ones(4, np.float32), global_desc=np.eye(3, 4, dtype=np.float32),
-        alignment_rms_m=0.012)
+    return small_refinement_map(distortion=(0.1, -0.02, 0.0, 0.001), alignment_rms_m=0.012)
 
 
 def test_a_saved_map_loads_back_equal(tmp_path):

@@ -8,27 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import ConfigError, RefinementError
-from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap, save_refinement_map
+from camera_pose_ros.io.refmap import REFINEMENT_MAP, save_refinement_map
 from camera_pose_ros.runtime.localizer import Localizer, load_refiner
-from test.conftest import write_random_checkpoint
-
-
-def small_map() -> RefinementMap:
-    """Three mapped frames, five points: enough to load, not to refine against."""
-    rng = np.random.default_rng(0)
-    poses = np.tile(np.eye(4), (3, 1, 1))
-    poses[:, :3, 3] = rng.normal(size=(3, 3))
-    return RefinementMap(
-        names=np.array(["a.png", "b.png", "c.png"]), map_from_cam=poses,
-        camera=PinholeCamera(320, 240, 260.0, 261.0, 159.5, 119.5),
-        points=rng.normal(size=(5, 3)), offsets=np.array([0, 2, 3, 5]),
-        obs_point=np.array([0, 1, 2, 3, 4]),
-        obs_desc=rng.integers(0, 255, (5, 128)).astype(np.uint8),
-        vocabulary=rng.normal(size=(4, 128)).astype(np.float32),
-        idf=np.ones(4, np.float32), global_desc=np.eye(3, 4, dtype=np.float32),
-        alignment_rms_m=0.01)
+from test.conftest import small_refinement_map, write_random_checkpoint
 
 
 def test_a_batch_gives_the_poses_of_single_frames_in_order(tmp_path):
@@ -58,7 +41,7 @@ def test_a_batch_gives_the_poses_of_single_frames_in_order(tmp_path):
 def test_the_refiner_comes_from_the_explicit_map_with_the_yaml_settings(tmp_path):
     ckpt = write_random_checkpoint(tmp_path / "run" / "model.pt")
     data = tmp_path / "data"
-    save_refinement_map(data / REFINEMENT_MAP, small_map())
+    save_refinement_map(data / REFINEMENT_MAP, small_refinement_map())
     cfg = tmp_path / "refine.yaml"
     cfg.write_text("min_inliers: 12\nk_pose: 2\n")
     refiner, path = load_refiner(ckpt, data, cfg)  # a dataset folder holds the map
@@ -71,7 +54,7 @@ def test_the_refiner_comes_from_the_explicit_map_with_the_yaml_settings(tmp_path
 
 def test_the_refiner_is_found_through_the_checkpoints_provenance(tmp_path):
     data = tmp_path / "data"
-    save_refinement_map(data / REFINEMENT_MAP, small_map())
+    save_refinement_map(data / REFINEMENT_MAP, small_refinement_map())
     ckpt = write_random_checkpoint(tmp_path / "run" / "model.pt",
                                    provenance={"dataset": str(data)})
     loc = Localizer(ckpt, device="cpu")
