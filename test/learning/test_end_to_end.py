@@ -34,7 +34,7 @@ from camera_pose_ros.runtime.batch import localize_source
 from camera_pose_ros.runtime.localizer import Localizer
 
 pytestmark = pytest.mark.slow
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 TINY = dict(backbone="mobilenet_v3_small", pretrained="none", hidden=64, input_height=48,
             input_width=64, batch_size=8, mc_samples=8, device="cpu",
