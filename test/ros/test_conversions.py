@@ -153,3 +153,19 @@ def test_trajectory_keeps_stamp_order_and_replaces_a_refined_frame():
     insert_by_stamp(path, ps(40, 0.0))  # full: the oldest goes
     insert_by_stamp(path, ps(5, 9.0))  # older than everything kept: dropped
     assert [p.header.stamp.nanosec for p in path] == [20, 25, 30, 40]
+
+
+def test_a_diagnostics_snapshot_becomes_one_status_with_its_values_in_order():
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from camera_pose_ros.ros.conversions import diagnostic_array
+    from camera_pose_ros.runtime.diagnostics import DiagnosticsSnapshot, Level
+
+    snap = DiagnosticsSnapshot(Level.WARN, "no images",
+                               {"input_rate_hz": "0.00", "device": "cpu", "published": "7"})
+    msg = diagnostic_array(ns_to_stamp(3_000_000_001), "relocalization: x", snap)
+    (status,) = msg.status
+    assert status.level == DiagnosticStatus.WARN and status.message == "no images"
+    assert status.name == "relocalization: x" and status.hardware_id == "cpu"
+    assert [(kv.key, kv.value) for kv in status.values] == list(snap.values.items())
+    assert stamp_to_ns(msg.header.stamp) == 3_000_000_001
