@@ -102,10 +102,16 @@ def _cmd_dataset(args: argparse.Namespace) -> Path:
 
 
 def _cmd_frames(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.align import read_control_points
     from camera_pose_ros.dataset.frames import extract_frames
 
-    return extract_frames(_source(args), args.out, _dataset_configs(args)["keyframes"],
-                          overwrite=args.overwrite, progress=not args.quiet)
+    cfg = _dataset_configs(args)
+    keep = [] if args.control_points is None else [
+        cp.stamp_ns for cp in read_control_points(args.control_points)
+        if cp.stamp_ns is not None]
+    return extract_frames(_source(args), args.out, cfg["keyframes"],
+                          overwrite=args.overwrite, progress=not args.quiet,
+                          keep_stamps_ns=keep, keep_window_s=cfg["align"].max_time_offset)
 
 
 def _cmd_sfm(args: argparse.Namespace) -> Path:
@@ -285,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--max-frames", type=int)
     p.add_argument("--min-time-step", type=float)
+    p.add_argument("--control-points", type=Path,
+                   help="CSV stamp,x,y,z: keep the nearest frame of each stamp (as `dataset` "
+                        "does), even where the walk paused")
     stage_opts(p)
     p.set_defaults(func=_cmd_frames)
 

@@ -9,6 +9,7 @@ when the source carries intrinsics (CameraInfo).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import csv
 import io
@@ -16,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,13 +266,51 @@ class KeyframeSelector:
         return True
 
 
+class _KeptStamps:
+    """Stamps that must have a frame near them (control points): the nearest frame within
+    ``window_ns`` is written when keyframing kept none there."""
+
+    def __init__(self, stamps_ns: Sequence[int], window_ns: int) -> None:
+        self.pending = sorted(int(s) for s in stamps_ns)
+        self.window = int(window_ns)
+        self.best: dict[int, tuple[int, int, np.ndarray]] = {}  # stamp -> (|dt|, frame, rgb)
+        self.forced = 0
+
+    def offer(self, stamp_ns: int, rgb: np.ndarray) -> None:
+        """Remember the frame as a candidate for every pending stamp whose window holds it."""
+        for target in self.pending:
+            if target - self.window > stamp_ns:
+                break
+            dt = abs(stamp_ns - target)
+            if dt <= self.window and dt < self.best.get(target, (dt + 1,))[0]:
+                self.best[target] = (dt, stamp_ns, rgb)
+
+    def due(self, stamp_ns: int | None, kept_ns: list[int]) -> list[tuple[int, np.ndarray]]:
+        """Frames to write now: for each stamp whose window ``stamp_ns`` has passed (all of
+        them at the end, ``None``) and that no kept frame covers, its nearest frame."""
+        out: list[tuple[int, np.ndarray]] = []
+        while self.pending and (stamp_ns is None or stamp_ns > self.pending[0] + self.window):
+            target = self.pending.pop(0)
+            candidate = self.best.pop(target, None)
+            i = bisect.bisect_left(kept_ns, target - self.window)
+            covered = i < len(kept_ns) and kept_ns[i] <= target + self.window
+            if candidate is not None and not covered and (not out or candidate[1] > out[-1][0]):
+                out.append((candidate[1], candidate[2]))
+                self.forced += 1
+        return out
+
+
 def extract_frames(
     source: FrameSource, out: str | os.PathLike, config: KeyframeConfig = KeyframeConfig(),
-    *, overwrite: bool = False, progress: bool = True,
+    *, overwrite: bool = False, progress: bool = True, keep_stamps_ns: Sequence[int] = (),
+    keep_window_s: float = 0.25,
 ) -> Path:
     """Select keyframes from ``source`` into dataset folder ``out``; return ``frames.csv``.
 
-    Skips the work when ``frames.csv`` exists, unless ``overwrite``.
+    Skips the work when ``frames.csv`` exists, unless ``overwrite``. Each stamp of
+    ``keep_stamps_ns`` (the control points') gets its nearest frame within
+    ``keep_window_s`` even where keyframing would skip every frame there (the walk paused:
+    duplicates), so that alignment finds a frame for every control point in the bag.
     """
     out = Path(out)
     csv_path = out / "frames.csv"
@@ -287,6 +326,22 @@ def extract_frames(
     size: tuple[int, int] | None = None
     ext = ".png" if config.jpeg_quality >= 100 else ".jpg"
     params = [] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
+    kept = _KeptStamps(keep_stamps_ns, int(keep_window_s * 1e9))
+    kept_ns: list[int] = []
+
+    def write(stamp_ns: int, rgb: np.ndarray) -> None:
+        nonlocal size
+        if config.max_width and rgb.shape[1] > config.max_width:
+            h = int(round(rgb.shape[0] * config.max_width / rgb.shape[1]))
+            rgb = cv2.resize(rgb, (config.max_width, h), interpolation=cv2.INTER_AREA)
+        if size is None:
+            size = (rgb.shape[1], rgb.shape[0])
+        name = f"{len(rows):06d}{ext}"
+        if not cv2.imwrite(str(tmp / name), rgb[:, :, ::-1], params):
+            raise InputDataError(f"could not write frame {tmp / name}")
+        rows.append((name, stamp_ns))
+        kept_ns.append(stamp_ns)
+
     with atomic_dir(out / "images") as tmp:
         bar = tqdm(source.frames(), desc="frames", unit="frame", disable=not progress)
         for stamp_ns, rgb in bar:
@@ -295,20 +350,20 @@ def extract_frames(
                 log.warning("frame at %s s is not after the previous one; skipped",
                             format_stamp(stamp_ns))
                 continue
+            for due_ns, due_rgb in kept.due(stamp_ns, kept_ns):
+                write(due_ns, due_rgb)
+            if config.max_frames and len(rows) >= config.max_frames:
+                break
             if not selector.accept(stamp_ns / 1e9, rgb):
+                kept.offer(stamp_ns, rgb)
                 continue
-            if config.max_width and rgb.shape[1] > config.max_width:
-                h = int(round(rgb.shape[0] * config.max_width / rgb.shape[1]))
-                rgb = cv2.resize(rgb, (config.max_width, h), interpolation=cv2.INTER_AREA)
-            if size is None:
-                size = (rgb.shape[1], rgb.shape[0])
-            name = f"{len(rows):06d}{ext}"
-            if not cv2.imwrite(str(tmp / name), rgb[:, :, ::-1], params):
-                raise InputDataError(f"could not write frame {tmp / name}")
-            rows.append((name, stamp_ns))
+            write(stamp_ns, rgb)
             bar.set_postfix(kept=len(rows))
             if config.max_frames and len(rows) >= config.max_frames:
                 break
+        else:
+            for due_ns, due_rgb in kept.due(None, kept_ns):
+                write(due_ns, due_rgb)
         if not rows:
             raise InputDataError(f"no usable frames in the source ({seen} read)")
     buf = io.StringIO()
@@ -319,7 +374,8 @@ def extract_frames(
         write_json_atomic(out / "camera.json", camera.scaled(*size).to_dict())
     write_json_atomic(out / SOURCE_JSON, source.record())
     write_text_atomic(csv_path, buf.getvalue())
-    log.info("frames: kept %d of %d (skipped: %s)", len(rows), seen, dict(selector.skipped))
+    log.info("frames: kept %d of %d (skipped: %s; kept for control points: %d)", len(rows),
+             seen, dict(selector.skipped), kept.forced)
     if (out / "sfm").exists():
         log.warning("frames redone: %s holds the SfM of the earlier frames until it is "
                     "redone (`sfm --overwrite`; `dataset --overwrite` does it)", out / "sfm")

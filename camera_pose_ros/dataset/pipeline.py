@@ -102,7 +102,8 @@ def build_dataset(
     # every input file is read before the first stage: a typo in the control points or a
     # pose file fails in a second, not after the SfM
     source.check()
-    read_control_points(control_points)
+    cp_stamps = [cp.stamp_ns for cp in read_control_points(control_points)
+                 if cp.stamp_ns is not None]
     for pose_file in (test_poses, ground_truth):
         if pose_file is not None:
             read_poses(pose_file)
@@ -110,8 +111,10 @@ def build_dataset(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     stages = [
+        # a control point's frame is kept even where the walk paused (duplicates)
         ("frames", lambda: extract_frames(source, out, keyframes, overwrite=overwrite,
-                                          progress=progress)),
+                                          progress=progress, keep_stamps_ns=cp_stamps,
+                                          keep_window_s=align.max_time_offset)),
         ("sfm", lambda: run_sfm(out, sfm, overwrite=overwrite)),
         ("align", lambda: align_dataset(out, control_points, align)),
         ("split", lambda: split_dataset(out, split, test_poses=test_poses)),

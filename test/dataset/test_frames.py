@@ -114,3 +114,28 @@ def test_frame_source_needs_exactly_one_input(tmp_path):
         FrameSource()
     with pytest.raises(ConfigError):
         FrameSource(bag=tmp_path, video=tmp_path)
+
+
+def test_a_control_point_keeps_its_frame_where_the_walk_paused(tmp_path):
+    bag = tmp_path / "bag"
+    pictures = [cv2.resize(textured(i, 48, 64), (128, 96), interpolation=cv2.INTER_NEAREST)
+                for i in range(4)]
+    stamps = [10**18 + i * 10**8 for i in range(30)]  # 10 Hz for 3 s
+    with BagImageWriter(bag) as w:
+        for i, stamp in enumerate(stamps):
+            # the camera stands still from 0.5 s to 2.4 s: the same picture, duplicates
+            w.write(stamp, pictures[0 if i < 5 else 1 if i < 25 else 2 + i % 2], LENS)
+    cfg = KeyframeConfig(max_width=64, jpeg_quality=100)
+    paused = stamps[15]  # a control point taken in the middle of the pause
+
+    def kept(keep: list[int], out: str) -> np.ndarray:
+        extract_frames(FrameSource(bag=bag), tmp_path / out, cfg, progress=False,
+                       keep_stamps_ns=keep, keep_window_s=0.25)
+        return read_frames_csv(tmp_path / out / "frames.csv")[1]
+
+    plain = kept([], "plain")
+    assert np.min(np.abs(plain - paused)) > 0.25e9  # keyframing alone leaves a 1.9 s gap
+    with_cp = kept([paused, stamps[0], stamps[29] + 10**9], "with_cp")
+    assert paused in with_cp.tolist()  # the control point's own frame, added once
+    assert len(with_cp) == len(plain) + 1 and np.all(np.diff(with_cp) > 0)
+    assert set(plain.tolist()) < set(with_cp.tolist())
