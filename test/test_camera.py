@@ -18,7 +18,6 @@ def test_pinhole_colmap_convention_and_scaling():
     assert (half.fx, half.cx, half.cy) == (250.0, 159.5, 119.5)
 
 
-
 def test_distortion_agrees_with_colmap_and_inverts():
     """Our OpenCV model and pycolmap's FULL_OPENCV camera are independent implementations."""
     import pycolmap
@@ -35,7 +34,6 @@ def test_distortion_agrees_with_colmap_and_inverts():
     np.testing.assert_allclose(LENS.undistort_normalized(LENS.distort_normalized(xy)), xy,
                                atol=1e-9)
     assert not np.allclose(LENS.distort_normalized(xy), xy)
-
 
 
 def test_camera_spellings_and_conversions():
@@ -61,7 +59,6 @@ def test_camera_spellings_and_conversions():
         PinholeCamera.from_camera_info(320, 240, k, [0.1, 0, 0, 0], "equidistant")
     with pytest.raises(CameraModelError, match="focal length"):
         PinholeCamera.from_camera_info(320, 240, [0.0] * 9, [], "plumb_bob")
-
 
 
 def test_rectified_images_use_the_projection_matrix():

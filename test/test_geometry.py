@@ -28,12 +28,10 @@ def random_sim3(rng: np.random.Generator) -> Sim3:
                 rng.normal(0, 10, 3))
 
 
-
 def test_quaternion_orders_round_trip():
     q_wxyz = np.array([0.9, 0.1, -0.3, 0.2])
     assert np.allclose(quat_wxyz_to_xyzw(q_wxyz), [0.1, -0.3, 0.2, 0.9])
     assert np.allclose(quat_xyzw_to_wxyz(quat_wxyz_to_xyzw(q_wxyz)), q_wxyz)
-
 
 
 def test_rotation_matrix_round_trip_and_sign():
@@ -46,7 +44,6 @@ def test_rotation_matrix_round_trip_and_sign():
     assert np.allclose(canonical_quat_wxyz(-2 * q), q)
 
 
-
 def test_rotation_error_ignores_quaternion_sign():
     q = quat_wxyz_from_rotmat(Rotation.from_euler("z", 30, degrees=True).as_matrix())
     ident = np.array([1.0, 0, 0, 0])
@@ -55,12 +52,10 @@ def test_rotation_error_ignores_quaternion_sign():
     assert rotation_errors_deg(q, q) == pytest.approx(0.0, abs=1e-5)
 
 
-
 def test_invert_pose():
     rng = np.random.default_rng(2)
     pose = pose_matrix(Rotation.random(random_state=rng).as_matrix(), rng.normal(size=3))
     assert np.allclose(invert_pose(pose) @ pose, np.eye(4))
-
 
 
 def test_look_at_is_optical_frame():
@@ -69,7 +64,6 @@ def test_look_at_is_optical_frame():
     assert np.allclose(rot[:, 1], [0, 0, -1])  # y down
     assert np.allclose(rot[:, 0], [0, -1, 0])  # x right of the view
     assert np.linalg.det(rot) == pytest.approx(1.0)
-
 
 
 def test_umeyama_exact_recovery():
@@ -82,7 +76,6 @@ def test_umeyama_exact_recovery():
     assert np.allclose(est.translation, truth.translation, atol=1e-8)
 
 
-
 def test_umeyama_with_noise_is_close():
     rng = np.random.default_rng(4)
     truth = random_sim3(rng)
@@ -92,7 +85,6 @@ def test_umeyama_with_noise_is_close():
     res = np.linalg.norm(est.apply(src) - dst, axis=1)
     assert np.sqrt(np.mean(res**2)) < 0.02
     assert est.scale == pytest.approx(truth.scale, rel=0.01)
-
 
 
 def test_robust_fit_rejects_one_bad_point():
@@ -110,14 +102,12 @@ def test_robust_fit_rejects_one_bad_point():
     assert res.max() < 0.05 < res_plain.max()
 
 
-
 def test_robust_fit_without_outliers_keeps_all():
     rng = np.random.default_rng(6)
     truth = random_sim3(rng)
     src = rng.normal(0, 4, (5, 3))
     _, inliers = fit_sim3_robust(src, truth.apply(src))
     assert inliers.all()
-
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])
@@ -127,13 +117,11 @@ def test_too_few_points_is_an_error(n):
         umeyama_sim3(pts, pts)
 
 
-
 def test_collinear_points_are_an_error():
     t = np.linspace(0, 5, 6)[:, None]
     line = t * np.array([[1.0, 2.0, 0.5]]) + 3.0
     with pytest.raises(AlignmentError, match="collinear"):
         umeyama_sim3(line, line * 2)
-
 
 
 def test_sim3_transform_pose_and_dict_round_trip():

@@ -39,11 +39,9 @@ def fake_dataset(tmp_path, monkeypatch):
     return tmp_path, map_from_cam, stamps
 
 
-
 def _write_cps(path, rows, header="stamp,x,y,z"):
     path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return path
-
 
 
 def test_alignment_recovers_map_poses(fake_dataset):
@@ -59,7 +57,6 @@ def test_alignment_recovers_map_poses(fake_dataset):
     assert poses.images[0] == "000000.jpg"
 
 
-
 def test_alignment_rejects_one_bad_control_point(fake_dataset):
     data, map_from_cam, stamps = fake_dataset
     rows = [(stamps[i], *map_from_cam[i, :3, 3]) for i in (2, 12, 20, 30, 37)]
@@ -73,14 +70,12 @@ def test_alignment_rejects_one_bad_control_point(fake_dataset):
     assert np.allclose(poses.positions_N3, map_from_cam[:, :3, 3], atol=1e-6)
 
 
-
 def test_control_points_by_image_name(fake_dataset):
     data, map_from_cam, _ = fake_dataset
     rows = [(f"{i:06d}.jpg", *map_from_cam[i, :3, 3]) for i in (3, 15, 33)]
     align_dataset(data, _write_cps(data / "cp.csv", rows, "image,x,y,z"))
     assert np.allclose(read_poses(data / "poses.csv").positions_N3, map_from_cam[:, :3, 3],
                        atol=1e-6)
-
 
 
 def test_too_few_collinear_or_unmatched_control_points(fake_dataset):
@@ -98,7 +93,6 @@ def test_too_few_collinear_or_unmatched_control_points(fake_dataset):
     assert not (data / "poses.csv").exists()  # nothing written by a failed alignment
 
 
-
 def test_control_point_file_errors(tmp_path):
     with pytest.raises(InputDataError, match="not found"):
         read_control_points(tmp_path / "none.csv")
@@ -110,7 +104,6 @@ def test_control_point_file_errors(tmp_path):
         align_dataset(tmp_path, cps)  # a folder that is no dataset yet
     with pytest.raises(ConfigError):
         AlignConfig(max_rms=-1)
-
 
 
 def test_control_point_between_frames_is_interpolated(fake_dataset, monkeypatch):

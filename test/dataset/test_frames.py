@@ -26,9 +26,6 @@ CAM = PinholeCamera(64, 48, 50.0, 50.0, 31.5, 23.5)
 LENS = PinholeCamera(128, 96, 100, 100, 63.5, 47.5, (-0.2, 0.05, 0.001, -0.002, 0.01))
 
 
-
-
-
 def test_video_source(tmp_path):
     path = tmp_path / "walk.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
@@ -47,7 +44,6 @@ def test_video_source(tmp_path):
         list(iter_video(tmp_path / "junk.mp4"))
 
 
-
 def test_image_folder_source(tmp_path):
     for i, stamp in enumerate(["10.5", "11.0", "12.25"]):
         cv2.imwrite(str(tmp_path / f"{stamp}.png"), textured(i)[:, :, ::-1])
@@ -58,7 +54,6 @@ def test_image_folder_source(tmp_path):
     with pytest.raises(InputDataError, match="no images"):
         list(iter_image_folder(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None
                                else tmp_path))
-
 
 
 def test_keyframes_skip_blur_duplicates_and_time_step():
@@ -77,11 +72,9 @@ def test_keyframes_skip_blur_duplicates_and_time_step():
     assert sel.accept(0.7, big[6])
 
 
-
 def test_keyframe_config_validation():
     with pytest.raises(ConfigError):
         KeyframeConfig(blur_ratio=1.5)
-
 
 
 def test_extract_frames_from_bag(tmp_path):
@@ -106,7 +99,6 @@ def test_extract_frames_from_bag(tmp_path):
     mtime = (out / "frames.csv").stat().st_mtime_ns
     extract_frames(FrameSource(bag=bag), out, cfg, progress=False)
     assert (out / "frames.csv").stat().st_mtime_ns == mtime
-
 
 
 def test_frame_source_needs_exactly_one_input(tmp_path):

@@ -19,7 +19,6 @@ def test_block_assignment_is_contiguous_and_spread():
     assert np.flatnonzero(labels == 2).max() - np.flatnonzero(labels == 2).min() >= 8
 
 
-
 def _poses_csv(data, n=300, rate=10.0):
     rot = quat_wxyz_from_rotmat(np.repeat(np.eye(3)[None], n, 0))
     table = PoseTable(10**12 + np.arange(n) * int(1e9 / rate),
@@ -27,7 +26,6 @@ def _poses_csv(data, n=300, rate=10.0):
                       rot, [f"{i:06d}.jpg" for i in range(n)])
     write_poses(data / "poses.csv", table)
     return table
-
 
 
 def test_splits_are_blocks_never_interleaved(tmp_path):
@@ -47,7 +45,6 @@ def test_splits_are_blocks_never_interleaved(tmp_path):
     assert 0.6 < len(parts["train"]) / total < 0.8
 
 
-
 def test_split_with_separate_test_session(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
@@ -61,7 +58,6 @@ def test_split_with_separate_test_session(tmp_path):
     assert len(read_poses(a / "train.csv")) + len(read_poses(a / "validation.csv")) > 250
 
 
-
 def test_split_errors(tmp_path):
     _poses_csv(tmp_path, n=1)
     with pytest.raises(SplitError, match="need at least 3"):
@@ -73,7 +69,6 @@ def test_split_errors(tmp_path):
     (tmp_path / "poses.csv").write_text("stamp,x,y\n")
     with pytest.raises(InputDataError, match="missing column"):
         split_dataset(tmp_path)
-
 
 
 def test_short_walk_gets_shorter_blocks(tmp_path):

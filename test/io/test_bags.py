@@ -35,7 +35,6 @@ def test_bag_raw_frames(tmp_path, storage, encoding):
     assert src.camera() == CAM
 
 
-
 def _compressed_bag(path, images, fmt="jpeg", corrupt_index=None):
     msg_t = TYPESTORE.types["sensor_msgs/msg/CompressedImage"]
     header_t = TYPESTORE.types["std_msgs/msg/Header"]
@@ -51,7 +50,6 @@ def _compressed_bag(path, images, fmt="jpeg", corrupt_index=None):
             w.write(conn, (100 + i) * 10**9, TYPESTORE.serialize_cdr(msg, msg_t.__msgtype__))
 
 
-
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
 def test_bag_compressed_frames_skip_corrupt(tmp_path, fmt):
     images = [textured(i) for i in range(4)]
@@ -62,12 +60,10 @@ def test_bag_compressed_frames_skip_corrupt(tmp_path, fmt):
         list(iter_bag_images(tmp_path / "bag", "/camera/image_raw/compressed", skip_bad=False))
 
 
-
 def test_bag_without_topic_names_the_topics_it_has(tmp_path):
     _compressed_bag(tmp_path / "bag", [textured(0)])
     with pytest.raises(BagError, match="image topics in it: /camera/image_raw/compressed"):
         list(iter_bag_images(tmp_path / "bag", "/front/image_raw"))
-
 
 
 def test_missing_or_broken_bag(tmp_path):
@@ -77,7 +73,6 @@ def test_missing_or_broken_bag(tmp_path):
     (tmp_path / "broken" / "metadata.yaml").write_text("not: [a bag")
     with pytest.raises(BagError, match="cannot read bag"):
         list(iter_bag_images(tmp_path / "broken"))
-
 
 
 def test_rectified_topic_takes_the_projection_without_distortion(tmp_path):

@@ -14,9 +14,6 @@ from test.conftest import textured
 CAM = PinholeCamera(64, 48, 50.0, 50.0, 31.5, 23.5)
 
 
-
-
-
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "rgba8", "bgra8"])
 def test_raw_encodings_round_trip(encoding):
     rgb = textured(0)
@@ -29,14 +26,12 @@ def test_raw_encodings_round_trip(encoding):
         assert np.array_equal(out, rgb)
 
 
-
 def test_raw_with_row_padding():
     rgb = textured(1)
     padded = np.zeros((48, 64 * 3 + 8), np.uint8)
     padded[:, : 64 * 3] = rgb.reshape(48, -1)
     out = decode_raw(padded.tobytes(), width=64, height=48, encoding="rgb8", step=64 * 3 + 8)
     assert np.array_equal(out, rgb)
-
 
 
 @pytest.mark.parametrize(
@@ -58,7 +53,6 @@ def test_bad_raw_images_are_refused(kwargs, match):
         decode_raw(data, **fields)
 
 
-
 @pytest.mark.parametrize("ext", [".jpg", ".png"])
 def test_compressed_round_trip(ext):
     rgb = textured(2)
@@ -75,7 +69,6 @@ def test_compressed_round_trip(ext):
     ok, buf = cv2.imencode(ext, red[:, :, ::-1])
     got = decode_compressed(buf.tobytes(), ext[1:])
     assert got[8, 8, 0] > 240 and got[8, 8, 2] < 15
-
 
 
 @pytest.mark.parametrize("mangle", ["empty", "truncated", "garbage"])
