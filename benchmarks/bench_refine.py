@@ -36,7 +36,8 @@ from camera_pose_ros.io.bags import (
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.learning.uncertainty import coverage, error_vectors
 from camera_pose_ros.metrics import error_summary, match_by_stamp
-from camera_pose_ros.runtime.localizer import Localizer, PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
+from camera_pose_ros.runtime.localizer import Localizer
 from camera_pose_ros.runtime.refine import RefineConfig
 
 

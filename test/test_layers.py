@@ -267,6 +267,10 @@ IMPORT_CASES = {
     "dataset": ([m for m in MODULES if layer_of(m) == "dataset"], ("torch", "ros")),
     "learning": ([m for m in MODULES if layer_of(m) == "learning"], ("ros",)),
     "runtime": ([m for m in MODULES if layer_of(m) == "runtime"], ("ros",)),
+    # the node's frame path without the network: torch loads when a checkpoint does
+    "runtime-frame-path": ([f"{PACKAGE}.runtime.{m}" for m in (
+        "estimate", "odometry", "workers", "relocalize", "diagnostics", "pipeline", "refine")],
+        ("torch", "ros")),
     "dashboard": ([m for m in MODULES if layer_of(m) == "dashboard"], ("ros",)),
     # the offline pages (`camera-pose dashboard`) start without torch: it loads on a request
     "dashboard-server": ([f"{PACKAGE}.dashboard.server", f"{PACKAGE}.dashboard.sources"],

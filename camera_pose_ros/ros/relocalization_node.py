@@ -38,7 +38,7 @@ from camera_pose_ros.ros import conversions as conv
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS, declare_parameters
 from camera_pose_ros.ros.spin import spin_until_shutdown
 from camera_pose_ros.runtime.diagnostics import NodeStats
-from camera_pose_ros.runtime.localizer import Localizer, PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
 from camera_pose_ros.runtime.pipeline import (
     Frame,
     PipelineSettings,
@@ -63,7 +63,7 @@ class RelocalizationNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         declare_parameters(self, RELOCALIZATION_PARAMS)
         self.stats = NodeStats()  # kept across lifecycle cycles
-        self.localizer: Localizer | None = None
+        self.localizer: Any = None  # runtime.localizer.Localizer, from configure to cleanup
         self.pipeline: RelocalizationPipeline | None = None  # from configure to cleanup
         self._cfg: dict[str, Any] = {}
         self._subs: list = []
@@ -262,16 +262,16 @@ class RelocalizationNode(LifecycleNode):
                                                           self._rectified))
 
     def _on_tracking_lost(self, msg: Bool) -> None:
-        if msg.data and self.pipeline is not None:
-            self.pipeline.request("tracking_lost")
+        if msg.data and (pipeline := self.pipeline) is not None:
+            pipeline.request("tracking_lost")
 
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response
                        ) -> Trigger.Response:
         """Start a request; under a multi-threaded executor wait for its outcome."""
-        wait = isinstance(self.executor, MultiThreadedExecutor)  # else waiting blocks images
-        try:
+        wait, pipeline = isinstance(self.executor, MultiThreadedExecutor), self.pipeline
+        try:  # pipeline read once: a cleanup on another executor thread may clear it
             response.success, response.message = (
-                self.pipeline.relocalize("~/relocalize", wait=wait) if self.pipeline
+                pipeline.relocalize("~/relocalize", wait=wait) if pipeline
                 else (False, "not active: activate the node"))
         except Exception as exc:  # a service callback must never stop the executor
             self.stats.add("rejected_other")
@@ -279,10 +279,10 @@ class RelocalizationNode(LifecycleNode):
         return response
 
     def _publish_diagnostics(self) -> None:
-        if self.pipeline is not None:
+        if (pipeline := self.pipeline) is not None:
             self._pubs["diag"].publish(conv.diagnostic_array(
                 self.get_clock().now().to_msg(), f"{self.get_name()}: relocalization",
-                self.pipeline.diagnostics()))
+                pipeline.diagnostics()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from camera_pose_ros.errors import CheckpointError, ConfigError, InputDataError
 from camera_pose_ros.fileio import write_json_atomic
 from camera_pose_ros.io.posecsv import read_poses, write_poses
 from camera_pose_ros.learning.evaluate import prediction_table, table_metrics
-from camera_pose_ros.runtime.localizer import Localizer, PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
+from camera_pose_ros.runtime.localizer import Localizer
 
 __all__ = ["BatchReport", "FrameStream", "localize_source", "localization_metrics_path"]
 

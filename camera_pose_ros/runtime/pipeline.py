@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from camera_pose_ros.runtime.diagnostics import (
     NodeStats,
     diagnostics_snapshot,
 )
-from camera_pose_ros.runtime.localizer import JumpGate, Localizer, PoseEstimate
+from camera_pose_ros.runtime.estimate import JumpGate, PoseEstimate
 from camera_pose_ros.runtime.odometry import OdometryBuffer, base_from_camera, map_from_odom
 from camera_pose_ros.runtime.relocalize import (
     RelocalizationRequest,
@@ -45,6 +45,9 @@ from camera_pose_ros.runtime.relocalize import (
     verify,
 )
 from camera_pose_ros.runtime.workers import LatestJobWorker, RefineJob, RefineScheduler
+
+if TYPE_CHECKING:
+    from camera_pose_ros.runtime.localizer import Localizer
 
 WARN_PERIOD_S = 5.0  # a throttled log line repeats at most this often per key
 
@@ -115,6 +118,8 @@ def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | No
         CameraPoseError: an empty ``model_path``, or what loading the checkpoint, the floor
             plan, the refinement settings or the refinement map raises.
     """
+    from camera_pose_ros.runtime.localizer import Localizer  # torch: loaded when configuring
+
     plan = FloorPlan.load(str(params["floorplan_yaml"])) if params["floorplan_yaml"] else None
     if not params["model_path"]:
         raise ConfigError("parameter model_path is empty: give a checkpoint")
@@ -213,7 +218,8 @@ class RelocalizationPipeline:
     @property
     def running(self) -> bool:
         """Started and not stopped."""
-        return self._frames is not None and self._frames.running
+        frames = self._frames  # read once: stop() may clear it from another thread
+        return frames is not None and frames.running
 
     def idle(self) -> bool:
         """No frame waits or is being handled (localized or refined)."""

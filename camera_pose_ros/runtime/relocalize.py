@@ -30,7 +30,7 @@ from enum import Enum
 import numpy as np
 
 from camera_pose_ros.errors import ConfigError
-from camera_pose_ros.runtime.localizer import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
 
 __all__ = ["VerifyThresholds", "pose_sigmas", "verify", "Outcome", "RelocalizationResult",
            "RelocalizationRequest", "RelocalizationSession"]

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from camera_pose_ros.runtime.localizer import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
 
 __all__ = ["LatestJobWorker", "RefineJob", "RefineScheduler"]
 

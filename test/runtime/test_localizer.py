@@ -12,7 +12,8 @@ import pytest
 from camera_pose_ros.errors import ConfigError, RefinementError
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.refmap import REFINEMENT_MAP, save_refinement_map
-from camera_pose_ros.runtime.localizer import FloorSnapper, JumpGate, Localizer, load_refiner
+from camera_pose_ros.runtime.estimate import FloorSnapper, JumpGate
+from camera_pose_ros.runtime.localizer import Localizer, load_refiner
 from test.conftest import small_refinement_map, write_random_checkpoint
 
 

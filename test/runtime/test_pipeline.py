@@ -20,7 +20,7 @@ from camera_pose_ros.errors import (
 )
 from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
-from camera_pose_ros.runtime.localizer import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
 from camera_pose_ros.runtime.pipeline import (
     Frame,
     Mode,

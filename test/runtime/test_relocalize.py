@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from camera_pose_ros.errors import ConfigError
-from camera_pose_ros.runtime.localizer import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
 from camera_pose_ros.runtime.relocalize import (
     Outcome,
     RelocalizationRequest,

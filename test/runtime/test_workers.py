@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from camera_pose_ros.runtime.localizer import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate
 from camera_pose_ros.runtime.workers import LatestJobWorker, RefineJob, RefineScheduler
 from test.conftest import wait_for
 
