@@ -58,7 +58,7 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
     point_ids = np.array(sorted(rec.points3D), dtype=np.int64)
     lookup = {int(pid): i for i, pid in enumerate(point_ids)}
     points = sim.apply(np.array([rec.points3D[int(p)].xyz for p in point_ids]).reshape(-1, 3))
-    retrieval = _retrieval(data, db_path, words, seed)
+    retrieval = _retrieval(data, db_path, words, seed, [im.name for im in images])
     row_of = {n: i for i, n in enumerate(retrieval.names)}
     poses, offsets, obs_point, obs_desc = [], [0], [], []
     db = pycolmap.Database.open(db_path)
@@ -103,9 +103,10 @@ def _camera(data: Path, cam: pycolmap.Camera) -> PinholeCamera:
         raise RefinementError(f"the SfM camera: {exc}") from exc
 
 
-def _retrieval(data: Path, db_path: Path, words: int, seed: int) -> RetrievalIndex:
-    """The SfM stage's retrieval index when it was made with ``words`` and ``seed``, else a
-    new one from the database (same computation)."""
+def _retrieval(data: Path, db_path: Path, words: int, seed: int, names: list[str]
+               ) -> RetrievalIndex:
+    """The SfM stage's retrieval index when it was made with ``words`` and ``seed`` and holds
+    every frame of ``names``, else a new one from the database (same computation)."""
     from camera_pose_ros.dataset.sfm import global_descriptors
 
     saved = data / "sfm" / GLOBAL_DESCRIPTORS
@@ -115,7 +116,7 @@ def _retrieval(data: Path, db_path: Path, words: int, seed: int) -> RetrievalInd
         except FormatError as exc:
             log.warning("%s; computing the retrieval vocabulary again", exc)
         else:
-            if index.words == words and index.seed == seed:
+            if index.words == words and index.seed == seed and set(names) <= set(index.names):
                 return index
     return global_descriptors(db_path, words=words, seed=seed)
 

@@ -169,6 +169,9 @@ def _match(sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
     exhaustive = cfg.matcher == "exhaustive" or (
         cfg.matcher == "auto" and len(names) <= cfg.exhaustive_max_frames)
     info = {"matcher": "exhaustive" if exhaustive else "sequential", "loop_pairs": 0}
+    # an earlier run's index describes an earlier database: never leave it for the refinement
+    # map to reuse
+    (sfm / GLOBAL_DESCRIPTORS).unlink(missing_ok=True)
     if exhaustive:
         pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
         return info

@@ -47,3 +47,12 @@ def test_the_sfm_retrieval_index_is_reused_when_it_fits(sfm_building, tmp_path):
                                                      words=words, seed=8))
     assert fresh.vocabulary.shape == (words, 128)
     assert not np.allclose(fresh.vocabulary, marker.vocabulary)
+
+    # an index of another database (a frame missing): learnt again, no KeyError
+    stale = RetrievalIndex(names[1:], marker.descriptors[1:], marker.vocabulary, marker.idf,
+                           seed=7)
+    save_retrieval_index(copy / "sfm" / GLOBAL_DESCRIPTORS, stale)
+    again = load_refinement_map(build_refinement_map(copy, out=tmp_path / "c.npz",
+                                                     words=words, seed=7))
+    assert len(again) == len(reused)
+    assert not np.allclose(again.vocabulary, marker.vocabulary)
