@@ -275,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-points", type=Path, required=True,
                    help="CSV stamp,x,y,z (or image,x,y,z) in the map frame")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--floorplan", type=Path, help="map_server YAML drawn under trajectory.png")
+    p.add_argument("--floorplan", type=Path,
+                   help="map_server YAML: drawn under trajectory.png and saved into the "
+                        "dataset (DATA/floorplan.yaml) for evaluate and the dashboard")
     p.add_argument("--test-poses", type=Path,
                    help="another session's poses.csv to use as the test split")
     p.add_argument("--ground-truth", type=Path,

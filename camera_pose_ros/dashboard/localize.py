@@ -150,8 +150,11 @@ class LocalizeService:
                                   "RUN/model.pt to localize images")
         from camera_pose_ros.runtime.localizer import Localizer
 
-        localizer = Localizer(self.checkpoint, device=self.device, mc_samples=self.mc_samples,
-                              floorplan=self.floorplan)
+        localizer = Localizer(self.checkpoint, device=self.device, mc_samples=self.mc_samples)
+        try:
+            localizer.set_floorplan(self.floorplan)
+        except InputDataError as exc:  # e.g. no walkable cell: localize without snapping
+            log.warning("dashboard: not snapping to the floor plan: %s", exc)
         try:
             path = localizer.enable_refinement(self.refinement_map, self.refine_config)
             log.info("dashboard: refinement map %s", path)

@@ -96,7 +96,7 @@ def build_dataset(
     Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment,
     splits and the refinement map are cheap and always recomputed, so new control points
     take effect. A ``floorplan`` is saved into the dataset (``out/floorplan.yaml`` and its
-    ``.pgm``), where evaluation, the dashboard and the node's snapping look for it.
+    ``.pgm``), where evaluation and the dashboard look for it.
     """
     out = Path(out)
     # every input file is read before the first stage: a typo in the control points or a

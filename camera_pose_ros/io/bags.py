@@ -142,7 +142,6 @@ def open_bag(path: str | os.PathLike) -> AnyReader:
     return reader
 
 
-
 def read_messages(reader: AnyReader, connections: list[Connection], path: str | os.PathLike
                   ) -> Iterator[tuple[Connection, int, bytes]]:
     """``(connection, log_time_ns, raw)`` of ``connections`` in bag order.

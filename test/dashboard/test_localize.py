@@ -22,3 +22,12 @@ def test_uploads_snap_onto_the_walkable_floor_like_the_node(tmp_path):
     cell_centre = (-10.0 + 5.5 * 0.5, -10.0 + 30.5 * 0.5)
     assert (snapped["x"], snapped["y"]) == (cell_centre[0], cell_centre[1])
     assert snapped["z"] == free["z"] and snapped["q"] == free["q"]
+
+
+def test_a_plan_without_walkable_cells_leaves_uploads_unsnapped(tmp_path):
+    ckpt = write_random_checkpoint(tmp_path / "model.pt", seed=3)
+    walls = FloorPlan(occupancy=np.full((10, 10), 100, np.int8), resolution=0.5,
+                      origin=(0.0, 0.0))
+    view = LocalizeService(ckpt, device="cpu", floorplan=walls).localize(
+        textured(1, 96, 128))["modes"]["regress"]
+    assert "x" in view and not view["snapped"]

@@ -15,8 +15,7 @@ import zlib
 import numpy as np
 import pytest
 
-from camera_pose_ros.errors import ImageDecodeError, InputDataError
-from camera_pose_ros.io.floorplan import FloorPlan
+from camera_pose_ros.errors import ImageDecodeError
 from test.conftest import wait_for
 from test.ros.test_relocalization_node import Probe, checkpoint, frame, image_msg  # noqa: F401 -- fixture
 
@@ -144,26 +143,6 @@ def _grid(width: int = 20, height: int = 10, resolution: float = 0.5,
     grid.info.origin.position.x, grid.info.origin.position.y = origin
     grid.data = [0] * (width * height) if data is None else data
     return grid
-
-
-@pytest.mark.parametrize("kwargs,words", [
-    ({"data": [0] * 199}, "data"), ({"resolution": 0.0}, "resolution"),
-    ({"resolution": -0.1}, "resolution"), ({"resolution": float("nan")}, "resolution"),
-    ({"width": 0, "data": []}, "empty"), ({"origin": (float("nan"), 0.0)}, "origin"),
-    ({"origin": (0.0, float("inf"))}, "origin")])
-def test_floor_plan_from_a_grid_refuses_malformed_grids(kwargs, words):
-    g = _grid(**kwargs)
-    with pytest.raises(InputDataError, match=words):
-        FloorPlan.from_grid(g.data, g.info.width, g.info.height, g.info.resolution,
-                            (g.info.origin.position.x, g.info.origin.position.y))
-
-
-def test_floor_plan_from_a_grid():
-    occ = np.zeros((10, 20), np.int8)
-    occ[2, 3] = 100
-    plan = FloorPlan.from_grid(occ.reshape(-1).tolist(), 20, 10, 0.5, (1.0, -2.0))
-    assert plan.occupancy.shape == (10, 20) and plan.occupancy[2, 3] == 100
-    assert plan.resolution == 0.5 and plan.origin == (1.0, -2.0)
 
 
 def test_malformed_maps_are_rejected_and_the_previous_one_kept(running, spinner):
