@@ -27,19 +27,30 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("camera_pose_ros")
 
 
-def _source_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def _source_args(p: argparse.ArgumentParser, *, required: bool = True,
+                 intrinsics: bool = True) -> None:
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--bag", type=Path, help="ROS 2 bag folder (MCAP or sqlite3)")
     src.add_argument("--video", type=Path, help="video file (any format OpenCV reads)")
     src.add_argument("--images", type=Path, help="folder of images, sorted by name")
     p.add_argument("--topic", default="/camera/image_raw",
                    help="image topic in the bag (Image or CompressedImage)")
+    cam = p.add_mutually_exclusive_group()
+    cam.add_argument("--camera-info", type=Path, metavar="YAML",
+                     help="camera calibration (camera_calibration's ost.yaml); wins over the "
+                          "bag's CameraInfo, and gives a video or photos their intrinsics")
+    if intrinsics:
+        cam.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                         help="pinhole intrinsics in the frames' pixels (no distortion)")
 
 
 def _source(args: argparse.Namespace):  # -> FrameSource, imported lazily (fast --help)
     from camera_pose_ros.dataset.frames import FrameSource
 
-    return FrameSource(bag=args.bag, topic=args.topic, video=args.video, images=args.images)
+    values = getattr(args, "intrinsics", None)
+    return FrameSource(bag=args.bag, topic=args.topic, video=args.video, images=args.images,
+                       calibration=args.camera_info,
+                       intrinsics=tuple(values) if values is not None else None)
 
 
 def _dataset_configs(args: argparse.Namespace) -> dict:
@@ -182,15 +193,7 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
     if args.mode == "refine":
         log.info("refinement map: %s", localizer.enable_refinement(args.map,
                                                                    args.refine_config))
-        if args.bag is not None:
-            from camera_pose_ros.io.bags import (
-                camera_info_topic_for,
-                is_rectified_topic,
-                read_camera_info,
-            )
-
-            camera = read_camera_info(args.bag, camera_info_topic_for(args.topic),
-                                      rectified=is_rectified_topic(args.topic))
+        camera = source.camera()  # --camera-info, else the bag's CameraInfo, else the map's
     return localize_source(localizer, source, args.out, camera=camera,
                            ground_truth=args.ground_truth, max_dt=args.max_dt,
                            progress=not args.quiet).csv
@@ -359,12 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("localize", help="poses of every frame of a bag, video or folder")
     p.add_argument("--checkpoint", type=Path, required=True)
-    _source_args(p)
+    _source_args(p, intrinsics=False)
     p.add_argument("--out", type=Path, required=True, help="prediction CSV")
     p.add_argument("--device", **device)
     p.add_argument("--mode", default="regress", choices=("regress", "refine"),
                    help="regress: fast; refine: refine each pose against the SfM map "
-                        "(intrinsics from the bag's camera_info, else the map's)")
+                        "(intrinsics from --camera-info, else the bag's camera_info, else "
+                        "the map's)")
     p.add_argument("--ground-truth", type=Path,
                    help="pose CSV of the same frames: match by stamp and write "
                         "OUT.metrics.json (errors, covariance honesty, refined share)")

@@ -41,6 +41,11 @@ from camera_pose_ros.io.bags import (
     iter_bag_images,
     read_camera_info,
 )
+from camera_pose_ros.io.calibration import (
+    camera_for_frames,
+    camera_from_intrinsics,
+    read_calibration_yaml,
+)
 from camera_pose_ros.io.images import decode_compressed
 from camera_pose_ros.io.posecsv import format_stamp, parse_stamp, read_csv_rows, seconds_to_ns
 
@@ -100,17 +105,26 @@ class KeyframeConfig:
 
 @dataclass(frozen=True)
 class FrameSource:
-    """Where frames come from: exactly one of ``bag``, ``video``, ``images``."""
+    """Where frames come from: exactly one of ``bag``, ``video``, ``images``.
+
+    The intrinsics come from the bag's CameraInfo, or (any source, and they win) from a
+    ``calibration`` file (camera_calibration's YAML) or ``intrinsics`` ``fx fy cx cy`` in
+    the frames' pixels; without any, COLMAP estimates them.
+    """
 
     bag: Path | None = None
     topic: str = "/camera/image_raw"
     video: Path | None = None
     images: Path | None = None
     camera_info_topic: str | None = None
+    calibration: Path | None = None
+    intrinsics: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.bag, self.video, self.images)) != 1:
             raise ConfigError("give exactly one frame source: a bag, a video or an image folder")
+        if self.calibration is not None and self.intrinsics is not None:
+            raise ConfigError("give the intrinsics once: a calibration file or fx fy cx cy")
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(stamp_ns, rgb)`` pairs in source order."""
@@ -129,6 +143,10 @@ class FrameSource:
             raise InputDataError(f"video not found: {self.video}")
         if self.images is not None and not Path(self.images).is_dir():
             raise InputDataError(f"image folder not found: {self.images}")
+        if self.calibration is not None:
+            self.camera()
+        if self.intrinsics is not None:
+            camera_from_intrinsics(self.intrinsics, 1, 1)
 
     def record(self) -> dict[str, str]:
         """What the frames come from, as ``DATA/source.json`` keeps it."""
@@ -140,15 +158,30 @@ class FrameSource:
         return {"images": str(Path(self.images).resolve())}
 
     def camera(self) -> PinholeCamera | None:
-        """Intrinsics carried by the source (CameraInfo in a bag), else None.
+        """Intrinsics of the calibration file, else those the source carries (CameraInfo in
+        a bag), else None (``intrinsics`` need the frame size: see :meth:`frame_camera`).
 
         An ``image_rect*`` topic is already undistorted: its camera is CameraInfo's P.
         """
+        rectified = self.bag is not None and is_rectified_topic(self.topic)
+        if self.calibration is not None:
+            return read_calibration_yaml(self.calibration, rectified=rectified)
         if self.bag is None:
             return None
         return read_camera_info(self.bag, self.camera_info_topic or
-                                camera_info_topic_for(self.topic),
-                                rectified=is_rectified_topic(self.topic))
+                                camera_info_topic_for(self.topic), rectified=rectified)
+
+    def frame_camera(self, camera: PinholeCamera | None, width: int, height: int
+                     ) -> PinholeCamera | None:
+        """The camera of frames of ``width`` x ``height`` as read (before any resizing):
+        ``intrinsics`` at that size, or ``camera`` (from :meth:`camera`) scaled to it.
+
+        Raises:
+            CameraModelError: unusable intrinsics, or a calibration of another aspect ratio.
+        """
+        if self.intrinsics is not None:
+            return camera_from_intrinsics(self.intrinsics, width, height)
+        return None if camera is None else camera_for_frames(camera, width, height)
 
 
 def sharpness(gray: np.ndarray) -> float:
@@ -330,7 +363,9 @@ def extract_frames(
     kept_ns: list[int] = []
 
     def write(stamp_ns: int, rgb: np.ndarray) -> None:
-        nonlocal size
+        nonlocal size, camera
+        if size is None:  # the first frame: the camera at the size the source delivers
+            camera = source.frame_camera(camera, rgb.shape[1], rgb.shape[0])
         if config.max_width and rgb.shape[1] > config.max_width:
             h = int(round(rgb.shape[0] * config.max_width / rgb.shape[1]))
             rgb = cv2.resize(rgb, (config.max_width, h), interpolation=cv2.INTER_AREA)

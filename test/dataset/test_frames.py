@@ -18,7 +18,7 @@ from camera_pose_ros.dataset.frames import (
     iter_video,
     read_frames_csv,
 )
-from camera_pose_ros.errors import ConfigError, InputDataError
+from camera_pose_ros.errors import CameraModelError, ConfigError, InputDataError
 from camera_pose_ros.io.bags import BagImageWriter
 from test.conftest import textured
 
@@ -131,3 +131,36 @@ def test_a_control_point_keeps_its_frame_where_the_walk_paused(tmp_path):
     assert paused in with_cp.tolist()  # the control point's own frame, added once
     assert len(with_cp) == len(plain) + 1 and np.all(np.diff(with_cp) > 0)
     assert set(plain.tolist()) < set(with_cp.tolist())
+
+
+def test_a_video_gets_its_intrinsics_from_a_calibration_file_or_fx_fy_cx_cy(tmp_path):
+    path = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 96))
+    for i in range(4):
+        writer.write(cv2.resize(textured(i), (128, 96), interpolation=cv2.INTER_NEAREST)[
+            :, :, ::-1])
+    writer.release()
+    calib = tmp_path / "ost.yaml"  # calibrated at twice the video's size
+    calib.write_text(
+        "image_width: 256\nimage_height: 192\n"
+        "camera_matrix: {rows: 3, cols: 3, data: [200, 0, 127.5, 0, 202, 95.5, 0, 0, 1]}\n"
+        "distortion_model: plumb_bob\n"
+        "distortion_coefficients: {rows: 1, cols: 5, data: [-0.1, 0.01, 0, 0, 0]}\n")
+    cfg = KeyframeConfig(max_width=64, min_change=0.0, jpeg_quality=100)
+    plain = tmp_path / "plain"
+    extract_frames(FrameSource(video=path), plain, cfg, progress=False)
+    assert not (plain / "camera.json").exists()  # COLMAP would have to guess
+    out = tmp_path / "calibrated"
+    extract_frames(FrameSource(video=path, calibration=calib), out, cfg, progress=False)
+    cam = json.loads((out / "camera.json").read_text())  # 256 -> 128 (video) -> 64 (frames)
+    assert (cam["width"], cam["fx"], cam["fy"]) == (64, 50.0, 50.5)
+    assert cam["cx"] == pytest.approx(31.5) and cam["distortion"] == [-0.1, 0.01, 0.0, 0.0]
+    out = tmp_path / "fxfycxcy"
+    extract_frames(FrameSource(video=path, intrinsics=(100.0, 100.0, 63.5, 47.5)), out, cfg,
+                   progress=False)
+    cam = json.loads((out / "camera.json").read_text())
+    assert (cam["width"], cam["fx"], cam["cx"]) == (64, 50.0, 31.5)
+    calib.write_text(calib.read_text().replace("image_height: 192", "image_height: 144"))
+    with pytest.raises(CameraModelError, match="aspect ratio"):
+        extract_frames(FrameSource(video=path, calibration=calib), tmp_path / "bad", cfg,
+                       progress=False)
