@@ -55,6 +55,7 @@ def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None
         "registration_rate": sfm["registered_ratio"],
         "reprojection_error_px": sfm["mean_reprojection_error_px"],
         "points3D": sfm["points3D"],
+        "sift_max_features": sfm.get("sift_max_features"),
         "alignment_rms_m": alignment["rms_m"],
         "alignment_scale": alignment["map_from_sfm"]["scale"],
         "control_points_used": alignment["inliers"],

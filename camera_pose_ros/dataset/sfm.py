@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pycolmap
 
@@ -56,7 +57,10 @@ class SfMConfig:
         loop_min_gap: retrieval ignores frames closer than this in the sequence.
         loop_min_inliers: a loop pair counts only with this many verified matches: repeated
             structure (ceiling grids, floor tiles) passes the usual 15 and bends the model.
-        max_num_features: SIFT features per image.
+        max_num_features: SIFT features per 640x480 image; larger frames get more in
+            proportion to their pixel count (a 12-megapixel photo is not a VGA frame), up to
+            ``max_num_features_cap``. The budget used is in ``sfm/summary.json`` and the
+            dataset report.
         ba_global_ratio: global bundle adjustment runs when the model grew by this factor
             (COLMAP's default 1.1 is slower for long walks at no gain in accuracy here).
         min_registered_ratio: fewer registered frames than this share is an error.
@@ -72,6 +76,7 @@ class SfMConfig:
     loop_min_gap: int = 30
     loop_min_inliers: int = 60
     max_num_features: int = 1024
+    max_num_features_cap: int = 8192
     ba_global_ratio: float = 1.3
     min_registered_ratio: float = 0.8
     num_threads: int = -1
@@ -82,6 +87,14 @@ class SfMConfig:
             raise ConfigError(f"matcher must be auto, sequential or exhaustive: {self.matcher}")
         if not 0 < self.min_registered_ratio <= 1:
             raise ConfigError("min_registered_ratio must be in (0, 1]")
+        if not 0 < self.max_num_features <= self.max_num_features_cap:
+            raise ConfigError("max_num_features must be positive and at most "
+                              f"max_num_features_cap ({self.max_num_features_cap})")
+
+    def sift_budget(self, width: int, height: int) -> int:
+        """SIFT features per image for frames of ``width`` x ``height``."""
+        scale = max(1.0, width * height / (640 * 480))
+        return min(self.max_num_features_cap, int(round(self.max_num_features * scale)))
 
 
 @dataclass
@@ -107,7 +120,8 @@ def _mark(marker: Path, info: dict | None = None) -> None:
     write_text_atomic(marker, json.dumps(info or {}) + "\n")
 
 
-def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> None:
+def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
+    """SIFT into a new database; returns the budget used and the frames' size."""
     db = sfm / "database.db"
     if db.exists():
         db.unlink()  # an interrupted extraction leaves a partial database: start over
@@ -123,11 +137,18 @@ def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> None:
         log.info("sfm: no camera.json; COLMAP estimates the intrinsics")
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = cfg.num_threads
-    extraction.sift.max_num_features = cfg.max_num_features
+    first = cv2.imread(str(data / "images" / names[0]), cv2.IMREAD_UNCHANGED)
+    if first is None:
+        raise SfMError(f"cannot read the first frame {data / 'images' / names[0]}")
+    height, width = first.shape[:2]
+    budget = cfg.sift_budget(width, height)
+    log.info("sfm: up to %d SIFT features per %dx%d frame", budget, width, height)
+    extraction.sift.max_num_features = budget
     pycolmap.extract_features(
         db, data / "images", image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
         reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
     )
+    return {"sift_max_features": budget, "frame_size": [int(width), int(height)]}
 
 
 def global_descriptors(db_path: Path, *, words: int = 256, seed: int = 0) -> RetrievalIndex:
@@ -305,8 +326,7 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
         for later in ("matches", "mapping"):
             steps[later].unlink(missing_ok=True)
         log.info("sfm: extracting SIFT features from %d frames", len(names))
-        _extract(data, sfm, names, config)
-        _mark(steps["features"])
+        _mark(steps["features"], _extract(data, sfm, names, config))
     if not _done(steps["matches"]):
         steps["mapping"].unlink(missing_ok=True)
         log.info("sfm: matching")
@@ -314,6 +334,7 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
     if not _done(steps["mapping"]):
         log.info("sfm: incremental mapping")
         summary = _map(data, sfm, len(names), config, (data / "camera.json").exists())
+        summary.update(json.loads(steps["features"].read_text()))
         summary.update(json.loads(steps["matches"].read_text()))
         write_json_atomic(summary_path, summary)
         _mark(steps["mapping"])

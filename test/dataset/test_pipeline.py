@@ -16,7 +16,7 @@ import pytest
 
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
-from camera_pose_ros.errors import SfMError
+from camera_pose_ros.errors import ConfigError, SfMError
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import error_summary, match_by_stamp
@@ -97,3 +97,15 @@ def test_sfm_failure_is_a_clear_error(tmp_path):
     with pytest.raises(SfMError, match="registered"):
         run_sfm(data, SfMConfig(matcher="exhaustive"))
     assert not (data / "poses.csv").exists()
+
+
+def test_the_sift_budget_grows_with_the_frame_size_and_is_reported(built):
+    _, data = built
+    cfg = SfMConfig()
+    assert cfg.sift_budget(320, 240) == cfg.sift_budget(640, 480) == 1024
+    assert cfg.sift_budget(1280, 960) == 4096
+    assert cfg.sift_budget(4000, 3000) == cfg.max_num_features_cap  # a 12 MP photo
+    with pytest.raises(ConfigError, match="max_num_features"):
+        SfMConfig(max_num_features=10_000)
+    report = json.loads((data / "report.json").read_text())
+    assert report["sift_max_features"] == 1024  # the session building is 320x240
