@@ -287,10 +287,9 @@ class RelocalizationNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ros2 run camera_pose_ros relocalization_node``."""
+    import camera_pose_ros.runtime.localizer  # noqa: F401 -- see spin._handle_sigterm
     rclpy.init(args=argv if argv is not None else sys.argv)
-    node = RelocalizationNode()
-    # callbacks only hand frames over (inference has its own threads); a few executor
-    # threads let ~/relocalize wait for its outcome while images keep arriving
+    node = RelocalizationNode()  # 4 threads: ~/relocalize waits while images keep arriving
     return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4),
                                on_exit=node._stop)
 

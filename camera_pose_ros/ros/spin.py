@@ -28,7 +28,9 @@ def _handle_sigterm() -> None:
     rclpy's C handler wakes the executor and then calls the handler that was installed
     before it. Installed after a library's (pycolmap's glog aborts the process on SIGTERM with
     a stack dump), rclpy's is reinstalled on top of Python's, which raises KeyboardInterrupt
-    in the main thread once the woken executor returns to Python.
+    in the main thread once the woken executor returns to Python. A library imported after
+    this (pycolmap comes with the model code) would put its handler on top again: a node
+    imports such code before it starts spinning.
     """
     options = get_current_signal_handlers_options()
     if options not in (SignalHandlerOptions.SIGTERM, SignalHandlerOptions.ALL):
