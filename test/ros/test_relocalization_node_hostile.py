@@ -184,12 +184,12 @@ def test_a_bad_latched_map_does_not_kill_a_starting_node(ros_context, spinner, c
 def test_configure_failures_are_logged(ros_context, spinner, checkpoint, tmp_path,  # noqa: F811
                                        monkeypatch, what):
     if what == "unexpected":  # an exception type configure does not expect
-        import camera_pose_ros.runtime.pipeline as pipeline_module
+        import camera_pose_ros.runtime.localizer as localizer_module
 
         def broken(*args, **kwargs):
             raise IndexError("list index out of range")
 
-        monkeypatch.setattr(pipeline_module, "Localizer", broken)
+        monkeypatch.setattr(localizer_module, "Localizer", broken)
     helper = spinner.add(rclpy.create_node("log_probe", context=ros_context))
     name = f"reloc_{what}"  # one name per test: rcl keeps one /rosout publisher per name
     log = Rosout(helper, name)
