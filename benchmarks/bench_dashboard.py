@@ -82,10 +82,11 @@ def run(messages: int = 200, rate: float = 10.0) -> dict:
     """Measure; returns the figures (``skipped`` with the reason when no browser)."""
     import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from camera_pose_ros.io.floorplan import FloorPlan
+    from camera_pose_ros.ros.spin import spin_in_background
 
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(80 + os.getpid() % 9))
@@ -127,16 +128,7 @@ def run(messages: int = 200, rate: float = 10.0) -> dict:
                              on_pose, reliable)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
-
-    def spin() -> None:
-        try:
-            while ctx.ok():
-                ex.spin_once(timeout_sec=0.02)
-        except ExternalShutdownException:
-            pass
-
-    th = threading.Thread(target=spin, daemon=True)
-    th.start()
+    th = spin_in_background(ex, ctx)
     out: dict = {"messages": messages, "rate_hz": rate}
     try:
         deadline = time.monotonic() + 120

@@ -52,6 +52,8 @@ def _probe(pose_topic: str, frames: int, rate: float, size: tuple[int, int]) -> 
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from camera_pose_ros.ros.spin import spin_in_background
+
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("latency_probe", context=ctx)
@@ -70,18 +72,7 @@ def _probe(pose_topic: str, frames: int, rate: float, size: tuple[int, int]) -> 
     pub = node.create_publisher(Image, "/image", reliable)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
-
-    def spin_until_shutdown() -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            while ctx.ok():
-                ex.spin_once(timeout_sec=0.02)
-        except ExternalShutdownException:
-            pass
-
-    spin = threading.Thread(target=spin_until_shutdown, daemon=True)
-    spin.start()
+    spin = spin_in_background(ex, ctx)
     deadline = time.monotonic() + 60
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.1)

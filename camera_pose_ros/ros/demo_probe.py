@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -26,6 +26,7 @@ from camera_pose_ros.errors import CameraPoseError
 from camera_pose_ros.io.bags import iter_bag_images
 from camera_pose_ros.io.images import encode_raw
 from camera_pose_ros.ros.conversions import ns_to_stamp, stamp_to_ns
+from camera_pose_ros.ros.spin import spin_in_background
 
 __all__ = ["run_live_node"]
 
@@ -66,16 +67,7 @@ def run_live_node(checkpoint: Path, query_bag: Path, floorplan: Path, device: st
     pub = probe.create_publisher(Image, "/camera/image_raw", reliable)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(probe)
-
-    def spin() -> None:
-        try:
-            while ctx.ok():
-                ex.spin_once(timeout_sec=0.02)
-        except ExternalShutdownException:
-            pass  # the context was shut down: the probe is done
-
-    th = threading.Thread(target=spin, daemon=True)
-    th.start()
+    th = spin_in_background(ex, ctx)
     try:
         deadline = time.monotonic() + 120
         while pub.get_subscription_count() == 0:

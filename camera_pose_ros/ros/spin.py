@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 
 import rclpy
+from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 from rclpy.signals import (
@@ -15,7 +17,7 @@ from rclpy.signals import (
     uninstall_signal_handlers,
 )
 
-__all__ = ["spin_until_shutdown"]
+__all__ = ["spin_until_shutdown", "spin_in_background"]
 
 
 def _raise_interrupt(*_: object) -> None:
@@ -61,3 +63,19 @@ def spin_until_shutdown(node: Node, executor: Executor,
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def spin_in_background(executor: Executor, context: Context) -> threading.Thread:
+    """Spin ``executor`` on a daemon thread until ``context`` shuts down (probes, benchmarks:
+    the caller's thread publishes and waits meanwhile). Join it after the shutdown."""
+
+    def spin() -> None:
+        try:
+            while context.ok():
+                executor.spin_once(timeout_sec=0.02)
+        except ExternalShutdownException:
+            pass  # the context was shut down: done
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    return thread
