@@ -35,8 +35,9 @@ def run(frames: int, width: int, height: int, seed: int = 0, workdir: Path | Non
             height=height, scale=scale, loops=loops, progress=False))
         t_decode, n = timed(lambda: sum(1 for _ in iter_bag_images(root / "synth/mapping")))
         t_dataset, report_path = timed(lambda: build_dataset(
-            FrameSource(bag=root / "synth/mapping"), root / "synth/control_points.csv",
-            root / "data", floorplan=root / "synth/floorplan.yaml",
+            FrameSource(bag=root / "synth/mapping"), root / "data",
+            control_points=root / "synth/control_points.csv",
+            floorplan=root / "synth/floorplan.yaml",
             ground_truth=root / "synth/gt_mapping.csv", progress=False))
         report = json.loads(Path(report_path).read_text())
     return {

@@ -54,20 +54,23 @@ def _source(args: argparse.Namespace):  # -> FrameSource, imported lazily (fast 
 
 
 def _dataset_configs(args: argparse.Namespace) -> dict:
-    """Stage configs from ``--config`` (sections frames/sfm/align/split) and flags."""
+    """Stage configs from ``--config`` (sections frames/references/sfm/align/split) and
+    flags (flags win)."""
     from camera_pose_ros.config import from_dict, load_yaml
     from camera_pose_ros.dataset.align import AlignConfig
     from camera_pose_ros.dataset.frames import KeyframeConfig
+    from camera_pose_ros.dataset.references import ReferenceConfig
     from camera_pose_ros.dataset.sfm import SfMConfig
     from camera_pose_ros.dataset.split import SplitConfig
     from camera_pose_ros.errors import ConfigError
 
     raw = load_yaml(args.config) if getattr(args, "config", None) else {}
-    unknown = set(raw) - {"frames", "sfm", "align", "split"}
+    sections = ("frames", "references", "sfm", "align", "split")
+    unknown = set(raw) - set(sections)
     if unknown:
         raise ConfigError(f"{args.config}: unknown section(s) {', '.join(sorted(unknown))}; "
-                          "known: frames, sfm, align, split")
-    for section in ("frames", "sfm", "align", "split"):
+                          f"known: {', '.join(sections)}")
+    for section in sections:
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise ConfigError(f"{args.config}: section {section} must be a mapping of "
                               f"settings, got {raw[section]!r}")
@@ -79,10 +82,21 @@ def _dataset_configs(args: argparse.Namespace) -> dict:
         frames["min_time_step"] = args.min_time_step
     if getattr(args, "matcher", None):
         sfm["matcher"] = args.matcher
+    refs = dict(raw.get("references") or {})
+    for key in ("reference", "map_frame", "odom_frame", "base_frame", "camera_frame",
+                "pose_topic", "base_to_camera", "tf_max_gap"):
+        value = getattr(args, key, None)
+        if value is not None:
+            name = {"reference": "source", "tf_max_gap": "max_gap"}.get(key, key)
+            refs[name] = list(value) if isinstance(value, list) else value
+    align = dict(raw.get("align") or {})
+    if getattr(args, "z_vertical", None):
+        align["z_vertical"] = args.z_vertical
     return {
         "keyframes": from_dict(KeyframeConfig, frames, where="frames"),
+        "references": from_dict(ReferenceConfig, refs, where="references"),
         "sfm": from_dict(SfMConfig, sfm, where="sfm"),
-        "align": from_dict(AlignConfig, raw.get("align"), where="align"),
+        "align": from_dict(AlignConfig, align, where="align"),
         "split": from_dict(SplitConfig, raw.get("split"), where="split"),
     }
 
@@ -106,7 +120,7 @@ def _cmd_dataset(args: argparse.Namespace) -> Path:
 
     cfg = _dataset_configs(args)
     return build_dataset(
-        _source(args), args.control_points, args.out, floorplan=args.floorplan,
+        _source(args), args.out, control_points=args.control_points, floorplan=args.floorplan,
         test_poses=args.test_poses, ground_truth=args.ground_truth, overwrite=args.overwrite,
         progress=not args.quiet, **cfg,
     )
@@ -120,9 +134,23 @@ def _cmd_frames(args: argparse.Namespace) -> Path:
     keep = [] if args.control_points is None else [
         cp.stamp_ns for cp in read_control_points(args.control_points)
         if cp.stamp_ns is not None]
-    return extract_frames(_source(args), args.out, cfg["keyframes"],
-                          overwrite=args.overwrite, progress=not args.quiet,
-                          keep_stamps_ns=keep, keep_window_s=cfg["align"].max_time_offset)
+    out = extract_frames(_source(args), args.out, cfg["keyframes"],
+                         overwrite=args.overwrite, progress=not args.quiet,
+                         keep_stamps_ns=keep, keep_window_s=cfg["align"].max_time_offset)
+    _priors_if_any(args.out, cfg["references"])
+    return out
+
+
+def _priors_if_any(data: Path, references) -> None:  # references: ReferenceConfig
+    """Write the robot's priors beside the frames (the SfM's loop pairs use them) when the
+    bag has TF or a pose topic; a broken TF is reported by `align`, not here."""
+    from camera_pose_ros.dataset.references import extract_priors
+    from camera_pose_ros.errors import AlignmentError
+
+    try:
+        extract_priors(data, references)
+    except AlignmentError as exc:
+        log.warning("no priors from the robot's localization: %s", exc)
 
 
 def _cmd_sfm(args: argparse.Namespace) -> Path:
@@ -133,8 +161,11 @@ def _cmd_sfm(args: argparse.Namespace) -> Path:
 
 def _cmd_align(args: argparse.Namespace) -> Path:
     from camera_pose_ros.dataset.align import align_dataset
+    from camera_pose_ros.dataset.references import extract_priors
 
-    return align_dataset(args.data, args.control_points, _dataset_configs(args)["align"])
+    cfg = _dataset_configs(args)
+    extract_priors(args.data, cfg["references"])
+    return align_dataset(args.data, args.control_points, cfg["align"])
 
 
 def _cmd_split(args: argparse.Namespace) -> Path:
@@ -273,10 +304,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="YAML with sections frames/sfm/align/split (config/dataset.yaml)")
         p.add_argument("--overwrite", action="store_true", help="redo completed steps")
 
+    def reference_opts(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group(
+            "alignment references", "the robot's own localization in the bag (TF or a pose "
+            "topic) and/or surveyed control points; the defaults follow REP 105")
+        g.add_argument("--control-points", type=Path,
+                       help="CSV stamp,x,y,z[,sigma] (or image,x,y,z[,sigma]) in the map frame; "
+                            "needed when the bag has no TF and no pose topic")
+        g.add_argument("--reference", choices=("auto", "tf", "pose", "none"),
+                       help="robot references: auto (TF, else the pose topic, else none), "
+                            "tf, pose, or none (control points only)")
+        g.add_argument("--map-frame", help="map frame of TF and the pose topic (map)")
+        g.add_argument("--odom-frame", help="odometry frame (odom)")
+        g.add_argument("--base-frame", help="robot base frame (base_link)")
+        g.add_argument("--camera-frame",
+                       help="camera frame (default: the images' header.frame_id)")
+        g.add_argument("--pose-topic", help="map-frame pose topic (/amcl_pose)")
+        g.add_argument("--base-to-camera", type=float, nargs=7,
+                       metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                       help="camera mount in the base frame, for a bag without /tf_static")
+        g.add_argument("--tf-max-gap", type=float,
+                       help="seconds; TF samples farther apart are not interpolated (0.5)")
+        g.add_argument("--z-vertical", choices=("auto", "yes", "no"),
+                       help="keep the map's z axis vertical: fit scale, yaw and translation "
+                            "only (auto: yes with robot references)")
+
     p = sub.add_parser("dataset", help="bag/video/images -> frames, SfM, alignment, splits")
     _source_args(p)
-    p.add_argument("--control-points", type=Path, required=True,
-                   help="CSV stamp,x,y,z (or image,x,y,z) in the map frame")
+    reference_opts(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--floorplan", type=Path,
                    help="map_server YAML: drawn under trajectory.png and saved into the "
@@ -308,9 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage_opts(p)
     p.set_defaults(func=_cmd_sfm)
 
-    p = sub.add_parser("align", help="stage 3: SfM -> map similarity from control points")
+    p = sub.add_parser("align", help="stage 3: SfM -> map similarity from the bag's TF / pose "
+                                     "topic and/or control points")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--control-points", type=Path, required=True)
+    reference_opts(p)
     stage_opts(p)
     p.set_defaults(func=_cmd_align)
 

@@ -32,6 +32,9 @@ __all__ = [
     "look_at_rotation",
     "umeyama_sim3",
     "fit_sim3_robust",
+    "fit_sim3_samples",
+    "umeyama_sim3_upright",
+    "up_direction_from_rotations",
     "check_not_degenerate",
     "position_errors",
     "rotation_errors_deg",
@@ -157,13 +160,22 @@ def check_not_degenerate(points_N3: np.ndarray, *, min_spread: float = 1e-3) -> 
         )
 
 
-def umeyama_sim3(src_N3: np.ndarray, dst_N3: np.ndarray, *, with_scale: bool = True) -> Sim3:
+def _weights(weights_N: ArrayLike | None, n: int) -> np.ndarray:
+    w = np.ones(n) if weights_N is None else np.asarray(weights_N, dtype=float).reshape(-1)
+    if len(w) != n or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise AlignmentError("alignment weights must be finite, non-negative, one per point")
+    return w / w.sum()
+
+
+def umeyama_sim3(src_N3: np.ndarray, dst_N3: np.ndarray, *, with_scale: bool = True,
+                 weights_N: ArrayLike | None = None) -> Sim3:
     """Least-squares similarity ``dst ~ s R src + t`` by SVD (Umeyama 1991).
 
     Args:
         src_N3: points in the source frame (e.g. SfM), at least 3, not collinear.
         dst_N3: the same points in the destination frame (e.g. the building map).
         with_scale: estimate the scale (SfM has none of its own); False gives SE(3).
+        weights_N: per-point weights (e.g. inverse variances); None weighs all alike.
     """
     src = np.asarray(src_N3, dtype=float)
     dst = np.asarray(dst_N3, dtype=float)
@@ -171,18 +183,161 @@ def umeyama_sim3(src_N3: np.ndarray, dst_N3: np.ndarray, *, with_scale: bool = T
         raise AlignmentError(f"point sets differ in shape: {src.shape} vs {dst.shape}")
     check_not_degenerate(src)
     check_not_degenerate(dst)
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    w = _weights(weights_N, len(src))
+    mu_s, mu_d = w @ src, w @ dst
     xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
+    cov = (xd * w[:, None]).T @ xs
     u, d, vt = np.linalg.svd(cov)
     sign = np.eye(3)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[2, 2] = -1.0
     rot = u @ sign @ vt
-    var_s = (xs**2).sum() / len(src)
+    var_s = float(w @ (xs**2).sum(axis=1))
     scale = float(np.trace(np.diag(d) @ sign) / var_s) if with_scale else 1.0
     trans = mu_d - scale * rot @ mu_s
     return Sim3(scale, rot, trans)
+
+
+def _rotation_taking(a_3: np.ndarray, b_3: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector ``a`` to unit vector ``b``."""
+    a = np.asarray(a_3, float) / np.linalg.norm(a_3)
+    b = np.asarray(b_3, float) / np.linalg.norm(b_3)
+    axis = np.cross(a, b)
+    sin, cos = np.linalg.norm(axis), float(a @ b)
+    if sin < 1e-12:
+        if cos > 0:
+            return np.eye(3)
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        return Rotation.from_rotvec(np.pi * perp / np.linalg.norm(perp)).as_matrix()
+    return Rotation.from_rotvec(axis / sin * np.arctan2(sin, cos)).as_matrix()
+
+
+def umeyama_sim3_upright(src_N3: np.ndarray, dst_N3: np.ndarray, up_src_3: ArrayLike, *,
+                         weights_N: ArrayLike | None = None) -> Sim3:
+    """Similarity whose rotation takes ``up_src`` to the destination's +z (4 degrees of freedom).
+
+    For a ground robot's 2D map: the source frame's vertical is known (``up_src``, e.g. from
+    :func:`up_direction_from_rotations`), so only scale, the rotation about the vertical
+    (yaw) and the translation are fitted: scale and yaw by a weighted 2D Umeyama fit of the
+    horizontal coordinates, the translation (z included) by weighted means. At least two
+    points apart horizontally are needed.
+    """
+    src = np.asarray(src_N3, dtype=float).reshape(-1, 3)
+    dst = np.asarray(dst_N3, dtype=float).reshape(-1, 3)
+    if src.shape != dst.shape:
+        raise AlignmentError(f"point sets differ in shape: {src.shape} vs {dst.shape}")
+    up = np.asarray(up_src_3, dtype=float).reshape(3)
+    if not np.all(np.isfinite(up)) or np.linalg.norm(up) < 1e-9:
+        raise AlignmentError("the vertical direction of the reconstruction is undetermined")
+    r0 = _rotation_taking(up, np.array([0.0, 0.0, 1.0]))
+    p = src @ r0.T
+    w = _weights(weights_N, len(src))
+    mu_p, mu_d = w @ p, w @ dst
+    xp, xd = (p - mu_p)[:, :2], (dst - mu_d)[:, :2]
+    var_p = float(w @ (xp**2).sum(axis=1))
+    if var_p < 1e-12 or float(w @ (xd**2).sum(axis=1)) < 1e-12:
+        raise AlignmentError("the points are all at one place horizontally; the yaw and scale "
+                             "are undetermined")
+    u, d, vt = np.linalg.svd((xd * w[:, None]).T @ xp)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1.0
+    yaw = np.eye(3)
+    yaw[:2, :2] = u @ sign @ vt
+    scale = float(np.trace(np.diag(d) @ sign) / var_p)
+    rot = yaw @ r0
+    return Sim3(scale, rot, mu_d - scale * rot @ (w @ src))
+
+
+def up_direction_from_rotations(src_from_cam_N33: np.ndarray, dst_from_cam_N33: np.ndarray,
+                                weights_N: ArrayLike | None = None, *,
+                                outlier_deg: float = 10.0) -> tuple[np.ndarray, float]:
+    """The destination's +z expressed in the source frame, from paired camera rotations.
+
+    Each pair gives ``R_src_cam R_dst_cam^T e_z``; the weighted mean direction is taken, then
+    retaken over the pairs within ``outlier_deg`` of it (twice), so a few wrong rotations
+    (a relocalization jump) do not tilt it.
+
+    Returns:
+        The unit vector and the median angle (degrees) of the kept pairs from it.
+    """
+    rs = np.asarray(src_from_cam_N33, dtype=float).reshape(-1, 3, 3)
+    rd = np.asarray(dst_from_cam_N33, dtype=float).reshape(-1, 3, 3)
+    ups = np.einsum("nij,nkj,k->ni", rs, rd, np.array([0.0, 0.0, 1.0]))
+    w = _weights(weights_N, len(ups))
+    keep = np.ones(len(ups), bool)
+    mean = np.zeros(3)
+    for _ in range(3):
+        mean = (w[keep, None] * ups[keep]).sum(axis=0)
+        if np.linalg.norm(mean) < 1e-9:
+            raise AlignmentError("the camera rotations disagree on the vertical direction")
+        mean /= np.linalg.norm(mean)
+        ang = np.degrees(np.arccos(np.clip(ups @ mean, -1.0, 1.0)))
+        new_keep = ang <= outlier_deg
+        if new_keep.sum() < max(2, len(ups) // 4):
+            break
+        keep = new_keep
+    return mean, float(np.median(ang[keep]))
+
+
+def fit_sim3_samples(
+    src_N3: np.ndarray, dst_N3: np.ndarray, *, weights_N: ArrayLike | None = None,
+    inlier_threshold: float | np.ndarray = 0.25, up_src: ArrayLike | None = None,
+    iterations: int = 400, seed: int = 0,
+) -> tuple[Sim3, np.ndarray]:
+    """Similarity from many noisy samples (a robot's own localization), robust to jumps.
+
+    RANSAC over minimal sets (3 points, or 2 with ``up_src``: see
+    :func:`umeyama_sim3_upright`) keeps the transform that most samples agree with within
+    ``inlier_threshold`` (metres, scalar or per sample); it is refitted by weighted least
+    squares on its inliers until the inlier set stops changing. Deterministic for a seed.
+
+    Returns:
+        The transform and the boolean inlier mask.
+
+    Raises:
+        AlignmentError: fewer than 3 samples agree on any transform.
+    """
+    src = np.asarray(src_N3, dtype=float).reshape(-1, 3)
+    dst = np.asarray(dst_N3, dtype=float).reshape(-1, 3)
+    n = len(src)
+    w = _weights(weights_N, n)
+    thr = np.broadcast_to(np.asarray(inlier_threshold, dtype=float), (n,))
+
+    def fit(idx: np.ndarray) -> Sim3:
+        if up_src is not None:
+            return umeyama_sim3_upright(src[idx], dst[idx], up_src, weights_N=w[idx])
+        return umeyama_sim3(src[idx], dst[idx], weights_N=w[idx])
+
+    if n < 3:
+        raise AlignmentError(f"need at least 3 alignment samples, got {n}")
+    rng = np.random.default_rng(seed)
+    k = 2 if up_src is not None else 3
+    best: np.ndarray | None = None
+    best_cost = np.inf
+    for _ in range(iterations):
+        idx = rng.choice(n, size=k, replace=False)
+        try:
+            cand = fit(idx)
+        except (AlignmentError, np.linalg.LinAlgError):
+            continue
+        res = np.linalg.norm(cand.apply(src) - dst, axis=1)
+        mask = res <= thr
+        cost = float(np.minimum(res / thr, 1.0).sum())  # MSAC: inliers count by residual
+        if best is None or cost < best_cost:
+            best, best_cost = mask, cost
+    if best is None or best.sum() < 3:
+        raise AlignmentError("fewer than 3 alignment samples agree on one similarity "
+                             f"transform within {float(thr.max()):.2f} m")
+    mask = best
+    sim = fit(np.flatnonzero(mask))
+    for _ in range(10):
+        new = np.linalg.norm(sim.apply(src) - dst, axis=1) <= thr
+        if new.sum() < 3 or np.array_equal(new, mask):
+            break
+        mask = new
+        sim = fit(np.flatnonzero(mask))
+    return sim, mask
 
 
 def fit_sim3_robust(

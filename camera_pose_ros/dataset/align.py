@@ -1,11 +1,25 @@
-"""Stage 3: align the SfM model to the building map from a few control points.
+"""Stage 3: align the SfM model to the building map.
 
-A control point is the map position of the camera at a bag time (``stamp,x,y,z``) or at an
-image (``image,x,y,z``). Each is matched to its registered frame (or interpolated between
-the two around its stamp); a similarity transform
-(scale, rotation, translation) from SfM to map is fitted by SVD (Umeyama), robust to a bad
-control point, and applied to every registered camera. Writes ``alignment.json`` (the
-transform ``map_from_sfm``, per-point residuals, RMS) and ``poses.csv`` (map frame).
+References, alone or together:
+
+- the robot's own localization (``DATA/priors.csv`` from :mod:`.references`: TF or a pose
+  topic), one sample per registered frame with a prior: hundreds of noisy control points,
+  some of them metres off where the robot's localization jumped;
+- control points: the map position of the camera at a bag time (``stamp,x,y,z``) or at an
+  image (``image,x,y,z``), optionally with a ``sigma`` column (metres, the survey's stated
+  accuracy; ``control_point_sigma`` otherwise). Each is matched to its registered frame (or
+  interpolated between the two around its stamp).
+
+A similarity transform (scale, rotation, translation) from SfM to map is fitted by weighted
+SVD (Umeyama; weights 1/sigma^2) inside RANSAC, so jumps and a bad control point are
+rejected, and applied to every registered camera. With ``z_vertical`` (the default with robot
+references: a ground robot's map is 2D and its z is only the camera mount's height) the
+map's +z is fixed first as the vertical that the references' camera rotations agree on, and
+only scale, yaw and translation are fitted (:func:`camera_pose_ros.geometry.umeyama_sim3_upright`).
+
+Writes ``alignment.json`` (the transform ``map_from_sfm``, per-control-point residuals, the
+residual distribution of the robot references, the rejected ones and the time ranges they
+came from), ``alignment.png`` (residuals over time) and ``poses.csv`` (map frame).
 """
 
 from __future__ import annotations
@@ -13,16 +27,24 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from camera_pose_ros.dataset.frames import read_frames_csv
+from camera_pose_ros.dataset.references import read_priors, time_ranges
 from camera_pose_ros.dataset.sfm import load_sfm_model
 from camera_pose_ros.errors import AlignmentError, ConfigError, FormatError, InputDataError
 from camera_pose_ros.fileio import write_json_atomic
-from camera_pose_ros.geometry import fit_sim3_robust, quat_wxyz_from_rotmat
+from camera_pose_ros.geometry import (
+    fit_sim3_robust,
+    fit_sim3_samples,
+    quat_wxyz_from_rotmat,
+    rotmat_from_quat_wxyz,
+    up_direction_from_rotations,
+)
+from camera_pose_ros.io.figures import plot_series
 from camera_pose_ros.io.posecsv import (
     PoseTable,
     format_stamp,
@@ -45,15 +67,28 @@ class AlignConfig:
         inlier_threshold: metres; a control point farther than this from the fitted
             transform is rejected as an outlier (when at least 4 are given).
         max_rms: metres; an alignment worse than this on its inliers is an error.
+        control_point_sigma: metres; the accuracy of a control point without a ``sigma``.
+        z_vertical: ``auto`` (yes with robot references), ``yes`` or ``no``: keep the map's
+            z axis vertical (see the module docstring).
+        max_rejected_share: more robot references rejected than this share is an error
+            (the reconstruction and the robot's localization disagree).
     """
 
     max_time_offset: float = 0.25
     inlier_threshold: float = 0.25
     max_rms: float = 0.5
+    control_point_sigma: float = 0.02
+    z_vertical: str = "auto"
+    max_rejected_share: float = 0.4
 
     def __post_init__(self) -> None:
-        if self.max_time_offset <= 0 or self.inlier_threshold <= 0 or self.max_rms <= 0:
+        if min(self.max_time_offset, self.inlier_threshold, self.max_rms,
+               self.control_point_sigma) <= 0:
             raise ConfigError("alignment thresholds must be positive")
+        if self.z_vertical not in ("auto", "yes", "no"):
+            raise ConfigError(f"z_vertical must be auto, yes or no, got {self.z_vertical!r}")
+        if not 0 < self.max_rejected_share < 1:
+            raise ConfigError("max_rejected_share must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -64,10 +99,11 @@ class ControlPoint:
     stamp_ns: int | None
     image: str | None
     xyz: tuple[float, float, float]
+    sigma: float | None = None
 
 
 def read_control_points(path: str | os.PathLike) -> list[ControlPoint]:
-    """Read ``stamp,x,y,z`` or ``image,x,y,z`` control points.
+    """Read ``stamp,x,y,z`` or ``image,x,y,z`` control points (optional ``sigma`` column).
 
     A spreadsheet export (UTF-8 byte-order mark, spaces around names and values) is
     accepted; a row with a missing value, a coordinate that is not a finite number of
@@ -92,6 +128,15 @@ def read_control_points(path: str | os.PathLike) -> list[ControlPoint]:
         if not all(math.isfinite(v) and abs(v) <= 1e9 for v in xyz):
             raise InputDataError(f"{path}:{line}: coordinates {row['x']},{row['y']},"
                                  f"{row['z']} are not finite metres in a map")
+        sigma = None
+        if row.get("sigma"):
+            try:
+                sigma = float(row["sigma"])
+            except ValueError:
+                sigma = -1.0
+            if not (math.isfinite(sigma) and 0 < sigma < 1e3):
+                raise InputDataError(f"{path}:{line}: sigma {row['sigma']!r} is not a positive "
+                                     "number of metres")
         image = row.get("image") or None
         if image is not None:
             key = image
@@ -99,7 +144,7 @@ def read_control_points(path: str | os.PathLike) -> list[ControlPoint]:
             key = format_stamp(stamp)
         else:
             raise InputDataError(f"{path}:{line}: neither stamp nor image given")
-        points.append(ControlPoint(key, stamp, image, xyz))
+        points.append(ControlPoint(key, stamp, image, xyz, sigma))
     if len(points) < 3:
         raise AlignmentError(
             f"{path} has {len(points)} control point(s); at least 3, not collinear, are needed"
@@ -157,16 +202,70 @@ def _control_point_sources(points: list[ControlPoint], names: list[str],
     return np.array(src).reshape(-1, 3), used
 
 
-def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike,
-                  config: AlignConfig = AlignConfig()) -> Path:
-    """Fit ``map_from_sfm`` and write ``alignment.json`` and ``poses.csv``; return the latter.
+@dataclass
+class _Samples:
+    """Alignment samples: SfM camera centre -> map position, with accuracy and origin."""
+
+    src: list[np.ndarray] = field(default_factory=list)
+    dst: list[np.ndarray] = field(default_factory=list)
+    sigma: list[float] = field(default_factory=list)
+    robot: list[bool] = field(default_factory=list)
+    stamps_ns: list[int] = field(default_factory=list)
+
+    def add(self, src: np.ndarray, dst: np.ndarray, sigma: float, robot: bool,
+            stamp_ns: int) -> None:
+        self.src.append(np.asarray(src, float))
+        self.dst.append(np.asarray(dst, float))
+        self.sigma.append(float(sigma))
+        self.robot.append(robot)
+        self.stamps_ns.append(int(stamp_ns))
+
+
+def _vertical(centres_N3: np.ndarray, up_from_rotations: np.ndarray, *,
+              flatness: float = 0.05, max_angle_deg: float = 15.0) -> tuple[np.ndarray, str]:
+    """The map's +z in the SfM frame: the normal of the camera centres' plane when the walk is
+    flat (a camera on a ground robot stays at its mount height: the normal is then exact,
+    whatever the extrinsic's tilt error or the camera's unmodelled pitching), else the
+    camera rotations' vertical. The plane's normal is used only when the centres are thin
+    (third singular value below ``flatness`` of the second) and it lies within
+    ``max_angle_deg`` of the rotations' vertical."""
+    c = centres_N3 - centres_N3.mean(axis=0)
+    _, sv, vt = np.linalg.svd(c, full_matrices=False)
+    normal = vt[2] if vt[2] @ up_from_rotations >= 0 else -vt[2]
+    angle = math.degrees(math.acos(float(np.clip(normal @ up_from_rotations, -1.0, 1.0))))
+    if sv[1] > 0 and sv[2] < flatness * sv[1] and angle <= max_angle_deg:
+        return normal, "trajectory plane"
+    return up_from_rotations, "camera rotations"
+
+
+def _distribution(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
+        return {}
+    return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+            "p99": float(np.percentile(values, 99)), "max": float(np.max(values))}
+
+
+def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | None = None,
+                  config: AlignConfig = AlignConfig(), *, use_priors: bool = True) -> Path:
+    """Fit ``map_from_sfm`` and write ``alignment.json``, ``alignment.png`` and ``poses.csv``;
+    return the latter.
+
+    References: ``DATA/priors.csv`` when present (and ``use_priors``), and the control points
+    when given; at least one of them.
 
     Raises:
-        AlignmentError: too few, collinear or unmatched control points, or an RMS above
-            ``max_rms``.
+        AlignmentError: no reference, too few, collinear or unmatched control points, an RMS
+            above ``max_rms``, or robot references that disagree with the reconstruction on
+            more than ``max_rejected_share`` of the frames.
     """
     data = Path(data)
-    points = read_control_points(control_points)
+    points = read_control_points(control_points) if control_points is not None else []
+    priors = read_priors(data) if use_priors else None
+    if not points and priors is None:
+        raise AlignmentError(
+            "nothing to align to: the dataset has no priors from the robot's localization "
+            "(the bag has no /tf chain map -> camera and no /amcl_pose; see --reference, "
+            "--map-frame, --camera-frame, --pose-topic) and no --control-points CSV was given")
     frame_names, frame_stamps = read_frames_csv(data / "frames.csv")
     stamp_of = dict(zip(frame_names, frame_stamps, strict=True))
     model = load_sfm_model(data)
@@ -179,34 +278,112 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike,
             f"({unknown[0]}, ...): the frames were redone after SfM; run `camera-pose sfm "
             "--overwrite`")
     stamps = np.array([stamp_of[n] for n in model.names], dtype=np.int64)
-    src, used = _control_point_sources(points, model.names, stamps, model.sfm_from_cam[:, :3, 3],
-                                       config.max_time_offset)
-    dst = np.array([cp.xyz for cp in points])
+    centres = model.sfm_from_cam[:, :3, 3]
+    samples = _Samples()
+    rot_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    prior_info: dict = {}
+    if priors is not None:
+        table, sigma, prior_info = priors
+        row_of = {name: i for i, name in enumerate(table.images or [])}
+        for j, name in enumerate(model.names):
+            i = row_of.get(name)
+            if i is None:
+                continue
+            samples.add(centres[j], table.positions_N3[i], sigma[i], True, stamps[j])
+            rot_pairs.append((model.sfm_from_cam[j, :3, :3],
+                              rotmat_from_quat_wxyz(table.quats_wxyz_N4[i])))
+        if len(rot_pairs) < 3 and not points:
+            raise AlignmentError(f"only {len(rot_pairs)} registered frame(s) have a prior from "
+                                 "the robot's localization; give --control-points")
+    used: list[str] = []
+    if points:
+        src, used = _control_point_sources(points, model.names, stamps, centres,
+                                           config.max_time_offset)
+        for cp, c in zip(points, src, strict=True):
+            samples.add(c, np.array(cp.xyz), cp.sigma or config.control_point_sigma, False,
+                        cp.stamp_ns or 0)
+    src_a, dst_a = np.array(samples.src), np.array(samples.dst)
+    sig_a, robot_a = np.array(samples.sigma), np.array(samples.robot, bool)
+    upright = config.z_vertical == "yes" or (config.z_vertical == "auto" and bool(rot_pairs))
+    up_src, up_spread, vertical_from = None, None, ""
+    if upright:
+        if not rot_pairs:
+            raise AlignmentError("z_vertical needs the robot's localization (TF or a pose "
+                                 "topic) for the camera rotations; control points alone have "
+                                 "none: set z_vertical: no")
+        up_src, up_spread = up_direction_from_rotations(
+            np.array([a for a, _ in rot_pairs]), np.array([b for _, b in rot_pairs]))
+        up_src, vertical_from = _vertical(centres, up_src)
     try:
-        sim, inliers = fit_sim3_robust(src, dst, inlier_threshold=config.inlier_threshold)
+        if robot_a.any():
+            thr = np.maximum(config.inlier_threshold, 4.0 * sig_a)
+            sim, inliers = fit_sim3_samples(src_a, dst_a, weights_N=1.0 / sig_a**2,
+                                            inlier_threshold=thr, up_src=up_src)
+        else:
+            sim, inliers = fit_sim3_robust(src_a, dst_a,
+                                           inlier_threshold=config.inlier_threshold)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         raise AlignmentError(f"the similarity fit failed ({exc}): check the control "
                              "points' coordinates") from exc
-    residuals = np.linalg.norm(sim.apply(src) - dst, axis=1)
+    residuals = np.linalg.norm(sim.apply(src_a) - dst_a, axis=1)
     rms = float(np.sqrt(np.mean(residuals[inliers] ** 2)))
     if rms > config.max_rms:
         raise AlignmentError(
-            f"alignment RMS {rms:.3f} m exceeds {config.max_rms} m: control points disagree "
+            f"alignment RMS {rms:.3f} m exceeds {config.max_rms} m: the references disagree "
             "with the reconstruction (wrong stamps or coordinates?)"
         )
-    for cp, r, ok in zip(points, residuals, inliers, strict=True):
+    cp_res, cp_in = residuals[~robot_a], inliers[~robot_a]
+    for cp, r, ok in zip(points, cp_res, cp_in, strict=True):
         if not ok:
             log.warning("control point %s rejected as an outlier (residual %.2f m)", cp.key, r)
-    report = {
+    report: dict = {
         "map_from_sfm": sim.to_dict(),
         "rms_m": rms,
-        "inliers": int(inliers.sum()),
+        "inliers": int(cp_in.sum()),
+        "z_vertical": upright,
         "control_points": [
-            {"key": cp.key, "frame": frame, "xyz": list(cp.xyz),
+            {"key": cp.key, "frame": frame, "xyz": list(cp.xyz), "sigma_m": s,
              "residual_m": float(r), "inlier": bool(ok)}
-            for cp, frame, r, ok in zip(points, used, residuals, inliers, strict=True)
+            for cp, frame, r, ok, s in zip(points, used, cp_res, cp_in, sig_a[~robot_a],
+                                           strict=True)
         ],
     }
+    if upright:
+        report["vertical"] = {"from": vertical_from, "rotation_spread_deg": up_spread}
+    if robot_a.any():
+        st_r = np.array(samples.stamps_ns)[robot_a]
+        order = np.argsort(st_r)
+        res_r, in_r = residuals[robot_a][order], inliers[robot_a][order]
+        rejected = time_ranges(st_r[order], ~in_r)
+        t0 = float(stamps.min()) / 1e9
+        report["robot_references"] = {
+            **{k: prior_info.get(k) for k in ("source", "chain", "pose_topic", "method")
+               if prior_info.get(k) is not None},
+            "samples": int(robot_a.sum()),
+            "inliers": int(in_r.sum()),
+            "rejected": int((~in_r).sum()),
+            "residual_m": _distribution(res_r),
+            "inlier_residual_m": _distribution(res_r[in_r]),
+            "rejected_time_ranges_s": [[a, b] for a, b in rejected],
+            "rejected_time_ranges_from_start_s": [[a - t0, b - t0] for a, b in rejected],
+        }
+        _plot_residuals(data / "alignment.png", st_r[order] / 1e9 - t0, res_r, in_r,
+                        thr[robot_a][order], cp_times=[(cp.stamp_ns or 0) / 1e9 - t0
+                                                       for cp in points],
+                        cp_res=cp_res)
+        share = float((~in_r).mean())
+        if share > config.max_rejected_share:
+            write_json_atomic(data / "alignment.json", report)
+            raise AlignmentError(
+                f"the reconstruction disagrees with the robot's localization on {share:.0%} "
+                f"of the frames (over {float(thr.min()):.2f} m; at "
+                + ", ".join(f"{a - t0:.1f}-{b - t0:.1f} s" for a, b in rejected[:4])
+                + " from the start): check the map and camera frames, or align with "
+                "--control-points")
+        if rejected:
+            log.warning("align: %d of %d robot references rejected (localization jumps?) at "
+                        "%s s from the start", int((~in_r).sum()), len(in_r),
+                        ", ".join(f"{a - t0:.1f}-{b - t0:.1f}" for a, b in rejected[:6]))
     map_from_cam = np.array([sim.transform_pose(p) for p in model.sfm_from_cam])
     order = np.argsort(stamps)
     table = PoseTable(
@@ -216,6 +393,18 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike,
     )
     write_json_atomic(data / "alignment.json", report)
     out = write_poses(data / "poses.csv", table)
-    log.info("align: scale %.4f, RMS %.3f m over %d/%d control points", sim.scale, rms,
-             int(inliers.sum()), len(points))
+    log.info("align: scale %.4f, RMS %.3f m over %d/%d samples%s", sim.scale, rms,
+             int(inliers.sum()), len(inliers), " (z vertical)" if upright else "")
     return out
+
+
+def _plot_residuals(out: Path, t_s: np.ndarray, res: np.ndarray, inlier: np.ndarray,
+                    thr: np.ndarray, *, cp_times: list[float], cp_res: np.ndarray) -> None:
+    """Residual of every robot reference over time, rejected ones marked."""
+    plot_series(out, {"accepted": (t_s[inlier], res[inlier]),
+                      "rejected": (t_s[~inlier], res[~inlier]),
+                      "control points": (np.array(cp_times), np.asarray(cp_res))},
+                lines={"threshold": (t_s, thr)}, xlabel="time from the first frame (s)",
+                ylabel="residual after alignment (m)", log_y=True,
+                title=f"alignment: {int(inlier.sum())}/{len(inlier)} robot references "
+                      f"accepted, median {np.median(res[inlier]) * 100:.1f} cm")

@@ -13,9 +13,15 @@ from tqdm import tqdm
 
 from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
+from camera_pose_ros.dataset.references import (
+    ReferenceConfig,
+    check_references,
+    extract_priors,
+)
 from camera_pose_ros.dataset.refmap import build_refinement_map
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.dataset.split import SPLITS, SplitConfig, split_dataset
+from camera_pose_ros.errors import AlignmentError
 from camera_pose_ros.fileio import write_json_atomic
 from camera_pose_ros.io.figures import plot_trajectories
 from camera_pose_ros.io.floorplan import FloorPlan
@@ -58,6 +64,8 @@ def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None
         "sift_max_features": sfm.get("sift_max_features"),
         "alignment_rms_m": alignment["rms_m"],
         "alignment_scale": alignment["map_from_sfm"]["scale"],
+        "alignment_z_vertical": alignment.get("z_vertical", False),
+        "robot_references": alignment.get("robot_references"),
         "control_points_used": alignment["inliers"],
         "control_points": len(alignment["control_points"]),
         "control_point_residuals_m": [cp["residual_m"] for cp in alignment["control_points"]],
@@ -76,16 +84,21 @@ def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None
               if (data / f"{name}.csv").exists()} or {"registered": read_poses(data / "poses.csv")}
     tracks = {name: _with_breaks(t.stamps, t.positions_N3) for name, t in tables.items()}
     cps = np.array([cp["xyz"] for cp in alignment["control_points"]]).reshape(-1, 3)
+    refs = alignment.get("robot_references") or {}
+    how = (f"{refs.get('inliers')}/{refs.get('samples')} {refs.get('source')} references"
+           if refs else f"{alignment['inliers']} control points")
     plot_trajectories(
         data / "trajectory.png", tracks, floorplan=plan, points={"control points": cps},
-        title=f"{sfm['registered']}/{sfm['frames']} frames registered, "
-              f"alignment RMS {alignment['rms_m'] * 100:.1f} cm",
+        title=f"{sfm['registered']}/{sfm['frames']} frames registered, aligned to {how}, "
+              f"RMS {alignment['rms_m'] * 100:.1f} cm",
     )
     return write_json_atomic(data / "report.json", report)
 
 
 def build_dataset(
-    source: FrameSource, control_points: str | os.PathLike, out: str | os.PathLike, *,
+    source: FrameSource, out: str | os.PathLike, *,
+    control_points: str | os.PathLike | None = None,
+    references: ReferenceConfig = ReferenceConfig(),
     floorplan: str | os.PathLike | None = None, keyframes: KeyframeConfig = KeyframeConfig(),
     sfm: SfMConfig = SfMConfig(), align: AlignConfig = AlignConfig(),
     split: SplitConfig = SplitConfig(), test_poses: str | os.PathLike | None = None,
@@ -93,6 +106,9 @@ def build_dataset(
     progress: bool = True,
 ) -> Path:
     """Run every dataset stage into ``out`` and return ``out/report.json``.
+
+    The alignment uses the robot's own localization in the bag (``references``: TF or a pose
+    topic, see :mod:`.references`) and/or ``control_points``; at least one must exist.
 
     Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment,
     splits and the refinement map are cheap and always recomputed, so new control points
@@ -103,8 +119,15 @@ def build_dataset(
     # every input file is read before the first stage: a typo in the control points or a
     # pose file fails in a second, not after the SfM
     source.check()
-    cp_stamps = [cp.stamp_ns for cp in read_control_points(control_points)
-                 if cp.stamp_ns is not None]
+    cp_stamps = [] if control_points is None else [
+        cp.stamp_ns for cp in read_control_points(control_points) if cp.stamp_ns is not None]
+    if control_points is None and (source.bag is None or references.source == "none"):
+        raise AlignmentError("give --control-points: without a bag's TF or pose topic "
+                             "(--reference) there is nothing to align the map to")
+    if control_points is None:
+        assert source.bag is not None
+        log.info("aligning to the map from the robot's %s in the bag",
+                 check_references(source.bag, source.topic, references))
     for pose_file in (test_poses, ground_truth):
         if pose_file is not None:
             read_poses(pose_file)
@@ -116,6 +139,7 @@ def build_dataset(
         ("frames", lambda: extract_frames(source, out, keyframes, overwrite=overwrite,
                                           progress=progress, keep_stamps_ns=cp_stamps,
                                           keep_window_s=align.max_time_offset)),
+        ("references", lambda: extract_priors(out, references)),
         ("sfm", lambda: run_sfm(out, sfm, overwrite=overwrite)),
         ("align", lambda: align_dataset(out, control_points, align)),
         ("split", lambda: split_dataset(out, split, test_poses=test_poses)),

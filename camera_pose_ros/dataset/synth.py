@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.dataset.synth_robot import RobotSpec, robot_messages
 from camera_pose_ros.errors import CameraModelError, ConfigError
 from camera_pose_ros.fileio import atomic_dir, write_text_atomic
 from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat
@@ -480,6 +481,7 @@ def write_synthetic_building(
     control_points: int = 6, control_point_noise: float = 0.01, bad_control_points: int = 0,
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
     distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
+    robot: RobotSpec | None = RobotSpec(),
 ) -> Path:
     """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
@@ -490,6 +492,9 @@ def write_synthetic_building(
     corridor loop, alternately on either side of its centre line. ``distortion`` (plumb_bob
     ``k1 k2 p1 p2 [k3]``) renders a lens with that distortion and writes it in CameraInfo.
     ``scenario`` (a key of :data:`SCENARIOS`) picks the building's look and the query walk.
+    ``robot`` (None: none) adds the robot's own localization to the mapping bag: ``/tf``
+    (``map -> odom -> base_link``), ``/tf_static`` (``base_link -> camera_optical_frame``)
+    and ``/amcl_pose``, with the noise, drift and jumps of :mod:`.synth_robot`.
     Returns ``out``.
     """
     if scenario not in SCENARIOS:
@@ -526,15 +531,26 @@ def write_synthetic_building(
     ):
         stamps = [start_ns + i * period_ns + int(rng.integers(-2_000_000, 2_000_000))
                   for i in range(len(poses))]
+        extra = (list(robot_messages(stamps, poses, np.random.default_rng(seed + 7), robot))
+                 if robot is not None and name == "mapping" else [])
         with atomic_dir(out / name) as tmp:
             bag_dir = tmp / "bag"
-            with BagImageWriter(bag_dir, image_topic=image_topic, storage=storage) as writer:
+            with BagImageWriter(bag_dir, image_topic=image_topic, storage=storage,
+                                frame_id=robot.camera_frame if robot else
+                                "camera_optical_frame") as writer:
+                k = 0
                 for stamp, pose in tqdm(list(zip(stamps, poses, strict=True)),
                                         desc=f"render {name}", disable=not progress,
                                         unit="frame"):
+                    while k < len(extra) and extra[k][2] <= stamp:  # in time order
+                        topic, msgtype, t, msg, latched = extra[k]
+                        writer.write_message(topic, msgtype, t, msg, latched=latched)
+                        k += 1
                     light = scene["light"] if name == "query" else (1.0, 1.0, 1.0)
                     img = renderer.render(pose, noise_sigma=noise_sigma, rng=rng, light=light)
                     writer.write(stamp, img, camera)
+                for topic, msgtype, t, msg, latched in extra[k:]:
+                    writer.write_message(topic, msgtype, t, msg, latched=latched)
             for item in bag_dir.iterdir():
                 item.rename(tmp / item.name)
             bag_dir.rmdir()

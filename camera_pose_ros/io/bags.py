@@ -18,6 +18,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.metadata import parse_qos
 from rosbags.typesys import Stores, get_typestore
 
 from camera_pose_ros.camera import PinholeCamera
@@ -38,6 +39,8 @@ __all__ = [
     "list_topics",
     "iter_bag_images",
     "read_camera_info",
+    "image_frame_id",
+    "ros_header",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,6 +247,22 @@ def iter_bag_images(
                         skipped, total, topic, path)
 
 
+def image_frame_id(path: str | os.PathLike, topic: str) -> str:
+    """``header.frame_id`` of the first decodable message on image ``topic`` ('' if none)."""
+    reader = open_bag(path)
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        for conn, _log_ns, raw in read_messages(reader, conns, path):
+            try:
+                msg: Any = reader.deserialize(raw, conn.msgtype)
+                return str(msg.header.frame_id).lstrip("/")
+            except Exception:  # noqa: BLE001 -- corrupt CDR: try the next one
+                continue
+        return ""
+    finally:
+        reader.close()
+
+
 def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = False
                      ) -> PinholeCamera | None:
     """Intrinsics from the first CameraInfo on ``topic``, or None when the bag has none.
@@ -273,6 +292,21 @@ def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = Fals
         reader.close()
 
 
+#: the QoS a ``/tf_static`` broadcaster offers (reliable, transient local, keep last 1)
+_LATCHED_QOS = (
+    "- history: 1\n  depth: 1\n  reliability: 1\n  durability: 1\n"
+    "  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n"
+    "  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n  liveliness: 1\n"
+    "  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n"
+    "  avoid_ros_namespace_conventions: false\n"
+)
+
+
+def ros_header(stamp_ns: int, frame_id: str) -> Any:
+    """A ``std_msgs/Header`` (rosbags type) stamped ``stamp_ns`` in ``frame_id``."""
+    return _header(stamp_ns, frame_id)
+
+
 def _header(stamp_ns: int, frame_id: str) -> Any:
     return _Header(stamp=_Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
                    frame_id=frame_id)
@@ -298,6 +332,7 @@ class BagImageWriter:
         self._info_topic = camera_info_topic or camera_info_topic_for(image_topic)
         self._frame_id = frame_id
         self._encoding = encoding
+        self._extra: dict[str, Connection] = {}
 
     def __enter__(self) -> BagImageWriter:
         self._writer.open()
@@ -310,6 +345,20 @@ class BagImageWriter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._writer.close()
+
+    def write_message(self, topic: str, msgtype: str, stamp_ns: int, msg: Any, *,
+                      latched: bool = False) -> None:
+        """Write any message (built from :data:`TYPESTORE`'s types) on another topic.
+
+        ``latched``: offer the topic as transient-local (``/tf_static``), so a replay
+        delivers it to late subscribers as the original publisher did.
+        """
+        conn = self._extra.get(topic)
+        if conn is None:
+            qos = parse_qos(_LATCHED_QOS) if latched else []
+            conn = self._extra[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=TYPESTORE, offered_qos_profiles=qos)
+        self._writer.write(conn, stamp_ns, TYPESTORE.serialize_cdr(msg, msgtype))
 
     def write(self, stamp_ns: int, image_rgb: np.ndarray, camera: PinholeCamera) -> None:
         """Write one frame and its CameraInfo, both stamped ``stamp_ns``."""

@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from camera_pose_ros.errors import BagError, CameraPoseError, ConfigError
 from camera_pose_ros.io.bags import open_bag, read_messages
-from camera_pose_ros.ros.msgtypes import message_class
+from camera_pose_ros.ros.msgtypes import latched_qos, message_class
 
 __all__ = ["play", "check_bag", "main"]
 
@@ -64,8 +64,9 @@ def play(node: Node, bag: Path, *, rate: float = 1.0, topics: list[str] | None =
         if not conns:
             raise BagError(f"bag {bag} has none of the topics {topics}; it has "
                            + ", ".join(sorted({c.topic for c in reader.connections})))
-        pubs = {c.id: node.create_publisher(message_class(c.msgtype),
-                                            remap.get(c.topic, c.topic), qos) for c in conns}
+        pubs = {c.id: node.create_publisher(
+            message_class(c.msgtype), remap.get(c.topic, c.topic),
+            latched_qos(qos) if c.topic.endswith("tf_static") else qos) for c in conns}
         deadline = time.monotonic() + wait_for_subscribers
         while wait_for_subscribers and time.monotonic() < deadline and not all(
                 p.get_subscription_count() for p in pubs.values()):

@@ -1,12 +1,21 @@
-"""Message classes from type names (``sensor_msgs/msg/Image``) without rosidl_runtime_py."""
+"""Message classes from type names (``sensor_msgs/msg/Image``) without rosidl_runtime_py,
+and the QoS of latched topics."""
 
 from __future__ import annotations
 
 import importlib
 
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
 from camera_pose_ros.errors import InputDataError
 
-__all__ = ["message_class"]
+__all__ = ["message_class", "latched_qos"]
+
+
+def latched_qos(qos: QoSProfile) -> QoSProfile:
+    """``qos`` made reliable and transient-local: ``/tf_static`` is published once, latched."""
+    return QoSProfile(depth=max(qos.depth, 10), reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def message_class(type_name: str) -> type:

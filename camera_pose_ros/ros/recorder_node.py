@@ -40,7 +40,7 @@ from rosbags.rosbag2.errors import WriterError
 
 from camera_pose_ros.errors import CameraPoseError, ConfigError, InputDataError
 from camera_pose_ros.io.bags import TYPESTORE
-from camera_pose_ros.ros.msgtypes import message_class
+from camera_pose_ros.ros.msgtypes import latched_qos, message_class
 from camera_pose_ros.ros.spin import spin_until_shutdown
 
 __all__ = ["RecorderNode", "main"]
@@ -72,7 +72,9 @@ class RecorderNode(Node):
 
     def __init__(self, node_name: str = "recorder", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.declare_parameter("topics", ["/camera/image_raw", "/camera/camera_info"])
+        # the robot's own localization too: `camera-pose dataset` aligns to the map from it
+        self.declare_parameter("topics", ["/camera/image_raw", "/camera/camera_info", "/tf",
+                                          "/tf_static", "/amcl_pose"])
         self.declare_parameter("odom_topic", "")
         self.declare_parameter("output", "recording")
         self.declare_parameter("storage", "mcap")
@@ -146,7 +148,8 @@ class RecorderNode(Node):
                     continue
                 self._types[name] = msgtype
                 self._subs[name] = self.create_subscription(
-                    msg_class, name, functools.partial(self._on_message, name), self.qos,
+                    msg_class, name, functools.partial(self._on_message, name),
+                    latched_qos(self.qos) if name.endswith("tf_static") else self.qos,
                     raw=True)
                 self.get_logger().info(f"recording {name} ({msgtype})")
 
