@@ -4,12 +4,12 @@
 folder, a floor plan, evaluation folders) and fills in the rest from the checkpoint's
 provenance. :func:`dataset_summary` and :func:`model_summary` turn what ``camera-pose
 dataset`` and ``camera-pose evaluate`` wrote into the JSON the pages plot, including which
-parts of the floor plan the mapping walk saw (:func:`view_coverage`). Nothing is written.
+parts of the floor plan the mapping walk saw
+(:func:`camera_pose_ros.io.coverage.view_coverage`). Nothing is written.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import logging
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from scipy.stats import chi2
 
 from camera_pose_ros.camera import PinholeCamera
@@ -29,7 +28,7 @@ from camera_pose_ros.errors import (
     CheckpointError,
     InputDataError,
 )
-from camera_pose_ros.geometry import rotmat_from_quat_wxyz
+from camera_pose_ros.io.coverage import view_coverage
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import PoseTable, read_poses
 from camera_pose_ros.metrics import (
@@ -40,7 +39,7 @@ from camera_pose_ros.metrics import (
 )
 
 __all__ = ["DashboardSources", "find_sources", "dataset_summary", "model_summary",
-           "view_coverage", "floorplan_meta", "SPLITS"]
+           "floorplan_meta", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
@@ -215,92 +214,6 @@ def _camera(data: Path) -> PinholeCamera | None:
         return PinholeCamera.from_dict(json.loads((data / "camera.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError, CameraModelError):
         return None
-
-
-def view_coverage(plan: FloorPlan, positions_N3: np.ndarray, quats_wxyz_N4: np.ndarray,
-                  hfov_rad: float = math.radians(60.0), *, max_range: float = 8.0,
-                  rays: int = 31, max_poses: int = 800, max_side: int = 600,
-                  min_gap_m2: float = 1.0) -> dict:
-    """Which parts of the plan the cameras saw: rays across each camera's horizontal field of
-    view, from its position along the floor, stopped by walls and unknown space.
-
-    Returns shares (``walkable_seen``: free cells some camera saw; ``walls_seen``: wall
-    cells next to free space that some camera saw), a coarse ``grid`` for drawing (base64
-    uint8 codes, row 0 at the plan's origin y: 0 nothing, 1 free unseen, 2 free seen,
-    3 wall seen, 4 wall unseen; ``cell`` metres per grid cell) and ``gaps``: the largest
-    unseen free areas (centre, area) as places to record again.
-    """
-    occ = plan.occupancy
-    h, w = occ.shape
-    free = occ == 0
-    blocking = occ != 0  # walls and unknown space end a ray
-    walls = (occ >= 65) & ndimage.binary_dilation(free, np.ones((3, 3), bool))
-    seen = np.zeros_like(free)
-    pos = np.asarray(positions_N3, float).reshape(-1, 3)
-    quats = np.asarray(quats_wxyz_N4, float).reshape(-1, 4)
-    if len(pos) > max_poses:
-        keep = np.linspace(0, len(pos) - 1, max_poses).round().astype(int)
-        pos, quats = pos[keep], quats[keep]
-    res = plan.resolution
-    steps = np.arange(0.0, max_range, res * 0.7)
-    offsets = np.linspace(-hfov_rad / 2, hfov_rad / 2, rays)
-    for i in range(0, len(pos), 64):
-        p, q = pos[i:i + 64], quats[i:i + 64]
-        fwd = np.stack([rotmat_from_quat_wxyz(qq)[:, 2] for qq in q])
-        heading = np.arctan2(fwd[:, 1], fwd[:, 0])
-        ang = (heading[:, None] + offsets[None]).reshape(-1)
-        org = np.repeat(p[:, :2], rays, axis=0)
-        pts = org[:, None, :] + steps[None, :, None] * np.stack(
-            [np.cos(ang), np.sin(ang)], 1)[:, None, :]
-        col = np.floor((pts[..., 0] - plan.origin[0]) / res).astype(int)
-        row = np.floor((pts[..., 1] - plan.origin[1]) / res).astype(int)
-        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-        rc, cc = np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)
-        stop = ~inside | blocking[rc, cc]
-        stop[:, 0] = ~inside[:, 0]  # a camera standing on a wall cell still looks out
-        first = np.where(stop.any(1), stop.argmax(1), stop.shape[1])
-        upto = np.arange(stop.shape[1])[None, :] <= first[:, None]
-        mark = upto & inside
-        seen[rc[mark], cc[mark]] = True
-    # rays sample the cells, so a free cell between two rays can be missed: close those gaps
-    # (from seen floor only: a seen wall must not leak to the floor behind it)
-    near = np.ones((3, 3), bool)
-    seen |= ndimage.binary_dilation(seen & free, near) & free
-    seen |= (walls & ndimage.binary_dilation(seen & walls, near)
-             & ndimage.binary_dilation(seen & free, near))  # along a wall face in view
-    free_seen, walls_seen = seen & free, seen & walls
-    k = max(1, math.ceil(max(h, w) / max_side))
-    hk, wk = math.ceil(h / k), math.ceil(w / k)
-
-    def block_any(mask: np.ndarray) -> np.ndarray:
-        pad = np.zeros((hk * k, wk * k), bool)
-        pad[:h, :w] = mask
-        return np.asarray(pad.reshape(hk, k, wk, k).any(axis=(1, 3)))
-
-    grid = np.zeros((hk, wk), np.uint8)
-    grid[block_any(free)] = 1
-    grid[block_any(free_seen)] = 2
-    grid[block_any(walls)] = 4
-    grid[block_any(walls_seen)] = 3
-    gaps = []
-    labels, n = ndimage.label(free & ~seen)
-    if n:
-        sizes = np.bincount(labels.ravel())[1:] * res * res
-        for lab in np.argsort(sizes)[::-1][:5]:
-            if sizes[lab] < min_gap_m2:
-                break
-            rr, cc = np.nonzero(labels == lab + 1)
-            gaps.append({"x": float(plan.origin[0] + (cc.mean() + 0.5) * res),
-                         "y": float(plan.origin[1] + (rr.mean() + 0.5) * res),
-                         "area_m2": float(sizes[lab])})
-    return {"walkable_seen": float(free_seen.sum() / max(1, free.sum())),
-            "walls_seen": float(walls_seen.sum() / max(1, walls.sum())),
-            "hfov_deg": float(math.degrees(hfov_rad)), "max_range_m": float(max_range),
-            "poses_used": int(len(pos)),
-            "grid": {"width": int(wk), "height": int(hk), "cell": float(res * k),
-                     "origin": [float(plan.origin[0]), float(plan.origin[1])],
-                     "codes": base64.b64encode(grid.tobytes()).decode("ascii")},
-            "gaps": gaps}
 
 
 def dataset_summary(data: Path, plan: FloorPlan | None) -> dict:

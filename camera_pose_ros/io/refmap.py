@@ -23,7 +23,8 @@ from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import RefinementError
 from camera_pose_ros.fileio import atomic_path
 
-__all__ = ["REFINEMENT_MAP", "RefinementMap", "save_refinement_map", "load_refinement_map"]
+__all__ = ["REFINEMENT_MAP", "RefinementMap", "save_refinement_map", "load_refinement_map",
+           "load_refinement_map_frames"]
 
 REFINEMENT_MAP = "refinement_map.npz"
 _FORMAT = 1
@@ -97,12 +98,9 @@ def save_refinement_map(path: str | os.PathLike, rmap: RefinementMap) -> Path:
     return path
 
 
-def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
-    """Read a refinement map file, or ``DIR/refinement_map.npz`` when given a directory.
-
-    Raises:
-        RefinementError: missing, unreadable or of another format version.
-    """
+def _read_arrays(path: str | os.PathLike, keys: tuple[str, ...] | None = None
+                 ) -> tuple[Path, dict[str, np.ndarray]]:
+    """The file's arrays (only ``keys`` when given), its format checked."""
     path = Path(path)
     if path.is_dir():
         path = path / REFINEMENT_MAP
@@ -111,13 +109,39 @@ def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
                               "refinement-map --data DATA` (the dataset command writes it)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            wanted = z.files if keys is None else ["format", *keys]
+            arrays = {k: z[k] for k in wanted if k in z.files}
     except (OSError, ValueError) as exc:
         raise RefinementError(f"cannot read the refinement map {path}: {exc}") from exc
     if int(arrays.get("format", -1)) != _FORMAT:
         raise RefinementError(f"{path} is a refinement map of format "
                               f"{int(arrays.get('format', -1))}, this version reads {_FORMAT}; "
                               "rebuild it with `camera-pose refinement-map`")
+    missing = [k for k in keys or () if k not in arrays]
+    if missing:
+        raise RefinementError(f"{path} lacks {', '.join(missing)}: rebuild it with "
+                              "`camera-pose refinement-map`")
+    return path, arrays
+
+
+def load_refinement_map_frames(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Only the frames' names (M,) and ``map_from_cam`` poses (M, 4, 4) of a refinement map
+    (the other arrays are not read).
+
+    Raises:
+        RefinementError: missing, unreadable or of another format version.
+    """
+    _, arrays = _read_arrays(path, ("names", "map_from_cam"))
+    return arrays["names"], arrays["map_from_cam"]
+
+
+def load_refinement_map(path: str | os.PathLike) -> RefinementMap:
+    """Read a refinement map file, or ``DIR/refinement_map.npz`` when given a directory.
+
+    Raises:
+        RefinementError: missing, unreadable or of another format version.
+    """
+    path, arrays = _read_arrays(path)
     c = arrays["camera"]
     return RefinementMap(
         names=arrays["names"], map_from_cam=arrays["map_from_cam"],

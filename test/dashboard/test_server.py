@@ -26,10 +26,9 @@ import numpy as np
 import pytest
 
 from camera_pose_ros.dashboard.server import STATIC, access_token, create_app
-from camera_pose_ros.dashboard.sources import find_sources, view_coverage
+from camera_pose_ros.dashboard.sources import find_sources
 from camera_pose_ros.dashboard.state import LiveState, pose_view
 from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat
-from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 from test.conftest import wait_for
 
@@ -122,26 +121,6 @@ def test_dataset_api_shows_what_the_dataset_command_wrote(client, dashboard_run)
     col = np.floor((poses.positions_N3[:, 0] - grid["origin"][0]) / grid["cell"]).astype(int)
     row = np.floor((poses.positions_N3[:, 1] - grid["origin"][1]) / grid["cell"]).astype(int)
     assert np.mean(codes[row, col] == 2) > 0.95
-
-
-def test_coverage_stops_at_walls_and_names_the_room_nobody_looked_into():
-    occ = np.zeros((40, 80), np.int8)  # 4 x 8 m at 10 cm: two rooms split by a wall at x=4
-    occ[[0, -1], :] = 100
-    occ[:, [0, -1, 40]] = 100
-    plan = FloorPlan(occ, 0.1, (0.0, 0.0))
-    # two cameras in the west room: one looks east at the dividing wall, one north-west
-    pos = np.array([[2.0, 2.0, 1.5], [3.5, 1.0, 1.5]])
-    quats = np.array([quat_wxyz_from_rotmat(look_at_rotation(np.array(d, float)))
-                      for d in ([1, 0, 0], [-1, 1, 0])])
-    cov = view_coverage(plan, pos, quats, math.radians(90))
-    codes = np.frombuffer(base64.b64decode(cov["grid"]["codes"]), np.uint8).reshape(40, 80)
-    assert (codes[1:-1, 41:-1] == 1).all(), "the wall hides the east room"
-    assert (codes[15:25, 40] == 3).all(), "the wall face the camera looks at is seen"
-    assert (codes[15:25, 25:38] == 2).all(), "the floor in front of the camera is seen"
-    assert (codes[0, 45:75] == 4).all(), "the east room's walls are unseen"
-    assert 0.3 < cov["walkable_seen"] < 0.5
-    gap = cov["gaps"][0]
-    assert gap["x"] > 4.0 and gap["area_m2"] > 10.0, cov["gaps"]
 
 
 def test_model_api_shows_provenance_training_and_evaluation(client, dashboard_run):
