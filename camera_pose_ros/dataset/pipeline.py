@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.dataset.align import AlignConfig, align_dataset, read_control_points
 from camera_pose_ros.dataset.frames import FrameSource, KeyframeConfig, extract_frames
 from camera_pose_ros.dataset.references import (
@@ -21,9 +23,10 @@ from camera_pose_ros.dataset.references import (
 from camera_pose_ros.dataset.refmap import build_refinement_map
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.dataset.split import SPLITS, SplitConfig, split_dataset
-from camera_pose_ros.errors import AlignmentError
+from camera_pose_ros.errors import AlignmentError, CameraModelError
 from camera_pose_ros.fileio import write_json_atomic
-from camera_pose_ros.io.figures import plot_trajectories
+from camera_pose_ros.io.coverage import CoverageMap
+from camera_pose_ros.io.figures import plot_coverage, plot_trajectories
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import error_summary, match_by_stamp
@@ -45,7 +48,8 @@ def _with_breaks(stamps: np.ndarray, xyz: np.ndarray) -> np.ndarray:
 def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None = None,
                  timings: dict[str, float] | None = None,
                  ground_truth: str | os.PathLike | None = None) -> Path:
-    """Write ``report.json`` and ``trajectory.png`` for a dataset whose stages have run.
+    """Write ``report.json``, ``trajectory.png`` and, with a floor plan, ``coverage.png`` for a
+    dataset whose stages have run.
 
     With ``ground_truth`` (a pose CSV of the same frames, e.g. from ``camera-pose synth``) the
     report adds the error of the recovered camera poses against it.
@@ -92,7 +96,39 @@ def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None
         title=f"{sfm['registered']}/{sfm['frames']} frames registered, aligned to {how}, "
               f"RMS {alignment['rms_m'] * 100:.1f} cm",
     )
+    report["coverage"] = _coverage(data, plan)
     return write_json_atomic(data / "report.json", report)
+
+
+def _coverage(data: Path, plan: FloorPlan | None) -> dict | None:
+    """The report's coverage section and ``coverage.png``: which parts of the plan the
+    registered views saw (:class:`~camera_pose_ros.io.coverage.CoverageMap`); None (and no
+    figure) without a floor plan."""
+    figure = data / "coverage.png"
+    if plan is None:
+        figure.unlink(missing_ok=True)  # an earlier run's, with another plan
+        return None
+    poses = read_poses(data / "poses.csv")
+    hfov, fov_from = math.radians(60.0), "assumed (no camera.json)"
+    try:
+        cam = PinholeCamera.from_dict(json.loads((data / "camera.json").read_text()))
+        hfov, fov_from = 2 * math.atan(cam.width / (2 * cam.fx)), "camera.json"
+    except (OSError, ValueError, KeyError, TypeError, CameraModelError):
+        pass
+    cov = CoverageMap(plan, hfov_rad=hfov)
+    cov.add_views(poses.positions_N3, poses.quats_wxyz_N4)
+    summary = {**cov.summary(), "field_of_view_from": fov_from}
+    track = _with_breaks(poses.stamps, poses.positions_N3)
+    plot_coverage(figure, plan, cov.cell_views(), cov.cell_headings(), gaps=summary["gaps"],
+                  one_heading=summary["one_heading_areas"], track=track,
+                  heading_bins=cov.heading_bins,
+                  title=f"{summary['walkable_seen']:.0%} of the walkable floor seen, "
+                        f"{summary['walkable_seen_2_headings']:.0%} from 2+ headings "
+                        f"({len(poses)} registered views)")
+    log.info("coverage: %.0f%% of the walkable floor seen (%.0f%% from 2+ headings), %d "
+             "gap(s) of 1 m2 or more", 100 * summary["walkable_seen"],
+             100 * summary["walkable_seen_2_headings"], len(summary["gaps"]))
+    return summary
 
 
 def build_dataset(

@@ -1,4 +1,4 @@
-"""Trajectory figures over the floor plan (matplotlib, Agg backend, written atomically)."""
+"""Trajectory and coverage figures over the floor plan (matplotlib, Agg, written atomically)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from camera_pose_ros.fileio import atomic_path  # noqa: E402
 from camera_pose_ros.io.floorplan import FloorPlan  # noqa: E402
 
-__all__ = ["plot_trajectories", "plot_series"]
+__all__ = ["plot_trajectories", "plot_series", "plot_coverage"]
 
 
 def plot_trajectories(
@@ -68,6 +68,65 @@ def plot_series(
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_coverage(
+    out: str | os.PathLike, floorplan: FloorPlan, views_HW: np.ndarray, headings_HW: np.ndarray,
+    *, gaps: list[dict], one_heading: list[dict] | None = None,
+    track: np.ndarray | None = None, heading_bins: int = 8, title: str = "",
+) -> Path:
+    """Two panels over the plan: how many views saw each walkable cell, and from how many
+    heading sectors. Unseen walkable cells are red; ``gaps`` (dicts with ``x, y, area_m2,
+    extent_m``) are circled and numbered in both panels, ``one_heading`` areas dashed in the
+    second; ``track`` (N, >=2) is the registered trajectory."""
+    free = floorplan.walkable
+    seen = free & (views_HW > 0)
+    extent = floorplan.extent()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110)
+    unseen = np.zeros((*free.shape, 4))
+    unseen[free & ~seen] = (0.85, 0.1, 0.1, 0.55)
+    panels = (
+        (np.ma.masked_where(~seen, np.maximum(views_HW, 1)), "viridis", "views seeing the cell",
+         matplotlib.colors.LogNorm(1, max(2, int(views_HW[seen].max()) if seen.any() else 2))),
+        (np.ma.masked_where(~seen, headings_HW), plt.get_cmap("plasma", heading_bins),
+         f"headings it was seen from (of {heading_bins})",
+         matplotlib.colors.Normalize(0.5, heading_bins + 0.5)),
+    )
+    for k, (ax, (values, cmap, label, norm)) in enumerate(zip(axes, panels, strict=True)):
+        ax.imshow(floorplan.to_image(), cmap="gray", extent=extent, vmin=0, vmax=255,
+                  interpolation="nearest")
+        im = ax.imshow(values, cmap=cmap, norm=norm, origin="lower", extent=extent,
+                       interpolation="nearest")
+        ax.imshow(unseen, origin="lower", extent=extent, interpolation="nearest")
+        bar = fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+        if k == 1:
+            bar.set_ticks(range(1, heading_bins + 1))
+        if track is not None and len(track):
+            ax.plot(track[:, 0], track[:, 1], "-", color="white", lw=0.8, alpha=0.9)
+        for i, gap in enumerate(gaps, 1):
+            ax.add_patch(plt.Circle((gap["x"], gap["y"]), gap["extent_m"], fill=False,
+                                    color="red", lw=1.5))
+            ax.annotate(f"gap {i}: {gap['area_m2']:.1f} m\u00b2", (gap["x"], gap["y"]),
+                        color="darkred", fontsize=8, ha="center", va="center", weight="bold",
+                        bbox={"boxstyle": "round", "fc": "white", "alpha": 0.7, "lw": 0})
+        if k == 1:
+            for area in one_heading or ():
+                ax.add_patch(plt.Circle((area["x"], area["y"]), area["extent_m"], fill=False,
+                                        color="orange", lw=1.2, ls="--"))
+        ax.set_title("red: walkable, never seen; circled: gaps" if k == 0 else
+                     "dashed: areas seen from one heading only", fontsize=9)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m, map)")
+    axes[0].set_ylabel("y (m, map)")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
