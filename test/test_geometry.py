@@ -133,3 +133,63 @@ def test_sim3_transform_pose_and_dict_round_trip():
     assert np.allclose(out[:3, :3], sim.rotation @ pose[:3, :3])
     back = Sim3.from_dict(sim.to_dict())
     assert np.allclose(back.apply(pose[:3, 3]), out[:3, 3])
+
+
+def _random_sim(seed: int, upright: bool = False):
+    from camera_pose_ros.geometry import Sim3
+
+    rng = np.random.default_rng(seed)
+    rot = Rotation.from_euler("z", rng.uniform(-np.pi, np.pi)).as_matrix() if upright else \
+        Rotation.random(random_state=seed).as_matrix()
+    return Sim3(float(rng.uniform(0.3, 3.0)), rot, rng.uniform(-5, 5, 3))
+
+
+def test_fit_sim3_samples_rejects_jumps_and_weighs_by_accuracy():
+    from camera_pose_ros.geometry import fit_sim3_samples
+
+    rng = np.random.default_rng(3)
+    truth = _random_sim(3)
+    src = rng.uniform(-4, 4, (300, 3)) * [1, 1, 0.05]  # a flat walk, as a robot's
+    dst = truth.apply(src) + rng.normal(0, 0.03, (300, 3))
+    jumps = np.zeros(300, bool)
+    jumps[40:70] = jumps[200:230] = True  # 20 % of the samples 1 m off, in runs
+    dst[jumps] += [1.0, 0.0, 0.0]
+    sim, inliers = fit_sim3_samples(src, dst, inlier_threshold=0.25)
+    assert not inliers[jumps].any() and inliers[~jumps].mean() > 0.98
+    probe = rng.uniform(-4, 4, (50, 3))
+    assert np.abs(sim.apply(probe) - truth.apply(probe)).max() < 0.05
+    # weights: one accurate sample outweighs many rough ones near it
+    w = np.full(300, 1.0)
+    w[0] = 1e6
+    dst2 = dst.copy()
+    dst2[0] = truth.apply(src[:1])[0]
+    sim_w, _ = fit_sim3_samples(src, dst2, weights_N=w, inlier_threshold=0.25)
+    assert np.linalg.norm(sim_w.apply(src[:1]) - dst2[:1]) < 0.01
+
+
+def test_upright_fit_keeps_the_vertical_and_recovers_yaw_and_scale():
+    from camera_pose_ros.geometry import (
+        fit_sim3_samples,
+        umeyama_sim3_upright,
+        up_direction_from_rotations,
+    )
+
+    truth = _random_sim(5, upright=True)
+    tilt = Rotation.from_euler("xy", [25, -10], degrees=True).as_matrix()  # SfM's own tilt
+    rng = np.random.default_rng(5)
+    map_pts = rng.uniform(-5, 5, (200, 3)) * [1, 1, 0.01]
+    # src = tilt^-1 (truth^-1 map)
+    src = (((map_pts - truth.translation) @ truth.rotation) / truth.scale) @ tilt
+    up_src = tilt.T @ np.array([0.0, 0.0, 1.0])
+    sim = umeyama_sim3_upright(src, map_pts, up_src)
+    assert np.allclose(sim.rotation @ up_src, [0, 0, 1], atol=1e-9)
+    assert np.isclose(sim.scale, truth.scale) and np.allclose(sim.apply(src), map_pts)
+    # the vertical from camera rotations, with a quarter of them wrong by 40 deg
+    cams = Rotation.random(40, random_state=1).as_matrix()
+    src_from_cam = np.einsum("ij,njk->nik", tilt.T, cams)  # the same cameras in the SfM frame
+    noisy = cams.copy()
+    noisy[:10] = Rotation.from_euler("x", 40, degrees=True).as_matrix() @ cams[:10]
+    up, spread = up_direction_from_rotations(src_from_cam, noisy)
+    assert np.degrees(np.arccos(np.clip(up @ up_src, -1, 1))) < 1e-6 and spread < 1e-6
+    sim2, inl = fit_sim3_samples(src, map_pts, up_src=up, inlier_threshold=0.1)
+    assert inl.all() and np.allclose(sim2.apply(src), map_pts, atol=1e-6)

@@ -72,6 +72,10 @@ class AlignConfig:
             z axis vertical (see the module docstring).
         max_rejected_share: more robot references rejected than this share is an error
             (the reconstruction and the robot's localization disagree).
+        reference_correlation_s: seconds over which the robot's localization error is
+            correlated (a particle filter's error drifts, it does not jump per frame): its
+            samples weigh together as one independent measurement per this many seconds,
+            so hundreds of them do not drown a few surveyed control points.
     """
 
     max_time_offset: float = 0.25
@@ -80,6 +84,7 @@ class AlignConfig:
     control_point_sigma: float = 0.02
     z_vertical: str = "auto"
     max_rejected_share: float = 0.4
+    reference_correlation_s: float = 1.0
 
     def __post_init__(self) -> None:
         if min(self.max_time_offset, self.inlier_threshold, self.max_rms,
@@ -87,6 +92,8 @@ class AlignConfig:
             raise ConfigError("alignment thresholds must be positive")
         if self.z_vertical not in ("auto", "yes", "no"):
             raise ConfigError(f"z_vertical must be auto, yes or no, got {self.z_vertical!r}")
+        if self.reference_correlation_s < 0:
+            raise ConfigError("reference_correlation_s must be >= 0")
         if not 0 < self.max_rejected_share < 1:
             raise ConfigError("max_rejected_share must be in (0, 1)")
 
@@ -314,10 +321,14 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
         up_src, up_spread = up_direction_from_rotations(
             np.array([a for a, _ in rot_pairs]), np.array([b for _, b in rot_pairs]))
         up_src, vertical_from = _vertical(centres, up_src)
+    weights = 1.0 / sig_a**2
+    if robot_a.sum() > 1 and config.reference_correlation_s > 0:
+        step = float(np.median(np.diff(np.sort(np.array(samples.stamps_ns)[robot_a])))) / 1e9
+        weights[robot_a] *= min(1.0, step / config.reference_correlation_s)
     try:
         if robot_a.any():
             thr = np.maximum(config.inlier_threshold, 4.0 * sig_a)
-            sim, inliers = fit_sim3_samples(src_a, dst_a, weights_N=1.0 / sig_a**2,
+            sim, inliers = fit_sim3_samples(src_a, dst_a, weights_N=weights,
                                             inlier_threshold=thr, up_src=up_src)
         else:
             sim, inliers = fit_sim3_robust(src_a, dst_a,
@@ -326,7 +337,10 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
         raise AlignmentError(f"the similarity fit failed ({exc}): check the control "
                              "points' coordinates") from exc
     residuals = np.linalg.norm(sim.apply(src_a) - dst_a, axis=1)
-    rms = float(np.sqrt(np.mean(residuals[inliers] ** 2)))
+    # the RMS that the refinement map takes as its own error: of the surveyed points when
+    # there are enough, else of the robot's localization (its noise included: conservative)
+    on = inliers & ~robot_a if (inliers & ~robot_a).sum() >= 3 else inliers
+    rms = float(np.sqrt(np.mean(residuals[on] ** 2)))
     if rms > config.max_rms:
         raise AlignmentError(
             f"alignment RMS {rms:.3f} m exceeds {config.max_rms} m: the references disagree "
@@ -339,6 +353,8 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
     report: dict = {
         "map_from_sfm": sim.to_dict(),
         "rms_m": rms,
+        "rms_of": "control points" if on is not inliers else (
+            "robot references" if robot_a.any() else "control points"),
         "inliers": int(cp_in.sum()),
         "z_vertical": upright,
         "control_points": [

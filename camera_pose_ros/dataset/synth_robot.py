@@ -136,11 +136,11 @@ def robot_messages(stamps_ns: list[int], map_from_cam: list[np.ndarray],
                    rng: np.random.Generator, spec: RobotSpec = RobotSpec()
                    ) -> Iterator[tuple[str, str, int, Any, bool]]:
     """``(topic, msgtype, stamp_ns, message, latched)`` of the robot's localization, in
-    time order, over the span of the frames (from a little before the first).
+    time order, over the span of the frames (from the first to just past the last).
     """
     st = np.asarray(stamps_ns, dtype=np.int64)
     dt_ns = int(round(1e9 / spec.tf_rate_hz))
-    t_tf = np.arange(st[0] - 3 * dt_ns, st[-1] + 3 * dt_ns, dt_ns, dtype=np.int64)
+    t_tf = np.arange(st[0], st[-1] + dt_ns, dt_ns, dtype=np.int64)
     truth = _true_base(st, map_from_cam, spec, t_tf)
     yield ("/tf_static", TF, int(t_tf[0]),
            _tf(_transform(int(t_tf[0]), spec.base_frame, spec.camera_frame,

@@ -4,8 +4,8 @@ A :class:`TfTree` holds every transform of a bag's ``/tf`` and ``/tf_static`` as
 per edge (parent -> child, as tf2 does: each frame has one parent) and answers
 ``target_from_source`` at many stamps at once. Between two samples of an edge the transform
 is interpolated (linear in translation, slerp in rotation) when they are at most ``max_gap``
-apart; beyond an edge's first or last sample it is held for at most ``max_gap / 2`` and never
-extrapolated. Static edges hold at every stamp. A missing link or a gap is reported per
+apart; beyond an edge's first or last sample it is held for at most ``hold`` (50 ms: a frame
+stamped a little after the last TF sample) and never extrapolated. Static edges hold at every stamp. A missing link or a gap is reported per
 stamp (a validity mask), never guessed.
 
 :func:`read_pose_topic` reads a map-frame pose topic (``geometry_msgs/PoseWithCovarianceStamped``
@@ -60,11 +60,12 @@ def _valid(trans: np.ndarray, quat_xyzw: np.ndarray) -> bool:
 
 
 def interpolate_poses(stamps_ns: np.ndarray, trans_N3: np.ndarray, rot: Rotation,
-                      query_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+                      query_ns: np.ndarray, max_gap_ns: int, hold_ns: int = 50_000_000
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Poses (M, 4, 4) of a sampled series at ``query_ns`` and a validity mask (M,).
 
     ``stamps_ns`` must be sorted and unique. A query between two samples at most
-    ``max_gap_ns`` apart is interpolated; within ``max_gap_ns / 2`` beyond the first or last
+    ``max_gap_ns`` apart is interpolated; within ``hold_ns`` beyond the first or last
     sample the end sample is held; anything else is invalid (the pose is the identity there).
     """
     query = np.asarray(query_ns, dtype=np.int64)
@@ -78,8 +79,8 @@ def interpolate_poses(stamps_ns: np.ndarray, trans_N3: np.ndarray, rot: Rotation
     inner = ~exact & (k > 0) & (k < n)
     lo, hi = np.clip(k - 1, 0, n - 1), np.clip(k, 0, n - 1)
     inner &= (stamps_ns[hi] - stamps_ns[lo]) <= max_gap_ns
-    before = (k == 0) & ~exact & ((stamps_ns[0] - query) <= max_gap_ns // 2)
-    after = (k == n) & ((query - stamps_ns[-1]) <= max_gap_ns // 2)
+    before = (k == 0) & ~exact & ((stamps_ns[0] - query) <= hold_ns)
+    after = (k == n) & ((query - stamps_ns[-1]) <= hold_ns)
     idx = np.where(exact, np.minimum(k, n - 1), np.where(before, 0, n - 1))
     hold = exact | before | after
     out[hold, :3, :3] = rot[idx[hold]].as_matrix()

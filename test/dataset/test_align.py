@@ -122,3 +122,79 @@ def test_control_point_between_frames_is_interpolated(fake_dataset, monkeypatch)
     report = json.loads((data / "alignment.json").read_text())
     assert report["control_points"][1]["frame"] == "000011.jpg+000013.jpg"
     assert report["rms_m"] < 1e-6
+
+
+def _write_priors(data, map_from_cam, stamps, *, noise=0.0, jump=slice(0, 0), seed=0,
+                  sigma=0.05, source="tf"):
+    """DATA/priors.csv as dataset.references writes it: noisy robot poses, one jump run."""
+    import json
+
+    from camera_pose_ros.io.posecsv import PoseTable, seconds_to_ns, write_poses
+
+    rng = np.random.default_rng(seed)
+    pos = map_from_cam[:, :3, 3] + rng.normal(0, noise, (len(stamps), 3)) * [1, 1, 0]
+    pos[jump] += [1.0, -0.5, 0.0]
+    names = [f"{i:06d}.jpg" for i in range(len(stamps))]
+    write_poses(data / "priors.csv", PoseTable(
+        np.array([seconds_to_ns(s) for s in stamps]), pos,
+        quat_wxyz_from_rotmat(map_from_cam[:, :3, :3]), names,
+        {"sigma_m": [str(sigma)] * len(stamps)}))
+    (data / "priors.json").write_text(json.dumps({"source": source}))
+
+
+def test_alignment_from_robot_priors_rejects_the_jumps_and_reports_when(fake_dataset):
+    import json
+
+    data, map_from_cam, stamps = fake_dataset
+    _write_priors(data, map_from_cam, stamps, noise=0.03, jump=slice(10, 16))
+    align_dataset(data)  # no control points: the robot's localization alone
+    poses = read_poses(data / "poses.csv")
+    err = np.linalg.norm(poses.positions_N3 - map_from_cam[:, :3, 3], axis=1)
+    assert np.median(err) < 0.03
+    report = json.loads((data / "alignment.json").read_text())
+    refs = report["robot_references"]
+    assert refs["source"] == "tf" and refs["rejected"] == 6 and refs["samples"] == 40
+    (a, b), = refs["rejected_time_ranges_s"]
+    assert a == pytest.approx(stamps[10]) and b == pytest.approx(stamps[15])
+    assert report["z_vertical"] and report["vertical"]["from"] == "trajectory plane"
+    assert refs["residual_m"]["max"] > 1.0 > refs["inlier_residual_m"]["max"]
+
+
+def test_control_points_and_priors_together_weigh_the_survey_more(fake_dataset):
+    data, map_from_cam, stamps = fake_dataset
+    # every prior 20 cm off to one side (a biased localization): accurate control points win
+    biased = map_from_cam.copy()
+    biased[:, 1, 3] += 0.2
+    _write_priors(data, biased, stamps, sigma=0.2)
+    idx = [2, 12, 25, 37]
+    cps = _write_cps(data / "cp.csv", [(stamps[i], *map_from_cam[i, :3, 3], 0.002)
+                                       for i in idx], header="stamp,x,y,z,sigma")
+    align_dataset(data, cps, AlignConfig(inlier_threshold=0.5))
+    poses = read_poses(data / "poses.csv")
+    err = np.linalg.norm(poses.positions_N3 - map_from_cam[:, :3, 3], axis=1)
+    assert np.median(err) < 0.02
+
+
+def test_references_that_disagree_with_the_reconstruction_stop_the_alignment(fake_dataset):
+    data, map_from_cam, stamps = fake_dataset
+    _write_priors(data, map_from_cam, stamps, jump=slice(0, 20))  # half of the walk 1 m off
+    with pytest.raises(AlignmentError, match=r"disagrees .* on \d+% of the frames.*s from the"):
+        align_dataset(data)
+    assert (data / "alignment.json").is_file() and not (data / "poses.csv").exists()
+
+
+def test_alignment_needs_a_reference(fake_dataset):
+    data, _, _ = fake_dataset
+    with pytest.raises(AlignmentError, match="nothing to align to"):
+        align_dataset(data)
+    cps = _write_cps(data / "cp.csv", [(100.0, 0, 0, 1.5), (101.0, 2, 0, 1.5),
+                                       (103.0, 4, 2, 1.5)])
+    with pytest.raises(AlignmentError, match="z_vertical needs"):
+        align_dataset(data, cps, AlignConfig(z_vertical="yes"))
+
+
+def test_control_point_sigma_must_be_metres(tmp_path):
+    cp = _write_cps(tmp_path / "cp.csv", [(1.0, 0, 0, 0, 0.01), (2.0, 1, 0, 0, "abc"),
+                                         (3.0, 0, 1, 0, 0.01)], header="stamp,x,y,z,sigma")
+    with pytest.raises(InputDataError, match="cp.csv:3: sigma"):
+        read_control_points(cp)

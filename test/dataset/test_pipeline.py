@@ -109,3 +109,45 @@ def test_the_sift_budget_grows_with_the_frame_size_and_is_reported(built):
         SfMConfig(max_num_features=10_000)
     report = json.loads((data / "report.json").read_text())
     assert report["sift_max_features"] == 1024  # the session building is 320x240
+
+
+@pytest.mark.parametrize("reference", ["tf", "pose"])
+def test_alignment_from_the_bag_alone_matches_the_ground_truth(built, venv_bin, tmp_path,
+                                                               reference):
+    """No control points: the robot's /tf (or /amcl_pose), noisy and jumping, aligns the map."""
+    import shutil
+
+    synth, data = built
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    for stale in ("poses.csv", "alignment.json", "priors.csv", "priors.json"):
+        (copy / stale).unlink(missing_ok=True)
+    proc = subprocess.run([str(venv_bin / "camera-pose"), "-q", "align", "--data", str(copy),
+                           "--reference", reference], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((copy / "alignment.json").read_text())
+    refs = report["robot_references"]
+    assert refs["source"] == reference and not report["control_points"]
+    assert refs["rejected"] > 0 and refs["rejected_time_ranges_s"]  # the injected jumps
+    poses, gt = read_poses(copy / "poses.csv"), read_poses(synth / "gt_mapping.csv")
+    ip, ig = match_by_stamp(poses.stamps_ns, gt.stamps_ns, max_dt=1e-3)
+    err = error_summary(poses.positions_N3[ip], poses.quats_wxyz_N4[ip], gt.positions_N3[ig],
+                        gt.quats_wxyz_N4[ig])
+    # a 11 s walk of a 0.7-scale building: few independent AMCL errors (the full-size
+    # figures are the benchmark's)
+    assert err["median_position_m"] < 0.08 and err["median_rotation_deg"] < 0.5, err
+
+
+def test_a_bag_without_tf_or_control_points_is_refused_before_any_work(tmp_path, venv_bin):
+    from camera_pose_ros.dataset.synth import write_synthetic_building
+
+    synth = write_synthetic_building(tmp_path / "s", frames=10, query_frames=1, width=64,
+                                     height=48, progress=False, robot=None)
+    proc = subprocess.run([str(venv_bin / "camera-pose"), "dataset", "--bag",
+                           str(synth / "mapping"), "--out", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--control-points" in proc.stderr and "/amcl_pose" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d" / "images").exists()  # refused before extracting frames

@@ -1,0 +1,121 @@
+"""Alignment to the map without a tape measure: the robot's TF / /amcl_pose vs control points.
+
+For each scene (``--seeds``), one synthetic building is rendered with the robot's own
+localization in the mapping bag (AMCL-like noise of 5 cm and 1 deg, correlated over 1 s,
+odometry drift, and 1 m jumps: :mod:`camera_pose_ros.dataset.synth_robot`) and its SfM is
+built once; the alignment is then redone from each reference and the aligned camera poses
+are compared with the ground truth:
+
+- ``control points``: the 6 surveyed points of ``control_points.csv`` (1 cm survey error);
+- ``tf``: the bag's ``/tf`` + ``/tf_static`` alone, z vertical (the default);
+- ``tf, z free``: the same with a full 7-DoF similarity;
+- ``amcl_pose``: ``/amcl_pose`` carried forward by odometry, plus the mount from
+  ``/tf_static``;
+- ``tf + control points``: both, weighed by their accuracy.
+
+    python -m benchmarks.bench_alignment [--seeds 0 1 2] [--frames 300] [--width 640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import timed, write_results
+from camera_pose_ros.dataset.align import AlignConfig, align_dataset
+from camera_pose_ros.dataset.frames import FrameSource
+from camera_pose_ros.dataset.pipeline import build_dataset
+from camera_pose_ros.dataset.references import ReferenceConfig, extract_priors
+from camera_pose_ros.dataset.synth import write_synthetic_building
+from camera_pose_ros.io.posecsv import read_poses
+from camera_pose_ros.metrics import error_summary, match_by_stamp
+
+VARIANTS = {
+    "control points": ("none", True, "no"),
+    "tf": ("tf", False, "auto"),
+    "tf, z free": ("tf", False, "no"),
+    "amcl_pose": ("pose", False, "auto"),
+    "tf + control points": ("tf", True, "auto"),
+}
+
+
+def run_scene(root: Path, seed: int, frames: int, width: int, height: int) -> dict:
+    """One building: SfM once, then every alignment variant; errors against the truth."""
+    synth = write_synthetic_building(root / "synth", seed=seed, frames=frames, query_frames=1,
+                                     width=width, height=height, progress=False)
+    t_build, _ = timed(lambda: build_dataset(
+        FrameSource(bag=synth / "mapping"), root / "data",
+        control_points=synth / "control_points.csv", progress=False))
+    gt = read_poses(synth / "gt_mapping.csv")
+    out: dict = {"seed": seed, "dataset_s": t_build, "variants": {}}
+    for name, (source, with_cp, z) in VARIANTS.items():
+        extract_priors(root / "data", ReferenceConfig(source=source))
+        t_align, _ = timed(lambda: align_dataset(  # noqa: B023 -- called at once
+            root / "data", synth / "control_points.csv" if with_cp else None,  # noqa: B023
+            AlignConfig(z_vertical=z)))  # noqa: B023
+        poses = read_poses(root / "data" / "poses.csv")
+        ip, ig = match_by_stamp(poses.stamps_ns, gt.stamps_ns, max_dt=1e-3)
+        err = error_summary(poses.positions_N3[ip], poses.quats_wxyz_N4[ip],
+                            gt.positions_N3[ig], gt.quats_wxyz_N4[ig])
+        report = json.loads((root / "data" / "alignment.json").read_text())
+        refs = report.get("robot_references") or {}
+        out["variants"][name] = {
+            "median_position_m": err["median_position_m"],
+            "median_rotation_deg": err["median_rotation_deg"],
+            "align_s": t_align,
+            "references": refs.get("samples"),
+            "rejected": refs.get("rejected"),
+            "rejected_time_ranges_from_start_s": refs.get("rejected_time_ranges_from_start_s"),
+            "control_points_used": report["inliers"],
+            "vertical": report.get("vertical"),
+        }
+    return out
+
+
+def markdown(results: dict) -> str:
+    """The README table: median error of the aligned poses per reference, per seed."""
+    seeds = [s["seed"] for s in results["scenes"]]
+    head = "| reference | " + " | ".join(f"seed {s}" for s in seeds) + " |\n"
+    head += "|---|" + "---|" * len(seeds) + "\n"
+    rows = []
+    for name in VARIANTS:
+        cells = []
+        for scene in results["scenes"]:
+            v = scene["variants"][name]
+            rej = f", {v['rejected']} rejected" if v["rejected"] else ""
+            cells.append(f"{v['median_position_m'] * 100:.1f} cm, "
+                         f"{v['median_rotation_deg']:.2f} deg{rej}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line entry; prints and writes the results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--workdir", type=Path, help="keep the scenes here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    scenes = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = (args.workdir / f"seed{seed}") if args.workdir else Path(tmp)
+            scenes.append(run_scene(root, seed, args.frames, args.width, args.height))
+            print(json.dumps(scenes[-1]["variants"], indent=1), flush=True)
+    res = {"size": {"frames": args.frames, "width": args.width, "height": args.height},
+           "scenes": scenes}
+    table = markdown(res)
+    path = write_results("alignment", res, table)
+    print(table)
+    print(f"written {path}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
