@@ -225,6 +225,8 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
         log.info("refinement map: %s", localizer.enable_refinement(args.map,
                                                                    args.refine_config))
         camera = source.camera()  # --camera-info, else the bag's CameraInfo, else the map's
+    else:  # the mapped views alone: each pose's distance to the nearest
+        localizer.load_views(args.map, strict=args.map is not None)
     return localize_source(localizer, source, args.out, camera=camera,
                            ground_truth=args.ground_truth, max_dt=args.max_dt,
                            progress=not args.quiet).csv
@@ -380,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     def refine_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--map", type=Path,
                        help="refinement map or dataset folder (default: beside the checkpoint, "
-                            "then the dataset it was trained on)")
+                            "then the dataset it was trained on); its frames are also the "
+                            "mapped views each pose's nearest-view distance is measured to")
         p.add_argument("--refine-config", type=Path,
                        help="YAML of refinement settings (config/refine.yaml)")
 

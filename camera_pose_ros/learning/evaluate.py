@@ -27,9 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from camera_pose_ros.errors import InputDataError
+from camera_pose_ros.errors import CameraPoseError, InputDataError
 from camera_pose_ros.fileio import atomic_path, write_json_atomic
 from camera_pose_ros.geometry import rotation_errors_deg
+from camera_pose_ros.io.coverage import NearestViews, load_mapped_views, nearest_view_summary
 from camera_pose_ros.io.figures import plot_trajectories
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
@@ -172,6 +173,12 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
     ``exclude_split_from_map`` keeps refinement from matching the split's own frames, which
     are in the SfM map (their 3D points remain: a mild optimism, noted in the JSON).
 
+    Each frame's distance from its true position to the nearest mapped view (the dataset's
+    registered frames outside the split: :func:`camera_pose_ros.io.coverage.load_mapped_views`)
+    goes into the predictions CSVs (``nearest_view_m``, ``nearest_view_angle_deg``,
+    ``nearest_same_way_view_m``) and, summarised with the median error near and far from the
+    map, into ``nearest_view`` of the JSON (and of ``modes.refine``).
+
     ``out`` is a folder (default ``DATA/eval_<split>/``): ``metrics.json``, the predictions
     CSVs and the figures go inside it; a refined-predictions CSV of an earlier run that this
     run does not write is removed, so the folder never mixes two runs.
@@ -219,13 +226,19 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
             rotation_errors_deg(base[:, 3:], gt[:, 3:]))
     metrics["uncertainty"] = coverage(error_vectors(pred, gt), cov)
     metrics.update(honesty_summary(_errors(pred, gt), cov))
+    near = _nearest_views(data, table, gt)
+    if near is not None:
+        metrics["nearest_view"] = near[1] | nearest_view_summary(near[0],
+                                                                 position_errors_m=t_err)
     table_rows = {"regress": metrics}
     out.parent.mkdir(parents=True, exist_ok=True)
     stale = out.parent / f"predictions_{split}_refined.csv"
     if refined is None and stale.exists():  # an earlier run's refined poses
         stale.unlink()
-    write_poses(out.parent / f"predictions_{split}.csv",
-                prediction_table(table.stamps_ns, pred, cov, table.images))
+    table_p = prediction_table(table.stamps_ns, pred, cov, table.images)
+    if near is not None:
+        table_p.extra.update(near[0].columns())
+    write_poses(out.parent / f"predictions_{split}.csv", table_p)
     title = (f"{split}: median {metrics['median_position_m']:.2f} m, "
              f"{metrics['median_rotation_deg']:.1f} deg")
     if refined is not None:
@@ -246,8 +259,13 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
         curves["refined"] = (np.linalg.norm(rp[:, :3] - gt[:, :3], axis=1),
                              rotation_errors_deg(rp[:, 3:], gt[:, 3:]))
         tracks["refined"] = rp[:, :3]
+        if near is not None:
+            ref["nearest_view"] = near[1] | nearest_view_summary(
+                near[0], position_errors_m=curves["refined"][0])
         table_r = prediction_table(table.stamps_ns, rp, rc, table.images)
         table_r.extra.update(refined.columns())
+        if near is not None:
+            table_r.extra.update(near[0].columns())
         write_poses(out.parent / f"predictions_{split}_refined.csv", table_r)
         title += (f"; refined {ref['median_position_m'] * 100:.1f} cm, "
                   f"{ref['median_rotation_deg']:.2f} deg")
@@ -263,6 +281,25 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
              metrics["median_position_m"], metrics["median_rotation_deg"], len(pred))
     log.info("evaluate %s summary:\n%s", split, summary_table(table_rows))
     return write_json_atomic(out, metrics)
+
+
+def _nearest_views(data: Path, table: PoseTable, gt_N7: np.ndarray
+                   ) -> tuple[NearestViews, dict] | None:
+    """Distances from each frame's true pose to the nearest mapped view of the dataset (its
+    refinement map's frames, else ``poses.csv``) other than the split's own frames, and what
+    they were measured against; None (logged) when the dataset has no mapped view left."""
+    try:
+        views = load_mapped_views(data).excluding(table.images or ())
+    except CameraPoseError as exc:
+        log.warning("no distance to the nearest mapped view: %s", exc)
+        return None
+    if len(views) == 0:
+        log.warning("no distance to the nearest mapped view: every mapped frame is in the "
+                    "evaluated split")
+        return None
+    return views.nearest(gt_N7[:, :3], gt_N7[:, 3:]), {
+        "measured_from": "ground truth", "mapped_views": len(views), "source": views.source,
+        "excluded": "the split's own frames"}
 
 
 def _errors(pred_N7: np.ndarray, gt_N7: np.ndarray) -> np.ndarray:

@@ -29,8 +29,10 @@ from tqdm import tqdm
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import CheckpointError, ConfigError, InputDataError
 from camera_pose_ros.fileio import write_json_atomic
-from camera_pose_ros.io.posecsv import read_poses, write_poses
+from camera_pose_ros.io.coverage import MappedViews, NearestViews, nearest_view_summary
+from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.evaluate import prediction_table, table_metrics
+from camera_pose_ros.metrics import match_by_stamp
 from camera_pose_ros.runtime.estimate import PoseEstimate
 from camera_pose_ros.runtime.localizer import Localizer
 
@@ -90,12 +92,16 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
     gains columns ``refined`` (1: refined, 0: the regressed pose, refinement failed) and
     ``inliers``; ``camera`` gives the frames' intrinsics (default: the refinement map's).
     With a floor plan on ``localizer`` the CSV gains ``snapped`` (1: moved onto the walkable
-    floor).
+    floor). With mapped views on ``localizer`` (:meth:`Localizer.load_views`) it gains each
+    estimate's distance to the nearest mapped view (``nearest_view_m``,
+    ``nearest_view_angle_deg``, ``nearest_same_way_view_m``).
 
     With ``ground_truth`` (a pose CSV, read before any work) the rows are matched to it by
     stamp (within ``max_dt`` seconds) and :func:`localization_metrics_path`
     (``OUT.metrics.json``) gets the error summary, the covariance honesty figures, the
-    refined share and false acceptance rate (refine mode) and ms per frame.
+    refined share and false acceptance rate (refine mode) and ms per frame; with mapped
+    views, ``nearest_view``: the distances from the estimates and from the true poses, with
+    the median error of the frames near the map and of those far from it.
 
     Raises:
         ConfigError: ``batch`` is below 1.
@@ -153,6 +159,13 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
     if refine:
         table.extra["refined"] = [str(int(e.refined)) for e in estimates]
         table.extra["inliers"] = [str(int(e.inliers)) for e in estimates]
+    views = localizer.views
+    near = views.nearest(table.positions_N3, table.quats_wxyz_N4) if views else None
+    if near is not None:
+        table.extra.update(near.columns())
+        s = nearest_view_summary(near)
+        log.info("nearest mapped view: median %.2f m, %.0f%% of the frames farther than "
+                 "%g m", s["median_m"], 100 * s["share_beyond"], s["far_m"])
     report = BatchReport(write_poses(out, table), None, frames, rejected,
                          sum(e.snapped for e in estimates), sum(e.refined for e in estimates),
                          seconds)
@@ -174,10 +187,26 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
                    **({"frames_snapped": report.snapped} if localizer.snapper is not None
                       else {}),
                    **metrics, "ms_per_frame": 1000.0 * seconds / frames}
+        if views and near is not None:
+            metrics["nearest_view"] = _nearest_view_metrics(views, near, table, gt_table,
+                                                            max_dt)
         report.metrics = write_json_atomic(localization_metrics_path(report.csv), metrics)
         log.info("%s", _one_line(metrics))
         log.info("wrote %s", report.metrics)
     return report
+
+
+def _nearest_view_metrics(views: MappedViews, near: NearestViews, pred: PoseTable,
+                          gt: PoseTable, max_dt: float) -> dict:
+    """The distances to the nearest mapped view from the estimates, and from the true poses
+    with the median error near and far from the map (what tells a bad estimate from an
+    unmapped place)."""
+    ip, ig = match_by_stamp(pred.stamps, gt.stamps, max_dt)
+    at_truth = views.nearest(gt.positions_N3[ig], gt.quats_wxyz_N4[ig])
+    errors = np.linalg.norm(pred.positions_N3[ip] - gt.positions_N3[ig], axis=1)
+    return {"source": views.source, "mapped_views": len(views),
+            "from_estimate": nearest_view_summary(near),
+            "from_ground_truth": nearest_view_summary(at_truth, position_errors_m=errors)}
 
 
 def _one_line(m: dict) -> str:

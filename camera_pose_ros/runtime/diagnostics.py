@@ -14,6 +14,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from camera_pose_ros.io.coverage import MappedViews
 from camera_pose_ros.runtime.relocalize import Outcome, RelocalizationResult
 
 __all__ = ["Level", "COUNTERS", "NodeStats", "DiagnosticsSnapshot", "diagnostics_snapshot"]
@@ -51,6 +52,7 @@ class NodeStats:
         self.refine_latency: collections.deque[float] = collections.deque(maxlen=window)
         self.arrivals: collections.deque[float] = collections.deque(maxlen=window)
         self.last_relocalization: RelocalizationResult | None = None
+        self.last_pose: tuple[np.ndarray, np.ndarray] | None = None  # position, quat_wxyz
 
     def add(self, key: str, n: int = 1) -> None:
         """Count ``n`` under ``key``."""
@@ -71,6 +73,12 @@ class NodeStats:
         """One refinement's latency."""
         with self.lock:
             self.refine_latency.append(seconds)
+
+    def estimated(self, position: np.ndarray, quat_wxyz: np.ndarray) -> None:
+        """The pose last published (its distance to the mapped views is measured when a
+        snapshot is taken, not on the frame path)."""
+        with self.lock:
+            self.last_pose = (np.array(position, float), np.array(quat_wxyz, float))
 
     def relocalization_ended(self, result: RelocalizationResult) -> None:
         """Count a request's result (relocalized, else failed) and keep it as the last one."""
@@ -93,7 +101,8 @@ def _percentile(ms: np.ndarray, q: float) -> str:
 
 
 def diagnostics_snapshot(stats: NodeStats, *, now: float, model: str | None,
-                         device: str = "") -> DiagnosticsSnapshot:
+                         device: str = "", views: MappedViews | None = None
+                         ) -> DiagnosticsSnapshot:
     """The node's status now.
 
     ERROR without a model; WARN with no image in the last few seconds, or when the last
@@ -104,6 +113,10 @@ def diagnostics_snapshot(stats: NodeStats, *, now: float, model: str | None,
         now: monotonic seconds (the clock of :meth:`NodeStats.arrived`).
         model: the loaded model's name, None when none is loaded.
         device: where inference runs.
+        views: the mapped views; with them, the last published pose's distance to the
+            nearest one (``nearest_view_m``) and to the nearest one looking the same way
+            (``nearest_same_way_view_m``, metres): a pose far from every mapped view is in
+            a place the map never saw (empty values otherwise).
     """
     with stats.lock:
         counts = dict(stats.counts)
@@ -111,6 +124,7 @@ def diagnostics_snapshot(stats: NodeStats, *, now: float, model: str | None,
         ref_ms = np.array(stats.refine_latency) * 1000.0
         arrivals = np.array(stats.arrivals)
         last = stats.last_relocalization
+        last_pose = stats.last_pose
     recent = arrivals[arrivals > now - RATE_WINDOW_S]
     span = float(recent[-1] - recent[0]) if len(recent) > 1 else 0.0
     rate = (len(recent) - 1) / span if span > 0 else 0.0
@@ -128,4 +142,9 @@ def diagnostics_snapshot(stats: NodeStats, *, now: float, model: str | None,
               "refine_ms_p50": _percentile(ref_ms, 50), "device": device,
               "model": model or "", "last_relocalization": last_text}
     values.update((key, str(counts.get(key, 0))) for key in COUNTERS)
+    values["nearest_view_m"] = values["nearest_same_way_view_m"] = ""
+    if views is not None and len(views) and last_pose is not None:
+        near = views.nearest(last_pose[0][None], last_pose[1][None])
+        values["nearest_view_m"] = f"{near.distance_m[0]:.2f}"
+        values["nearest_same_way_view_m"] = f"{near.same_way_m[0]:.2f}"
     return DiagnosticsSnapshot(level, message, values)

@@ -21,6 +21,8 @@ import numpy as np
 
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import load_yaml
+from camera_pose_ros.errors import CameraPoseError
+from camera_pose_ros.io.coverage import MappedViews, load_mapped_views
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.refmap import load_refinement_map
 from camera_pose_ros.learning.checkpoint import load_checkpoint
@@ -79,6 +81,8 @@ class Localizer:
         self.loaded = load_checkpoint(checkpoint)
         self.predictor = Predictor(self.loaded, device=device, samples=mc_samples)
         self.snapper = FloorSnapper(floorplan) if floorplan is not None else None
+        #: the mapping cameras, for each estimate's distance to the nearest (:meth:`load_views`)
+        self.views: MappedViews | None = None
         self.map_frame = self.loaded.meta.map_frame
         model = self.loaded.meta.model
         self.model_name = f"{model.kind}/{model.backbone}"
@@ -95,7 +99,33 @@ class Localizer:
         """
         self.refiner, path = load_refiner(self.checkpoint_path, map_path, config,
                                           provenance=self.loaded.meta.provenance.to_dict())
+        rmap = self.refiner.map
+        self.views = MappedViews.from_matrices(rmap.map_from_cam, rmap.names, str(path))
         return str(path)
+
+    def load_views(self, map_path: str | os.PathLike | None = None, *,
+                   strict: bool = False) -> str:
+        """Load the mapped views: the camera poses of the refinement map's frames, found as
+        the refiner finds its map (``map_path``, which may also be a dataset folder or a pose
+        CSV, else beside the checkpoint or in its dataset). Only the poses are read.
+
+        Returns where they came from, or "" when there is none (logged; estimates then carry
+        no nearest-view distance).
+
+        Raises:
+            CameraPoseError: with ``strict``, what finding or reading them raised.
+        """
+        try:
+            path = map_path or find_refinement_map(
+                self.checkpoint_path, self.loaded.meta.provenance.to_dict())
+            self.views = load_mapped_views(path)
+        except CameraPoseError as exc:
+            if strict:
+                raise
+            log.info("no mapped views for nearest-view distances: %s", exc)
+            self.views = None
+            return ""
+        return self.views.source
 
     @property
     def device(self) -> str:

@@ -108,7 +108,8 @@ class PipelineSettings:
 
 def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | None, str]:
     """The localizer that parameter values by name ask for: checkpoint, device, dropout
-    samples, half precision, floor plan and, in refine mode, the refiner.
+    samples, half precision, floor plan and, in refine mode, the refiner; the mapped views
+    (for the nearest-view distance in diagnostics) in either mode, when a map is found.
 
     Returns:
         The localizer, the floor plan (None without one) and the refinement map's path (""
@@ -131,6 +132,8 @@ def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | No
     if params["mode"] == Mode.REFINE.value:
         where = localizer.enable_refinement(str(params["refinement_map"]) or None,
                                             str(params["refine_config"]) or None)
+    else:  # the mapped views alone (their poses): diagnostics' nearest-view distance
+        localizer.load_views(str(params["refinement_map"]) or None)
     if not params["snap_to_floorplan"]:
         localizer.set_floorplan(None)
     return localizer, plan, where
@@ -303,7 +306,8 @@ class RelocalizationPipeline:
         """The status now (see :func:`.diagnostics_snapshot`)."""
         return diagnostics_snapshot(self.stats, now=self._clock(),
                                     model=self.localizer.model_name,
-                                    device=self.localizer.device)
+                                    device=self.localizer.device,
+                                    views=self.localizer.views)
 
     def update_camera(self, make: Callable[[], PinholeCamera]) -> None:
         """Take the camera ``make`` returns for refinement; when it raises CameraModelError,
@@ -420,6 +424,7 @@ class RelocalizationPipeline:
         verified = verify(est, s.thresholds, self.refining)[0]
         self.outputs.publish_pose(stamp, est, verified=verified, map_from_odom=edge,
                                   refined=refined)
+        self.stats.estimated(est.position, est.quat_wxyz)
 
     def _relocalized(self, result: RelocalizationResult) -> None:
         """A request's one result: a success goes out as the initial pose (exactly once)."""

@@ -205,3 +205,46 @@ def test_refine_mode_writes_refined_poses_and_the_refined_and_inliers_columns(
     m = json.loads(report.metrics.read_text())
     assert m["mode"] == "refine" and m["refined_share"] == pytest.approx(0.5)
     assert m["accepted_frames"] == 3
+
+
+def test_localize_gives_each_pose_its_distance_to_the_nearest_mapped_view(checkpoint,
+                                                                         tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = frames(6)
+    for stamp_ns, rgb in items:
+        cv2.imwrite(str(folder / f"{stamp_ns / 1e9:.1f}.png"), rgb[:, :, ::-1])
+    level = np.tile([0.5, -0.5, 0.5, -0.5], (2, 1))  # optical axis along +x
+    mapped = np.array([[4.0, 3.0, 1.5], [20.0, 3.0, 1.5]])
+    write_poses(tmp_path / "mapped.csv", PoseTable(np.array([1, 2], np.int64), mapped, level,
+                                                   ["a.jpg", "b.jpg"]))
+    # the first three frames were taken beside a mapped view, the last three 8 m from any
+    truth = np.repeat([[4.0, 3.0, 1.5], [12.0, 3.0, 1.5]], 3, axis=0)
+    write_poses(tmp_path / "gt.csv", PoseTable(np.array([s for s, _ in items], np.int64),
+                                               truth, np.tile([1.0, 0, 0, 0], (6, 1))))
+    base = ["-q", "localize", "--checkpoint", str(checkpoint), "--images", str(folder),
+            "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "p.csv"), "--map",
+                 str(tmp_path / "mapped.csv"), "--ground-truth", str(tmp_path / "gt.csv")]) == 0
+    pred = read_poses(tmp_path / "p.csv")
+    expect = np.linalg.norm(pred.positions_N3[:, None] - mapped[None], axis=2).min(1)
+    got = np.array([float(v) for v in pred.extra["nearest_view_m"]])
+    np.testing.assert_allclose(got, expect, atol=1e-3)
+    assert all(0.0 <= float(v) <= 180.0 for v in pred.extra["nearest_view_angle_deg"])
+    m = json.loads(localization_metrics_path(tmp_path / "p.csv").read_text())
+    near = m["nearest_view"]
+    assert near["mapped_views"] == 2 and near["from_estimate"]["median_m"] == pytest.approx(
+        np.median(expect), abs=1e-6)
+    at_truth = near["from_ground_truth"]
+    assert at_truth["median_m"] == pytest.approx(4.0) and at_truth["share_beyond"] == 0.5
+    assert at_truth["frames_near"] == at_truth["frames_far"] == 3
+    err = np.linalg.norm(pred.positions_N3 - truth, axis=1)
+    assert at_truth["median_position_error_far_m"] == pytest.approx(np.median(err[3:]),
+                                                                     abs=1e-5)
+    # no map beside the checkpoint and none named: no distances, the columns as before
+    assert main([*base, "--out", str(tmp_path / "q.csv")]) == 0
+    assert "nearest_view_m" not in read_poses(tmp_path / "q.csv").extra
+    # a map named that is not there is an error, before any frame
+    assert main([*base, "--out", str(tmp_path / "r.csv"), "--map",
+                 str(tmp_path / "nowhere.npz")]) == 2
+    assert not (tmp_path / "r.csv").exists()

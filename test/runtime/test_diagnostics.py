@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from camera_pose_ros.io.coverage import MappedViews
 from camera_pose_ros.runtime.diagnostics import (
     COUNTERS,
     Level,
@@ -67,7 +70,8 @@ def test_values_hold_every_counter_and_the_latency_percentiles():
     keys = list(snap.values)
     assert keys[:7] == ["input_rate_hz", "inference_ms_p50", "inference_ms_p99",
                         "refine_ms_p50", "device", "model", "last_relocalization"]
-    assert keys[7:] == list(COUNTERS)
+    assert keys[7:-2] == list(COUNTERS)
+    assert keys[-2:] == ["nearest_view_m", "nearest_same_way_view_m"]
     assert snap.values["rejected_nan"] == "3" and snap.values["published"] == "0"
 
 
@@ -76,3 +80,22 @@ def test_windows_keep_the_newest_values():
     for ms in range(100):
         stats.inference_took(ms / 1000.0)
     assert list(stats.latency) == [ms / 1000.0 for ms in range(90, 100)]
+
+
+def test_the_last_pose_distance_to_the_nearest_mapped_view():
+    # two mapped views, 4 m apart, looking along +x and -x
+    views = MappedViews.from_poses(np.array([[0.0, 0, 0], [4.0, 0, 0]]),
+                                   np.array([[0.5, -0.5, 0.5, -0.5], [0.5, 0.5, -0.5, -0.5]]))
+    stats = NodeStats()
+    snap = diagnostics_snapshot(stats, now=0.0, model="m", views=views)
+    assert snap.values["nearest_view_m"] == "" and snap.values["nearest_same_way_view_m"] == ""
+    stats.estimated(np.array([1.0, 0.0, 0.0]), np.array([0.5, -0.5, 0.5, -0.5]))  # looks +x
+    snap = diagnostics_snapshot(stats, now=0.0, model="m", views=views)
+    assert snap.values["nearest_view_m"] == "1.00"
+    assert snap.values["nearest_same_way_view_m"] == "1.00"
+    stats.estimated(np.array([3.5, 0.0, 0.0]), np.array([0.5, -0.5, 0.5, -0.5]))
+    snap = diagnostics_snapshot(stats, now=0.0, model="m", views=views)
+    assert snap.values["nearest_view_m"] == "0.50"  # the -x one, beside it
+    assert snap.values["nearest_same_way_view_m"] == "3.50"  # the +x one, behind
+    snap = diagnostics_snapshot(stats, now=0.0, model="m")  # no mapped views: no distance
+    assert snap.values["nearest_view_m"] == ""

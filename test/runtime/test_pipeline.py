@@ -19,6 +19,8 @@ from camera_pose_ros.errors import (
     InputDataError,
 )
 from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
+from camera_pose_ros.io.coverage import MappedViews
+from camera_pose_ros.io.refmap import save_refinement_map
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
 from camera_pose_ros.runtime.estimate import PoseEstimate
 from camera_pose_ros.runtime.pipeline import (
@@ -29,7 +31,7 @@ from camera_pose_ros.runtime.pipeline import (
     load_localizer,
 )
 from camera_pose_ros.runtime.relocalize import Outcome, VerifyThresholds
-from test.conftest import wait_for, write_random_checkpoint
+from test.conftest import small_refinement_map, wait_for, write_random_checkpoint
 
 S = 1_000_000_000
 NOW_NS = 1_000 * S
@@ -40,6 +42,7 @@ class StubLocalizer:
     """Estimates at (image[0, 0, 0], 0, 0) with position sigma ``sigma``; refines on request."""
 
     model_name, device = "stub/net", "cpu"
+    views: MappedViews | None = None
 
     def __init__(self, sigma: float = 0.1, refiner: object | None = None) -> None:
         self.sigma, self.refiner = sigma, refiner
@@ -384,3 +387,25 @@ def test_load_localizer_from_the_node_parameters(tmp_path):
     assert plan is None and refinement_map == "" and localizer.refiner is None
     est = localizer.localize(np.zeros((48, 64, 3), np.uint8))
     assert est is not None and est.covariance.shape == (6, 6)
+
+
+def test_diagnostics_give_the_last_published_pose_distance_to_the_mapped_views(make):
+    stub = StubLocalizer()
+    stub.views = MappedViews.from_poses(np.array([[5.0, 0.0, 0.0]]), np.array([[1.0, 0, 0, 0]]))
+    pipe, rec = make(stub)
+    assert pipe.diagnostics().values["nearest_view_m"] == ""  # nothing published yet
+    assert send(pipe, rec, frame(2))  # an estimate at x = 2
+    assert pipe.diagnostics().values["nearest_view_m"] == "3.00"
+    assert send(pipe, rec, frame(9))
+    assert pipe.diagnostics().values["nearest_view_m"] == "4.00"
+
+
+def test_load_localizer_loads_the_mapped_views_in_regress_mode(tmp_path):
+    ckpt = write_random_checkpoint(tmp_path / "model.pt", seed=0)
+    rmap = small_refinement_map()
+    save_refinement_map(tmp_path / "map.npz", rmap)
+    localizer, _, where = load_localizer({**DEFAULTS, "model_path": str(ckpt), "device": "cpu",
+                                          "refinement_map": str(tmp_path / "map.npz")})
+    assert where == "" and localizer.refiner is None  # regress mode: no refiner
+    assert localizer.views is not None and np.allclose(localizer.views.positions_N3,
+                                                       rmap.centres)
