@@ -92,6 +92,8 @@ def _dataset_configs(args: argparse.Namespace) -> dict:
     align = dict(raw.get("align") or {})
     if getattr(args, "z_vertical", None):
         align["z_vertical"] = args.z_vertical
+    if getattr(args, "allow_inconsistent", False):
+        align["allow_inconsistent"] = True
     return {
         "keyframes": from_dict(KeyframeConfig, frames, where="frames"),
         "references": from_dict(ReferenceConfig, refs, where="references"),
@@ -327,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="camera mount in the base frame, for a bag without /tf_static")
         g.add_argument("--tf-max-gap", type=float,
                        help="seconds; TF samples farther apart are not interpolated (0.5)")
+        g.add_argument("--allow-inconsistent", action="store_true",
+                       help="finish even when the reconstruction contradicts its references "
+                            "(folded stretches, control points metres off); still reported")
         g.add_argument("--z-vertical", choices=("auto", "yes", "no"),
                        help="keep the map's z axis vertical: fit scale, yaw and translation "
                             "only (auto: yes with robot references)")

@@ -50,6 +50,7 @@ from camera_pose_ros.io.posecsv import (
     format_stamp,
     parse_stamp,
     read_csv_rows,
+    read_poses,
     write_poses,
 )
 
@@ -76,6 +77,12 @@ class AlignConfig:
             correlated (a particle filter's error drifts, it does not jump per frame): its
             samples weigh together as one independent measurement per this many seconds,
             so hundreds of them do not drown a few surveyed control points.
+        fold_tolerance: metres (plus 5% of the distance travelled); a stretch of rejected
+            robot references whose reconstructed motion departs from odometry by more than
+            this is a folded reconstruction, not a localization jump.
+        allow_inconsistent: finish even when the reconstruction contradicts its references
+            (folded stretches, or control points that disagree by metres); they are still
+            reported.
     """
 
     max_time_offset: float = 0.25
@@ -85,6 +92,8 @@ class AlignConfig:
     z_vertical: str = "auto"
     max_rejected_share: float = 0.4
     reference_correlation_s: float = 1.0
+    fold_tolerance: float = 0.3
+    allow_inconsistent: bool = False
 
     def __post_init__(self) -> None:
         if min(self.max_time_offset, self.inlier_threshold, self.max_rms,
@@ -218,9 +227,11 @@ class _Samples:
     sigma: list[float] = field(default_factory=list)
     robot: list[bool] = field(default_factory=list)
     stamps_ns: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
 
     def add(self, src: np.ndarray, dst: np.ndarray, sigma: float, robot: bool,
-            stamp_ns: int) -> None:
+            stamp_ns: int, frame: int = -1) -> None:
+        self.frames.append(frame)
         self.src.append(np.asarray(src, float))
         self.dst.append(np.asarray(dst, float))
         self.sigma.append(float(sigma))
@@ -243,6 +254,49 @@ def _vertical(centres_N3: np.ndarray, up_from_rotations: np.ndarray, *,
     if sv[1] > 0 and sv[2] < flatness * sv[1] and angle <= max_angle_deg:
         return normal, "trajectory plane"
     return up_from_rotations, "camera rotations"
+
+
+def _folded_stretches(data: Path, names: list[str], stamps_ns: np.ndarray, inlier: np.ndarray,
+                      map_from_cam_N44: np.ndarray, tolerance: float
+                      ) -> list[tuple[float, float]]:
+    """Time ranges (s) of rejected references where the reconstruction, not the robot's
+    localization, is wrong: there the aligned SfM motion from the last agreeing frame departs
+    from the odometry's (``DATA/odometry.csv``) by more than ``tolerance`` + 5% of the
+    distance travelled. A localization jump leaves SfM and odometry in agreement. Without
+    odometry nothing can be told apart: an empty list."""
+    if (~inlier).sum() == 0 or not (data / "odometry.csv").is_file():
+        return []
+    odo = read_poses(data / "odometry.csv")
+    row = {n: i for i, n in enumerate(odo.images or [])}
+    odo_pos = odo.positions_N3
+    odo_rot = np.array([rotmat_from_quat_wxyz(q) for q in odo.quats_wxyz_N4]).reshape(-1, 3, 3)
+    folded = np.zeros(len(names), bool)
+    k = 0
+    while k < len(names):
+        if inlier[k]:
+            k += 1
+            continue
+        end = k
+        while end + 1 < len(names) and not inlier[end + 1]:
+            end += 1
+        anchor = k - 1 if k > 0 else (end + 1 if end + 1 < len(names) else None)
+        if anchor is not None and names[anchor] in row:
+            a = row[names[anchor]]
+            bad = []
+            for i in range(k, end + 1):
+                if names[i] not in row:
+                    continue
+                b = row[names[i]]
+                d_odo = odo_rot[a].T @ (odo_pos[b] - odo_pos[a])
+                d_sfm = map_from_cam_N44[anchor, :3, :3].T @ (
+                    map_from_cam_N44[i, :3, 3] - map_from_cam_N44[anchor, :3, 3])
+                lo, hi = sorted((a, b))
+                path = float(np.linalg.norm(np.diff(odo_pos[lo:hi + 1], axis=0), axis=1).sum())
+                bad.append(np.linalg.norm(d_sfm - d_odo) > tolerance + 0.05 * path)
+            if bad and np.mean(bad) >= 0.5:
+                folded[k:end + 1] = True
+        k = end + 1
+    return time_ranges(stamps_ns, folded)
 
 
 def _distribution(values: np.ndarray) -> dict[str, float]:
@@ -296,7 +350,7 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
             i = row_of.get(name)
             if i is None:
                 continue
-            samples.add(centres[j], table.positions_N3[i], sigma[i], True, stamps[j])
+            samples.add(centres[j], table.positions_N3[i], sigma[i], True, stamps[j], j)
             rot_pairs.append((model.sfm_from_cam[j, :3, :3],
                               rotmat_from_quat_wxyz(table.quats_wxyz_N4[i])))
         if len(rot_pairs) < 3 and not points:
@@ -350,6 +404,14 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
     for cp, r, ok in zip(points, cp_res, cp_in, strict=True):
         if not ok:
             log.warning("control point %s rejected as an outlier (residual %.2f m)", cp.key, r)
+    n_bad = int((~cp_in).sum())
+    if n_bad >= 2 and n_bad * 3 >= len(cp_in) and not config.allow_inconsistent:
+        bad = [f"{cp.key} ({r:.1f} m)" for cp, r, ok in zip(points, cp_res, cp_in, strict=True)
+               if not ok]
+        raise AlignmentError(
+            f"{n_bad} of {len(cp_in)} control points disagree with the reconstruction: "
+            f"{', '.join(bad[:4])}; wrong stamps or coordinates, or SfM joined look-alike "
+            "places there; check them, or keep the map anyway with --allow-inconsistent")
     report: dict = {
         "map_from_sfm": sim.to_dict(),
         "rms_m": rms,
@@ -387,7 +449,20 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
                         thr[robot_a][order], cp_times=[(cp.stamp_ns or 0) / 1e9 - t0
                                                        for cp in points],
                         cp_res=cp_res)
+        folds = _folded_stretches(
+            data, [model.names[j] for j in np.array(samples.frames)[robot_a][order]],
+            st_r[order], in_r, np.array([sim.transform_pose(p) for p in model.sfm_from_cam[
+                np.array(samples.frames)[robot_a][order]]]), config.fold_tolerance)
+        report["robot_references"]["folded_time_ranges_from_start_s"] = [
+            [a - t0, b - t0] for a, b in folds]
         share = float((~in_r).mean())
+        if folds and not config.allow_inconsistent:
+            write_json_atomic(data / "alignment.json", report)
+            raise AlignmentError(
+                "the reconstruction contradicts the robot's odometry at "
+                + ", ".join(f"{a - t0:.1f}-{b - t0:.1f} s" for a, b in folds[:4])
+                + " from the start (look-alike places joined by SfM?); record that stretch "
+                "again, or keep the map anyway with --allow-inconsistent")
         if share > config.max_rejected_share:
             write_json_atomic(data / "alignment.json", report)
             raise AlignmentError(

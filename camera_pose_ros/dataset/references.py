@@ -19,7 +19,10 @@ Sources, by :attr:`ReferenceConfig.source` (``auto`` tries them in this order):
 - ``none``: no priors (control points only).
 
 Writes ``DATA/priors.csv`` (a pose CSV: frame, stamp, ``map_from_cam``, ``sigma_m``) and
-``DATA/priors.json`` (source, frames covered and not, the time ranges without a prior).
+``DATA/priors.json`` (source, frames covered and not, the time ranges without a prior), and,
+when ``/tf`` has the odometry chain, ``DATA/odometry.csv`` (``odom_from_cam`` per frame: smooth
+and locally accurate, it tells a localization jump from a folded reconstruction in
+:mod:`.align`).
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class Priors:
         sigma_N: standard deviation (metres) of each prior's position.
         source: ``tf`` or ``pose``.
         info: what was read (topics, frames), and the frames without a prior.
+        odometry: ``(names, stamps_ns, odom_from_cam_N44)`` of the frames that odometry in
+            ``/tf`` covers, or None.
     """
 
     names: list[str]
@@ -121,6 +126,7 @@ class Priors:
     sigma_N: np.ndarray
     source: str
     info: dict
+    odometry: tuple[list[str], np.ndarray, np.ndarray] | None = None
 
 
 def time_ranges(stamps_ns: np.ndarray, mask: np.ndarray, *, join_s: float = 1.0
@@ -247,8 +253,13 @@ def compute_priors(bag: str | os.PathLike, image_topic: str, names: list[str],
         log.warning("references: %d of %d frames have no %s prior (%s)", int((~ok).sum()),
                     len(stamps), source, ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in missing[:5]))
     idx = np.flatnonzero(ok)
+    odometry = None
+    if tree is not None and tree.chain(cfg.odom_frame, camera) is not None and len(stamps):
+        odom, odom_ok = tree.lookup(cfg.odom_frame, camera, stamps, max_gap_s=cfg.max_gap)
+        k = np.flatnonzero(odom_ok)
+        odometry = ([names[i] for i in k], stamps[k], odom[k])
     return Priors([names[i] for i in idx], stamps[idx], poses[idx],
-                  np.maximum(sigma[idx], cfg.min_sigma), source, info)
+                  np.maximum(sigma[idx], cfg.min_sigma), source, info, odometry)
 
 
 def check_references(bag: str | os.PathLike, image_topic: str,
@@ -290,10 +301,16 @@ def extract_priors(data: str | os.PathLike, cfg: ReferenceConfig = ReferenceConf
     elif cfg.source in ("tf", "pose"):
         raise AlignmentError(f"--reference {cfg.source} needs a bag; the frames come from "
                              f"{next(iter(source), 'nowhere')}")
+    for name in ("priors.csv", "priors.json", "odometry.csv"):
+        (data / name).unlink(missing_ok=True)
     if priors is None:
-        for name in ("priors.csv", "priors.json"):
-            (data / name).unlink(missing_ok=True)
         return None
+    if priors.odometry is not None:
+        o_names, o_stamps, o_poses = priors.odometry
+        write_poses(data / "odometry.csv", PoseTable(
+            o_stamps, o_poses[:, :3, 3],
+            np.array([quat_wxyz_from_rotmat(p[:3, :3]) for p in o_poses]).reshape(-1, 4),
+            list(o_names)))
     table = PoseTable(priors.stamps_ns, priors.map_from_cam_N44[:, :3, 3],
                       np.array([quat_wxyz_from_rotmat(p[:3, :3])
                                 for p in priors.map_from_cam_N44]),

@@ -198,3 +198,64 @@ def test_control_point_sigma_must_be_metres(tmp_path):
                                          (3.0, 0, 1, 0, 0.01)], header="stamp,x,y,z,sigma")
     with pytest.raises(InputDataError, match="cp.csv:3: sigma"):
         read_control_points(cp)
+
+
+def _write_odometry(data, map_from_cam, stamps, drift_deg=2.0):
+    """DATA/odometry.csv: the true motion seen from a drifting odom frame."""
+    from camera_pose_ros.io.posecsv import PoseTable, seconds_to_ns, write_poses
+
+    odom_from_map = pose_matrix(Rotation.from_euler("z", drift_deg, degrees=True).as_matrix(),
+                                [0.3, -0.2, 0.0])
+    odo = np.array([odom_from_map @ p for p in map_from_cam])
+    write_poses(data / "odometry.csv", PoseTable(
+        np.array([seconds_to_ns(s) for s in stamps]), odo[:, :3, 3],
+        quat_wxyz_from_rotmat(odo[:, :3, :3]), [f"{i:06d}.jpg" for i in range(len(stamps))]))
+
+
+def test_a_localization_jump_is_rejected_but_a_folded_stretch_stops_the_dataset(
+        tmp_path, monkeypatch):
+    import json
+
+    map_from_cam = _walk(60)
+    stamps = 100.0 + 0.1 * np.arange(60)
+    names = [f"{i:06d}.jpg" for i in range(60)]
+    (tmp_path / "frames.csv").write_text(
+        "image,stamp\n" + "".join(f"{n},{s:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+
+    def use_model(sfm_map_from_cam):
+        model = SfMModel(names, sfm_map_from_cam, np.zeros((0, 3)))
+        monkeypatch.setattr(align_mod, "load_sfm_model", lambda data: model)
+
+    _write_odometry(tmp_path, map_from_cam, stamps)
+    # 1. the robot's localization jumps 1 m for frames 20-27; SfM and odometry are right
+    use_model(map_from_cam)
+    _write_priors(tmp_path, map_from_cam, stamps, jump=slice(20, 28))
+    align_dataset(tmp_path)
+    refs = json.loads((tmp_path / "alignment.json").read_text())["robot_references"]
+    assert refs["rejected"] == 8 and refs["folded_time_ranges_from_start_s"] == []
+    # 2. SfM joined look-alike places: frames 35-44 sit 3 m off; the localization is right
+    folded = map_from_cam.copy()
+    folded[35:45, :3, 3] += [0.0, 3.0, 0.0]
+    use_model(folded)
+    _write_priors(tmp_path, map_from_cam, stamps)
+    (tmp_path / "poses.csv").unlink()
+    with pytest.raises(AlignmentError, match=r"contradicts the robot's odometry at 3\.5-4\.4 s"):
+        align_dataset(tmp_path)
+    assert not (tmp_path / "poses.csv").exists()
+    align_dataset(tmp_path, config=AlignConfig(allow_inconsistent=True))  # the user's call
+    refs = json.loads((tmp_path / "alignment.json").read_text())["robot_references"]
+    assert refs["folded_time_ranges_from_start_s"] == [[pytest.approx(3.5),
+                                                        pytest.approx(4.4)]]
+
+
+def test_control_points_that_disagree_by_metres_stop_the_alignment(fake_dataset):
+    data, map_from_cam, stamps = fake_dataset
+    idx = [2, 8, 14, 20, 26, 37]
+    rows = [(stamps[i], *map_from_cam[i, :3, 3]) for i in idx]
+    rows[1] = (rows[1][0], rows[1][1] + 6.4, rows[1][2], rows[1][3])
+    rows[3] = (rows[3][0], rows[3][1], rows[3][2] - 4.4, rows[3][3])
+    cps = _write_cps(data / "cp.csv", rows)
+    with pytest.raises(AlignmentError, match="2 of 6 control points disagree"):
+        align_dataset(data, cps)
+    align_dataset(data, cps, AlignConfig(allow_inconsistent=True))
+    assert (data / "poses.csv").is_file()

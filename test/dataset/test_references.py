@@ -144,3 +144,30 @@ def test_reference_config_refuses_bad_values():
         ReferenceConfig(base_to_camera=(1.0, 2.0))
     with pytest.raises(ConfigError):
         ReferenceConfig(max_gap=0)
+
+
+def test_extract_priors_writes_priors_and_odometry_beside_the_frames(tmp_path):
+    import json
+
+    from camera_pose_ros.dataset.references import extract_priors, read_priors
+    from camera_pose_ros.io.posecsv import read_poses
+
+    stamps, poses = _walk(30)
+    bag = _bag(tmp_path / "bag", stamps, poses)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "source.json").write_text(json.dumps({"bag": str(bag),
+                                                  "topic": "/camera/image_raw"}))
+    names = [f"{i:06d}.jpg" for i in range(30)]
+    (data / "frames.csv").write_text("image,stamp\n" + "".join(
+        f"{n},{s / 1e9:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+    assert extract_priors(data) == data / "priors.csv"
+    table, sigma, info = read_priors(data)
+    assert table.images == names and info["source"] == "tf" and np.allclose(sigma, 0.05)
+    odo = read_poses(data / "odometry.csv")
+    step = np.linalg.norm(np.diff(odo.positions_N3, axis=0), axis=1)
+    true_step = np.linalg.norm(np.diff(np.array(poses)[:, :3, 3], axis=0), axis=1)
+    assert np.allclose(step, true_step, atol=1e-3)  # odometry: the true motion (clean spec)
+    # the same dataset told to use no robot reference: stale priors are removed
+    assert extract_priors(data, ReferenceConfig(source="none")) is None
+    assert read_priors(data) is None and not (data / "odometry.csv").exists()
