@@ -17,6 +17,15 @@ from camera_pose_ros.io.floorplan import FloorPlan  # noqa: E402
 __all__ = ["plot_trajectories", "plot_series", "plot_coverage"]
 
 
+def _save(fig: plt.Figure, out: str | os.PathLike) -> Path:
+    """Lay out, write atomically (format from the suffix, PNG without one) and close."""
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return Path(out)
+
+
 def plot_trajectories(
     out: str | os.PathLike, tracks: dict[str, np.ndarray], *, floorplan: FloorPlan | None = None,
     points: dict[str, np.ndarray] | None = None, title: str = "",
@@ -39,11 +48,7 @@ def plot_trajectories(
     if title:
         ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
 def plot_series(
@@ -68,11 +73,7 @@ def plot_series(
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
 def plot_coverage(
@@ -127,8 +128,4 @@ def plot_coverage(
     axes[0].set_ylabel("y (m, map)")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
