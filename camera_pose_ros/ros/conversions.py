@@ -14,11 +14,13 @@ from geometry_msgs.msg import (
     PoseWithCovarianceStamped,
     TransformStamped,
 )
+from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import CameraModelError, ImageDecodeError, InputDataError
 from camera_pose_ros.geometry import quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
+from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.images import (
     compressed_image_size,
     decode_compressed,
@@ -41,6 +43,8 @@ __all__ = [
     "pose_to_matrix",
     "matrix_to_pose",
     "diagnostic_array",
+    "floorplan_from_grid",
+    "occupancy_grid",
 ]
 
 
@@ -196,4 +200,35 @@ def diagnostic_array(stamp: Time, name: str, snapshot: DiagnosticsSnapshot) -> D
         values=[KeyValue(key=k, value=v) for k, v in snapshot.values.items()])
     msg = DiagnosticArray(status=[status])
     msg.header.stamp = stamp
+    return msg
+
+
+def floorplan_from_grid(msg: OccupancyGrid, max_cells: int = 100_000_000) -> FloorPlan:
+    """The floor plan of an OccupancyGrid (see ``FloorPlan.from_grid``).
+
+    Raises:
+        InputDataError: what ``FloorPlan.from_grid`` refuses, or a rotated origin (a
+            quaternion other than a yaw of 0).
+    """
+    info, q = msg.info, msg.info.origin.orientation
+    if not (abs(q.x) < 1e-6 and abs(q.y) < 1e-6 and abs(q.z) < 1e-6):
+        raise InputDataError(f"occupancy grid origin is rotated (quaternion xyzw {q.x}, "
+                             f"{q.y}, {q.z}, {q.w}): not supported")
+    return FloorPlan.from_grid(msg.data, info.width, info.height, info.resolution,
+                               (info.origin.position.x, info.origin.position.y), max_cells)
+
+
+def occupancy_grid(stamp: Time, frame: str, grid_HW: np.ndarray, resolution: float,
+                   origin_xy: tuple[float, float]) -> OccupancyGrid:
+    """An OccupancyGrid of int8 cells (row 0 at ``origin_xy``), unrotated."""
+    import array
+
+    msg = OccupancyGrid()
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    h, w = grid_HW.shape
+    msg.info.map_load_time = stamp
+    msg.info.resolution, msg.info.width, msg.info.height = float(resolution), int(w), int(h)
+    msg.info.origin.position.x, msg.info.origin.position.y = (float(v) for v in origin_xy)
+    msg.info.origin.orientation.w = 1.0
+    msg.data = array.array("b", np.ascontiguousarray(grid_HW, np.int8).tobytes())
     return msg

@@ -14,6 +14,13 @@ chunk in memory is written out (``chunk_size`` bounds it too) and the file flush
 fsynced, or the sqlite3 transaction committed. Such a bag has no ``metadata.yaml``; readers
 refuse it and ``camera-pose bag-repair BAG`` writes a complete bag with what it holds.
 
+With a floor plan (the ``floorplan`` parameter or ``/map``) and the camera's map pose (``/tf``
++ ``/tf_static``, or a pose topic such as ``/amcl_pose``), the recorder also keeps a live
+coverage of the plan: ``~/coverage_map`` (OccupancyGrid), a ``/diagnostics`` status and a log
+line every ``coverage_publish_period`` say how much of the walkable floor the walk has seen
+and where the largest unseen areas are (:mod:`camera_pose_ros.ros.coverage_monitor`; its work
+runs on a thread of its own, so writing never waits for it).
+
     ros2 run camera_pose_ros recorder_node --ros-args -p output:=walk \
         -p topics:="['/camera/image_raw', '/camera/camera_info']"
 """
@@ -40,6 +47,7 @@ from rosbags.rosbag2.errors import WriterError
 
 from camera_pose_ros.errors import CameraPoseError, ConfigError, InputDataError
 from camera_pose_ros.io.bags import TYPESTORE
+from camera_pose_ros.ros.coverage_monitor import CoverageMonitor
 from camera_pose_ros.ros.msgtypes import latched_qos, message_class
 from camera_pose_ros.ros.spin import spin_until_shutdown
 
@@ -124,6 +132,8 @@ class RecorderNode(Node):
         self._dirty = False
         self.dropped = 0
         self._last_error = 0.0
+        # live coverage (ros/coverage_monitor.py): its parameters are checked before the bag
+        self.coverage = CoverageMonitor(self, self._images_recorded)
         # the first bag is created now: a bad output fails here, before anything is recorded
         check_output(self.output)
         try:
@@ -134,6 +144,15 @@ class RecorderNode(Node):
         self._timer = self.create_timer(0.5, self._discover)
         self._flush_timer = (self.create_timer(self.flush_period, self.flush)
                              if self.flush_period > 0 else None)
+        self.coverage.start()
+
+    def _images_recorded(self) -> int:
+        return sum(n for topic, n in self.counts.items() if self._types[topic] in IMAGE_TYPES)
+
+    def destroy_node(self) -> None:
+        """Stop the coverage thread, then destroy the node."""
+        self.coverage.stop()
+        super().destroy_node()
 
     def _discover(self) -> None:
         for name, types in self.get_topic_names_and_types():

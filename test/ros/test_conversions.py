@@ -29,10 +29,12 @@ from camera_pose_ros.geometry import (  # noqa: E402
 )
 from camera_pose_ros.ros.conversions import (  # noqa: E402
     camera_from_info,
+    floorplan_from_grid,
     image_to_rgb,
     insert_by_stamp,
     matrix_to_pose,
     ns_to_stamp,
+    occupancy_grid,
     pose_stamped,
     pose_to_matrix,
     pose_with_covariance,
@@ -169,3 +171,19 @@ def test_a_diagnostics_snapshot_becomes_one_status_with_its_values_in_order():
     assert status.name == "relocalization: x" and status.hardware_id == "cpu"
     assert [(kv.key, kv.value) for kv in status.values] == list(snap.values.items())
     assert stamp_to_ns(msg.header.stamp) == 3_000_000_001
+
+
+def test_an_occupancy_grid_round_trip_and_a_rotated_origin_refused():
+    occ = np.full((3, 4), -1, np.int8)
+    occ[1, 1:3], occ[2, 3] = 0, 100
+    msg = occupancy_grid(ns_to_stamp(5), "map", occ, 0.25, (-1.0, 2.0))
+    assert (msg.info.width, msg.info.height, msg.header.frame_id) == (4, 3, "map")
+    plan = floorplan_from_grid(msg)
+    np.testing.assert_array_equal(plan.occupancy, occ)
+    assert (plan.resolution, plan.origin) == (0.25, (-1.0, 2.0))
+    msg.info.origin.orientation.z, msg.info.origin.orientation.w = 0.38, 0.92
+    with pytest.raises(InputDataError, match="rotated"):
+        floorplan_from_grid(msg)
+    msg.info.origin.orientation.z, msg.info.origin.orientation.w = 0.0, 1.0
+    with pytest.raises(InputDataError, match="larger than"):
+        floorplan_from_grid(msg, max_cells=11)
