@@ -26,6 +26,9 @@ def generate_launch_description() -> LaunchDescription:
                                           "recorder loses at most about this much"),
         DeclareLaunchArgument("chunk_size", default_value="1048576",
                               description="MCAP chunk size in bytes (at most 1 MiB)"),
+        DeclareLaunchArgument("floorplan", default_value="",
+                              description="map_server YAML: live coverage of the plan while "
+                                          "recording (\"\" = /map only, if published)"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("namespace", default_value=""),
     ]
@@ -44,6 +47,7 @@ def generate_launch_description() -> LaunchDescription:
             "max_bag_size_mb": LaunchConfiguration("max_bag_size_mb"),
             "flush_period": LaunchConfiguration("flush_period"),
             "chunk_size": LaunchConfiguration("chunk_size"),
+            "floorplan": LaunchConfiguration("floorplan"),
             "use_sim_time": LaunchConfiguration("use_sim_time"),
         }],
         output="screen",
