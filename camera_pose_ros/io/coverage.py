@@ -96,6 +96,7 @@ class CoverageMap:
         self._views = np.zeros(n, np.int32)  # views whose rays reached the cell
         self._bits = np.zeros(n, np.uint8)  # bit b: seen by a view of heading sector b
         self.poses = 0
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add_views(self, positions_N3: np.ndarray, quats_wxyz_N4: np.ndarray) -> None:
         """Cast the rays of cameras at ``positions`` (map frame) with ``map_from_cam``
@@ -105,6 +106,7 @@ class CoverageMap:
         ok = (np.isfinite(pos).all(1) & np.isfinite(quats).all(1)
               & (np.linalg.norm(quats, axis=1) > 1e-9))
         pos, quats = pos[ok], quats[ok]
+        self._cache = None
         fwd = optical_axes(quats)
         # chunks of nearby views: a chunk marks its cells in a (views, window cells) matrix
         reach = self.max_range / self.plan.resolution + 2
@@ -170,12 +172,13 @@ class CoverageMap:
         """Views, heading bits and the seen mask (H, W); the seen mask also holds the wall
         cells between a seen wall cell and seen floor (the face of a wall in view, which
         rays stopping at the first wall cell they reach can step over)."""
-        views = self._views.reshape(self.shape)
-        bits = self._bits.reshape(self.shape)
-        seen = views > 0
-        seen |= (self.walls & ndimage.binary_dilation(seen & self.walls, _NEAR)
-                 & ndimage.binary_dilation(seen & self.free, _NEAR))
-        return views, bits, seen
+        if self._cache is None:  # computed once per batch of views
+            views = self._views.reshape(self.shape)
+            seen = views > 0
+            seen |= (self.walls & ndimage.binary_dilation(seen & self.walls, _NEAR)
+                     & ndimage.binary_dilation(seen & self.free, _NEAR))
+            self._cache = (views, self._bits.reshape(self.shape), seen)
+        return self._cache
 
     def cell_views(self) -> np.ndarray:
         """(H, W) int32: how many views saw each cell (0 where none)."""
@@ -238,11 +241,14 @@ class CoverageMap:
             return []
         res = self.plan.resolution
         sizes = np.bincount(labels.ravel())[1:] * res * res
+        boxes = ndimage.find_objects(labels)
         out = []
         for lab in np.argsort(sizes, kind="stable")[::-1][:most]:
             if sizes[lab] < min_m2:
                 break
-            rr, cc = np.nonzero(labels == lab + 1)
+            box = boxes[lab]
+            rr, cc = np.nonzero(labels[box] == lab + 1)
+            rr, cc = rr + box[0].start, cc + box[1].start
             # the area's cell nearest its centroid: the centroid of an L lies outside it
             k = int(np.argmin((rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2))
             extent = float(np.sqrt(((rr - rr[k]) ** 2 + (cc - cc[k]) ** 2).max()) + 0.5) * res
