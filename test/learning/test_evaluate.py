@@ -57,3 +57,34 @@ def test_evaluate_gives_each_frame_its_distance_to_the_nearest_mapped_view(datas
                          axis=1)
     assert near["median_position_error_near_m"] == pytest.approx(np.median(err[:2]), abs=1e-5)
     assert near["median_position_error_far_m"] == pytest.approx(err[2], abs=1e-5)
+
+
+class TrueRefiner:
+    """Refines every frame onto its true pose (the frames come in split order)."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth, self.i = truth, 0
+
+    def refine(self, image_rgb, position, quat_wxyz, covariance, camera=None, exclude=()):
+        from camera_pose_ros.runtime.refine import RefineOutcome
+
+        t = self.truth[self.i]
+        self.i += 1
+        return RefineOutcome(True, t[:3].copy(), t[3:].copy(), covariance * 0.01,
+                             inliers=100, latency_s=0.001)
+
+
+def test_refine_mode_splits_the_refined_errors_near_and_far_from_the_map(dataset, tmp_path):
+    model = write_random_checkpoint(tmp_path / "model.pt", seed=0)
+    test = read_poses(dataset / "test.csv")
+    truth = np.concatenate([test.positions_N3, test.quats_wxyz_N4], 1)
+    out = evaluate(model, dataset, split="test", device="cpu", progress=False,
+                   refiner=TrueRefiner(truth))
+    m = json.loads(out.read_text())
+    ref = m["modes"]["refine"]["nearest_view"]
+    assert ref["frames_near"] == 2 and ref["median_position_error_near_m"] == pytest.approx(
+        0.0, abs=1e-6)
+    assert m["modes"]["regress"]["nearest_view"]["median_m"] == pytest.approx(0.4, abs=1e-3)
+    refined = read_poses(out.parent / "predictions_test_refined.csv")
+    assert [float(v) for v in refined.extra["nearest_view_m"]] == pytest.approx(
+        [0.3, 0.4, 5.0], abs=1e-3)
