@@ -83,8 +83,8 @@ def plot_coverage(
 ) -> Path:
     """Two panels over the plan: how many views saw each walkable cell, and from how many
     heading sectors. Unseen walkable cells are red; ``gaps`` (dicts with ``x, y, area_m2,
-    extent_m``) are circled and numbered in both panels, ``one_heading`` areas dashed in the
-    second; ``track`` (N, >=2) is the registered trajectory."""
+    extent_m``) are circled and numbered in both panels; the second panel's title counts the
+    ``one_heading`` areas; ``track`` (N, >=2) is the registered trajectory."""
     free = floorplan.walkable
     seen = free & (views_HW > 0)
     extent = floorplan.extent()
@@ -115,12 +115,9 @@ def plot_coverage(
             ax.annotate(f"gap {i}: {gap['area_m2']:.1f} m\u00b2", (gap["x"], gap["y"]),
                         color="darkred", fontsize=8, ha="center", va="center", weight="bold",
                         bbox={"boxstyle": "round", "fc": "white", "alpha": 0.7, "lw": 0})
-        if k == 1:
-            for area in one_heading or ():
-                ax.add_patch(plt.Circle((area["x"], area["y"]), area["extent_m"], fill=False,
-                                        color="orange", lw=1.2, ls="--"))
         ax.set_title("red: walkable, never seen; circled: gaps" if k == 0 else
-                     "dashed: areas seen from one heading only", fontsize=9)
+                     f"1: seen one way only ({len(one_heading or ())} area(s) of 1 m\u00b2 "
+                     "or more)", fontsize=9)
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
         ax.set_aspect("equal")
