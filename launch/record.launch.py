@@ -17,6 +17,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw"),
         DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info"),
         DeclareLaunchArgument("odom_topic", default_value="", description="\"\" = none"),
+        DeclareLaunchArgument("localization_topics", default_value="/tf /tf_static /amcl_pose",
+                              description="the robot's own localization, recorded for "
+                                          "`camera-pose dataset` to align to the map "
+                                          "(space-separated; \"\" = none)"),
         DeclareLaunchArgument("storage", default_value="mcap", description="mcap | sqlite3"),
         DeclareLaunchArgument("min_interval", default_value="0.0",
                               description="seconds between recorded frames (keyframes)"),
@@ -40,7 +44,9 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[{
             "output": LaunchConfiguration("output"),
             "topics": PythonExpression(["['", LaunchConfiguration("camera_topic"), "', '",
-                                        LaunchConfiguration("camera_info_topic"), "']"]),
+                                        LaunchConfiguration("camera_info_topic"), "'] + '",
+                                        LaunchConfiguration("localization_topics"),
+                                        "'.split()"]),
             "odom_topic": LaunchConfiguration("odom_topic"),
             "storage": LaunchConfiguration("storage"),
             "min_interval": LaunchConfiguration("min_interval"),

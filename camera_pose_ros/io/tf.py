@@ -3,9 +3,10 @@
 A :class:`TfTree` holds every transform of a bag's ``/tf`` and ``/tf_static`` as time series
 per edge (parent -> child, as tf2 does: each frame has one parent) and answers
 ``target_from_source`` at many stamps at once. Between two samples of an edge the transform
-is interpolated (linear in translation, slerp in rotation) when they are at most ``max_gap``
-apart; beyond an edge's first or last sample it is held for at most ``hold`` (50 ms: a frame
-stamped a little after the last TF sample) and never extrapolated. Static edges hold at every stamp. A missing link or a gap is reported per
+is interpolated (linear in translation, slerp in rotation) when they are at most
+``max_gap`` apart; beyond an edge's first or last sample it is held for at most ``hold``
+(50 ms: a frame stamped a little after the last TF sample) and never
+extrapolated. Static edges hold at every stamp. A missing link or a gap is reported per
 stamp (a validity mask), never guessed.
 
 :func:`read_pose_topic` reads a map-frame pose topic (``geometry_msgs/PoseWithCovarianceStamped``
