@@ -162,10 +162,12 @@ def _cmd_sfm(args: argparse.Namespace) -> Path:
 
 
 def _cmd_align(args: argparse.Namespace) -> Path:
-    from camera_pose_ros.dataset.align import align_dataset
+    from camera_pose_ros.dataset.align import align_dataset, read_control_points
     from camera_pose_ros.dataset.references import extract_priors
 
     cfg = _dataset_configs(args)
+    if args.control_points is not None:
+        read_control_points(args.control_points)  # a bad file fails before any work
     extract_priors(args.data, cfg["references"])
     return align_dataset(args.data, args.control_points, cfg["align"])
 
@@ -296,11 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--distortion", type=float, nargs="+", metavar="K",
                    help="lens distortion, plumb_bob k1 k2 p1 p2 [k3] (default: none)")
-    p.add_argument("--scenario", choices=("standard", "offpath", "lookalike"),
+    p.add_argument("--scenario", choices=("standard", "offpath", "lookalike", "twin"),
                    default="standard",
                    help="standard: the query walk between the mapping lanes; offpath: "
                         "another lane, the camera turned away, other heights and light; "
-                        "lookalike: offpath in a building whose posters repeat")
+                        "lookalike: offpath in a building whose posters repeat; twin: "
+                        "lookalike whose far corridor repeats the near one (SfM folds "
+                        "without the robot's priors)")
     p.set_defaults(func=_cmd_synth)
 
     def stage_opts(p: argparse.ArgumentParser) -> None:

@@ -288,6 +288,9 @@ def extract_priors(data: str | os.PathLike, cfg: ReferenceConfig = ReferenceConf
     without TF or pose topic, ``source: none``).
     """
     data = Path(data)
+    if not (data / SOURCE_JSON).exists() and cfg.source in ("auto", "none"):
+        log.info("references: %s has no %s; no priors", data, SOURCE_JSON)
+        return None
     try:
         source = json.loads((data / SOURCE_JSON).read_text())
     except (OSError, ValueError) as exc:
