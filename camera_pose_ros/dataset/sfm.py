@@ -7,15 +7,22 @@ Steps, each skipped when already done (the stage is resumable):
    or rational_polynomial distortion) when present, else SIMPLE_RADIAL.
 2. ``matches``: sequential matching (videos, walks) or exhaustive (small sets), plus loop
    closure pairs found by image retrieval (a bag of visual words over the SIFT descriptors
-   already in the database: no vocabulary tree download needed).
+   already in the database: no vocabulary tree download needed). With rough camera poses
+   of the frames in ``DATA/priors.csv`` (the robot's own localization), a pair whose
+   cameras were far apart or looked in directions that cannot overlap is dropped: loop
+   pairs before they are matched, every other verified pair (long sequential gaps,
+   exhaustive matching) after. Look-alike places (repeated posters, doors, symmetric
+   wings) then cannot join distant parts of the walk into one folded model.
 3. ``mapping``: incremental mapping; the largest model is kept in ``sfm/model/``.
 
-``sfm/summary.json`` reports registered/total frames and the reprojection error. The
-per-image global descriptors of step 2 are kept in ``sfm/global_descriptors.npz``.
+``sfm/summary.json`` reports registered/total frames, the reprojection error and the pairs
+dropped by the priors. The per-image global descriptors of step 2 are kept in
+``sfm/global_descriptors.npz``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,20 +33,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycolmap
+from scipy.spatial.transform import Rotation, Slerp
 
 from camera_pose_ros.camera import PinholeCamera
+from camera_pose_ros.config import check_range
 from camera_pose_ros.dataset.frames import read_frames_csv
 from camera_pose_ros.errors import ConfigError, FormatError, SfMError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
-from camera_pose_ros.geometry import invert_pose
+from camera_pose_ros.geometry import invert_pose, rotmat_from_quat_wxyz
+from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.io.retrieval import (
     GLOBAL_DESCRIPTORS,
     RetrievalIndex,
     build_retrieval_index,
     save_retrieval_index,
 )
+from camera_pose_ros.metrics import match_by_stamp
 
-__all__ = ["SfMConfig", "SfMModel", "run_sfm", "load_sfm_model", "global_descriptors"]
+__all__ = ["SfMConfig", "SfMModel", "FramePriors", "PRIORS_CSV", "run_sfm", "load_sfm_model",
+           "load_frame_priors", "check_pairs", "global_descriptors"]
+
+#: rough map-frame camera poses of the frames (a pose CSV), from the robot's localization
+PRIORS_CSV = "priors.csv"
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +78,21 @@ class SfMConfig:
             dataset report.
         ba_global_ratio: global bundle adjustment runs when the model grew by this factor
             (COLMAP's default 1.1 is slower for long walks at no gain in accuracy here).
+        use_priors: check image pairs against ``DATA/priors.csv`` when the dataset has it
+            (False: match as if it had none).
+        prior_max_distance: with ``DATA/priors.csv`` (see :func:`check_pairs`): frames
+            whose prior camera centres lie farther apart (metres) are never matched outside
+            the sequential chain. Generous: a corridor's far end is seen from metres away,
+            and the relative-pose checks below catch look-alikes that are closer.
+        prior_max_angle_deg: ... nor frames whose prior viewing directions differ by more.
+        prior_max_rotation_deg: a verified pair whose relative rotation differs from the
+            priors' by more than this (degrees) is dropped (a homography's decomposition
+            alone can be 15 degrees off).
+        prior_max_direction_deg: ... or whose direction from one camera to the other
+            differs from the priors' by more than this (degrees), when the priors put them
+            at least ``prior_min_baseline`` metres apart (an AMCL correction moves a pose
+            by about 1 m: with both frames of a pair moved, 3 m apart turns the direction by
+            at most 42 degrees).
         min_registered_ratio: fewer registered frames than this share is an error.
         num_threads: -1 uses every core.
         seed: random seed of the mapper.
@@ -78,6 +108,12 @@ class SfMConfig:
     max_num_features: int = 1024
     max_num_features_cap: int = 8192
     ba_global_ratio: float = 1.3
+    use_priors: bool = True
+    prior_max_distance: float = 6.0
+    prior_max_angle_deg: float = 90.0
+    prior_max_rotation_deg: float = 30.0
+    prior_max_direction_deg: float = 60.0
+    prior_min_baseline: float = 3.0
     min_registered_ratio: float = 0.8
     num_threads: int = -1
     seed: int = 0
@@ -90,6 +126,10 @@ class SfMConfig:
         if not 0 < self.max_num_features <= self.max_num_features_cap:
             raise ConfigError("max_num_features must be positive and at most "
                               f"max_num_features_cap ({self.max_num_features_cap})")
+        check_range("prior_max_distance", self.prior_max_distance, low=0, low_open=True)
+        check_range("prior_min_baseline", self.prior_min_baseline, low=0, low_open=True)
+        for key in ("prior_max_angle_deg", "prior_max_rotation_deg", "prior_max_direction_deg"):
+            check_range(key, getattr(self, key), low=0, high=180, low_open=True)
 
     def sift_budget(self, width: int, height: int) -> int:
         """SIFT features per image for frames of ``width`` x ``height``."""
@@ -110,6 +150,168 @@ class SfMModel:
     names: list[str]
     sfm_from_cam: np.ndarray
     points_N3: np.ndarray
+
+
+@dataclass
+class FramePriors:
+    """Rough map-frame camera poses of the frames (``DATA/priors.csv``).
+
+    Attributes:
+        names: every frame of ``frames.csv``, in order.
+        centres_N3: camera centres in the map frame, metres (NaN: no prior).
+        map_from_cam_N33: camera rotations (optical frame) in the map frame (NaN: no prior).
+        digest: a hash of the priors file (a changed file redoes the matching).
+    """
+
+    names: list[str]
+    centres_N3: np.ndarray
+    map_from_cam_N33: np.ndarray
+    digest: str = ""
+
+    @property
+    def known(self) -> np.ndarray:
+        """Which frames have a prior."""
+        return (np.isfinite(self.centres_N3).all(axis=1)
+                & np.isfinite(self.map_from_cam_N33).all(axis=(1, 2)))
+
+
+def load_frame_priors(data: str | os.PathLike, *, max_dt: float = 0.02,
+                      max_gap_s: float = 1.0) -> FramePriors | None:
+    """The priors of ``DATA/priors.csv`` for the frames of ``DATA/frames.csv``, or None when
+    the dataset has no priors file.
+
+    Rows are matched by their ``image`` column when it names frames, else by stamp (within
+    ``max_dt`` seconds). A frame without a row gets one interpolated in time between the
+    priors around it when they are at most ``max_gap_s`` seconds apart (a dropped pose
+    message); else it has none.
+
+    Raises:
+        InputDataError: an unreadable priors or frames file.
+    """
+    data = Path(data)
+    path = data / PRIORS_CSV
+    if not path.is_file():
+        return None
+    table = read_poses(path)
+    names, stamps_ns = read_frames_csv(data / "frames.csv")
+    if table.images is not None and set(table.images) & set(names):
+        row_of = {name: i for i, name in enumerate(table.images)}
+        frame_idx = np.array([i for i, n in enumerate(names) if n in row_of], dtype=int)
+        row_idx = np.array([row_of[names[i]] for i in frame_idx], dtype=int)
+    else:
+        frame_idx, row_idx = match_by_stamp(stamps_ns / 1e9, table.stamps, max_dt=max_dt)
+    centres = np.full((len(names), 3), np.nan)
+    rotations = np.full((len(names), 3, 3), np.nan)
+    if len(row_idx) == 0:
+        log.warning("sfm: %s matches no frame of frames.csv (by image name or stamp): no "
+                    "pair is checked against priors", path)
+        return FramePriors(list(names), centres, rotations)
+    centres[frame_idx] = table.positions_N3[row_idx]
+    rotations[frame_idx] = rotmat_from_quat_wxyz(table.quats_wxyz_N4[row_idx])
+    # a frame between two priors close in time (a dropped pose message) gets their blend
+    t = stamps_ns / 1e9
+    after = np.searchsorted(frame_idx, np.arange(len(names)))
+    for i in np.flatnonzero(~np.isin(np.arange(len(names)), frame_idx)):
+        if after[i] == 0 or after[i] == len(frame_idx):
+            continue
+        j, k = frame_idx[after[i] - 1], frame_idx[after[i]]
+        if t[k] - t[j] > max_gap_s:
+            continue
+        w = float((t[i] - t[j]) / max(t[k] - t[j], 1e-9))
+        centres[i] = (1 - w) * centres[j] + w * centres[k]
+        rotations[i] = Slerp([0.0, 1.0], Rotation.from_matrix(rotations[[j, k]]))(w).as_matrix()
+    return FramePriors(list(names), centres, rotations,
+                       hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+
+
+def _angle_deg(cos: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def check_pairs(pairs: list[tuple[str, str]], priors: FramePriors, config: SfMConfig, *,
+                cam2_from_cam1: list[tuple[np.ndarray, np.ndarray] | None] | None = None
+                ) -> list[str]:
+    """Why the priors contradict each image pair ('' where they do not).
+
+    Pairs of frames at most ``config.sequential_overlap`` apart in the walk are the
+    sequential chain and always kept. Any other pair is dropped as
+
+    - ``unchecked``: a frame has no prior (no loop closure without evidence);
+    - ``far``: the prior camera centres lie over ``prior_max_distance`` apart;
+    - ``facing``: the prior viewing directions differ by over ``prior_max_angle_deg``;
+    - ``rotation``: its verified relative pose (``cam2_from_cam1``: rotation 3x3 and
+      translation of camera 2 from camera 1, COLMAP's two-view geometry; None where there
+      is none) turns by over ``prior_max_rotation_deg`` more or less than the priors do;
+    - ``direction``: the direction from one camera to the other differs by over
+      ``prior_max_direction_deg`` from the priors', when they are ``prior_min_baseline``
+      or more apart.
+
+    A name that is not a frame of ``priors`` is kept.
+    """
+    row_of = {name: i for i, name in enumerate(priors.names)}
+    reasons = [""] * len(pairs)
+    known = priors.known
+    for k, (a, b) in enumerate(pairs):
+        ia, ib = row_of.get(a), row_of.get(b)
+        if ia is None or ib is None:
+            continue
+        chain = abs(ia - ib) <= config.sequential_overlap
+        if not (known[ia] and known[ib]):
+            reasons[k] = "" if chain else "unchecked"
+            continue
+        ra, rb = priors.map_from_cam_N33[ia], priors.map_from_cam_N33[ib]
+        baseline = priors.centres_N3[ia] - priors.centres_N3[ib]
+        if not chain and np.linalg.norm(baseline) > config.prior_max_distance:
+            reasons[k] = "far"
+        elif not chain and _angle_deg(ra[:, 2] @ rb[:, 2]) > config.prior_max_angle_deg:
+            reasons[k] = "facing"
+        elif (pose := None if cam2_from_cam1 is None else cam2_from_cam1[k]) is not None:
+            rot_sfm, t_sfm = pose
+            rot_prior = rb.T @ ra
+            if _angle_deg((np.trace(rot_sfm @ rot_prior.T) - 1) / 2) > (
+                    config.prior_max_rotation_deg):
+                reasons[k] = "rotation"
+                continue
+            t_prior = rb.T @ baseline  # camera 1's centre seen from camera 2
+            norm = np.linalg.norm(t_sfm)
+            if np.linalg.norm(t_prior) >= config.prior_min_baseline and norm > 0 and (
+                _angle_deg(t_sfm @ t_prior / norm / np.linalg.norm(t_prior))
+                > config.prior_max_direction_deg
+            ):
+                reasons[k] = "direction"
+    return reasons
+
+
+def _count(reasons: list[str]) -> dict[str, int]:
+    return {r: reasons.count(r) for r in sorted(set(reasons)) if r}
+
+
+def _drop_contradicted_pairs(db_path: Path, priors: FramePriors, cfg: SfMConfig
+                             ) -> dict[str, int]:
+    """Delete the verified pairs of the database that the priors contradict; counts by
+    reason."""
+    db = pycolmap.Database.open(db_path)
+    try:
+        name_of = {im.image_id: im.name for im in db.read_all_images()}
+        pair_ids, geoms = db.read_two_view_geometries()
+        ids, poses = [], []
+        for pid, geom in zip(pair_ids, geoms, strict=True):
+            if len(geom.inlier_matches) == 0:
+                continue
+            ids.append(pycolmap.pair_id_to_image_pair(pid))
+            rel = geom.cam2_from_cam1
+            t = np.zeros(3) if rel is None else np.asarray(rel.translation, dtype=float)
+            # no relative pose (left unestimated: identity, zero translation) checks nothing
+            poses.append((np.asarray(rel.rotation.matrix(), dtype=float), t)
+                         if rel is not None and np.linalg.norm(t) > 0 else None)
+        reasons = check_pairs([(name_of[a], name_of[b]) for a, b in ids], priors, cfg,
+                              cam2_from_cam1=poses)
+        for (a, b), reason in zip(ids, reasons, strict=True):
+            if reason:
+                db.delete_two_view_geometry(a, b)
+    finally:
+        db.close()
+    return _count(reasons)
 
 
 def _done(marker: Path) -> bool:
@@ -183,42 +385,76 @@ def _loop_pairs(names: list[str], desc: np.ndarray, k: int, min_gap: int,
     return [(names[i], names[j]) for i, j in sorted(pairs)]
 
 
-def _match(sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
+def _match(sfm: Path, names: list[str], cfg: SfMConfig, priors: FramePriors | None) -> dict:
     db = sfm / "database.db"
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = cfg.num_threads
     exhaustive = cfg.matcher == "exhaustive" or (
         cfg.matcher == "auto" and len(names) <= cfg.exhaustive_max_frames)
-    info = {"matcher": "exhaustive" if exhaustive else "sequential", "loop_pairs": 0}
+    info: dict = {"matcher": "exhaustive" if exhaustive else "sequential", "loop_pairs": 0,
+                  "priors": None}
     # an earlier run's index describes an earlier database: never leave it for the refinement
     # map to reuse
     (sfm / GLOBAL_DESCRIPTORS).unlink(missing_ok=True)
+    # matching again (other priors, an interrupted run) starts from no pairs: COLMAP skips
+    # pairs already in the database, and a pair the priors dropped would stay dropped
+    database = pycolmap.Database.open(db)
+    try:
+        database.clear_two_view_geometries()
+        database.clear_matches()
+    finally:
+        database.close()
+    if priors is not None:
+        info["priors"] = {"frames_with_prior": int(priors.known.sum()),
+                          "loop_pairs_dropped": {}, "pairs_dropped": {},
+                          "digest": priors.digest}
+    # the relative pose of each verified pair, to check it against the priors
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.compute_relative_pose = priors is not None
     if exhaustive:
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(db, matching_options=matching,
+                                  verification_options=verification, device=pycolmap.Device.cpu)
+        _check_pairs(db, priors, cfg, info)
         return info
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = cfg.sequential_overlap
     pairing.quadratic_overlap = True
     pairing.loop_detection = False
     pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
-                              device=pycolmap.Device.cpu)
+                              verification_options=verification, device=pycolmap.Device.cpu)
     if cfg.loop_pairs > 0 and len(names) > cfg.loop_min_gap:
         index = global_descriptors(db, seed=cfg.seed)
         save_retrieval_index(sfm / GLOBAL_DESCRIPTORS, index)
         pairs = _loop_pairs(index.names, index.descriptors, cfg.loop_pairs, cfg.loop_min_gap,
                             cfg.loop_stride)
+        if priors is not None and pairs:
+            reasons = check_pairs(pairs, priors, cfg)
+            info["priors"]["loop_pairs_dropped"] = _count(reasons)
+            log.info("sfm: %d of %d loop pairs contradict the priors (%s): not matched",
+                     sum(map(bool, reasons)), len(pairs), _count(reasons))
+            pairs = [pair for pair, reason in zip(pairs, reasons, strict=True) if not reason]
         if pairs:
             pairs_file = sfm / "loop_pairs.txt"
             write_text_atomic(pairs_file, "".join(f"{a} {b}\n" for a, b in pairs))
             imported = pycolmap.ImportedPairingOptions()
             imported.match_list_path = pairs_file
-            verification = pycolmap.TwoViewGeometryOptions()
             verification.min_num_inliers = cfg.loop_min_inliers
             pycolmap.match_image_pairs(db, matching_options=matching, pairing_options=imported,
                                        verification_options=verification,
                                        device=pycolmap.Device.cpu)
         info["loop_pairs"] = len(pairs)
+    _check_pairs(db, priors, cfg, info)
     return info
+
+
+def _check_pairs(db: Path, priors: FramePriors | None, cfg: SfMConfig, info: dict) -> None:
+    """Drop the verified pairs (sequential, exhaustive) that the priors contradict."""
+    if priors is None:
+        return
+    dropped = _drop_contradicted_pairs(db, priors, cfg)
+    info["priors"]["pairs_dropped"] = dropped
+    log.info("sfm: %d verified pair(s) contradict the priors (%s): dropped",
+             sum(dropped.values()), dropped)
 
 
 def _initial_pair(db_path: Path, cfg: SfMConfig) -> tuple[int, int] | None:
@@ -269,12 +505,16 @@ def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: boo
         # triangulation angles, and its defaults (0.95, 16 deg) refuse nearly every such pair
         opts.mapper.init_max_forward_motion = 1.0
         opts.mapper.init_min_tri_angle = 4.0
+        # every further model would start from the same pair again (50 copies of the first,
+        # each mapped anew, where frames stay unregistered): one model
+        opts.multiple_models = False
     with atomic_dir(sfm / "models") as tmp:
         try:
             recs = pycolmap.incremental_mapping(sfm / "database.db", data / "images", tmp, opts)
             if init is not None and not recs:  # the chosen start failed: let COLMAP choose
                 opts.init_image_id1 = opts.init_image_id2 = -1
                 opts.mapper = pycolmap.IncrementalPipelineOptions().mapper
+                opts.multiple_models = True
                 recs = pycolmap.incremental_mapping(sfm / "database.db", data / "images", tmp,
                                                     opts)
         except Exception as exc:  # pycolmap raises RuntimeError/ValueError from C++
@@ -303,6 +543,16 @@ def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: boo
     return summary
 
 
+def _priors_changed(marker: Path, priors: FramePriors | None) -> bool:
+    try:
+        done = json.loads(marker.read_text()).get("priors")
+    except (OSError, ValueError, AttributeError):
+        return True
+    if priors is None or done is None:
+        return (priors is None) != (done is None)
+    return bool(done.get("digest") != priors.digest)
+
+
 def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
             overwrite: bool = False) -> Path:
     """Run structure from motion on ``DATA/images`` listed in ``DATA/frames.csv``.
@@ -327,10 +577,14 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
             steps[later].unlink(missing_ok=True)
         log.info("sfm: extracting SIFT features from %d frames", len(names))
         _mark(steps["features"], _extract(data, sfm, names, config))
+    priors = load_frame_priors(data) if config.use_priors else None
+    if _done(steps["matches"]) and _priors_changed(steps["matches"], priors):
+        log.info("sfm: %s changed since the matching: matching again", data / PRIORS_CSV)
+        steps["matches"].unlink()
     if not _done(steps["matches"]):
         steps["mapping"].unlink(missing_ok=True)
         log.info("sfm: matching")
-        _mark(steps["matches"], _match(sfm, names, config))
+        _mark(steps["matches"], _match(sfm, names, config, priors))
     if not _done(steps["mapping"]):
         log.info("sfm: incremental mapping")
         summary = _map(data, sfm, len(names), config, (data / "camera.json").exists())
@@ -340,11 +594,17 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
         _mark(steps["mapping"])
     summary = json.loads(summary_path.read_text())
     if summary["registered_ratio"] < config.min_registered_ratio:
+        checked = summary.get("priors") or {}
+        dropped = sum(checked.get("pairs_dropped", {}).values()) + sum(
+            checked.get("loop_pairs_dropped", {}).values())
         raise SfMError(
             f"SfM registered only {summary['registered']} of {summary['frames']} frames "
             f"({summary['registered_ratio']:.0%} < {config.min_registered_ratio:.0%}): likely "
             "too little overlap between frames (walk slower, keep more frames) or blurred / "
-            "textureless images"
+            "textureless images" + (
+                f"; {dropped} image pairs that contradict the robot's localization "
+                f"({PRIORS_CSV}) were left out, so look-alike places could not hold the walk "
+                "together" if dropped else "")
         )
     log.info("sfm: registered %d/%d frames, reprojection error %.2f px",
              summary["registered"], summary["frames"], summary["mean_reprojection_error_px"])

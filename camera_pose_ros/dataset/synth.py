@@ -60,6 +60,9 @@ class BuildingSpec:
         lookalike_posters: 0 draws every poster anew (no two places look alike); N > 0
             draws the posters of every wall from one pool of N designs, repeated across the
             floor as real buildings repeat doors, signs and posters.
+        twin_corridors: the walls along the far corridor repeat those along the near one,
+            turned 180 degrees about the floor's centre, as a building's symmetric wings
+            do: walking the far corridor looks like walking the near one.
     """
 
     scale: float = 1.0
@@ -67,6 +70,7 @@ class BuildingSpec:
     texels_per_metre: int = 160
     seed: int = 0
     lookalike_posters: int = 0
+    twin_corridors: bool = False
 
 
 @dataclass
@@ -231,9 +235,27 @@ class Building:
         self.floor_origin = (0.0, float(floor_y))
         self.ceiling_origin = (float(fw + 2), float(floor_y))
         self.floor_ppm = float(floor_ppm)
+        if self.spec.twin_corridors:
+            self._twin_corridor_walls(atlas, h_wall)
         self.atlas = atlas
         # pre-blurred copy for distant surfaces (texture minified more than ~1.5x)
         self.atlas_far = cv2.GaussianBlur(atlas, (0, 0), 1.6)
+
+    def _twin_corridor_walls(self, atlas: np.ndarray, h_wall: int) -> None:
+        """Give each wall along x (y = c) whose 180-degree turn about the floor's centre is
+        another wall that wall's texture, mirrored along it (seen from the turned side)."""
+        ppm = self.spec.texels_per_metre
+        key = {(w.axis, round(w.c, 6), round(w.lo, 6), round(w.hi, 6)): w for w in self.walls}
+        for wall in self.walls:
+            twin = key.get((1, round(self.depth - wall.c, 6), round(self.width - wall.hi, 6),
+                            round(self.width - wall.lo, 6)))
+            if wall.axis != 1 or twin is None or wall.c >= twin.c:
+                continue
+            w_px = int(np.ceil((wall.hi - wall.lo) * ppm)) + 2
+            u, v = int(wall.atlas_u0), int(wall.atlas_v0)
+            tu, tv = int(twin.atlas_u0), int(twin.atlas_v0)
+            # texel 1 + k of the twin is texel w_px - 1 - k of the wall (column 0 is padding)
+            atlas[tv:tv + h_wall, tu:tu + w_px] = atlas[v:v + h_wall, u + 1:u + w_px + 1][:, ::-1]
 
     # -- floor plan -----------------------------------------------------------------------
     def floor_plan(self, resolution: float = 0.05, margin: float = 1.0) -> FloorPlan:
@@ -452,6 +474,8 @@ def walk_trajectory(
 #: lane), the camera turned 35 deg +- 10 deg to either side of the direction of travel
 #: (the mapping walk swings +-18 deg), 1.25-1.75 m high, under dimmer, warmer light.
 #: ``lookalike``: the offpath query in a building whose posters repeat three designs.
+#: ``twin``: ``lookalike`` whose far corridor's walls repeat the near one's (turned 180 deg
+#: about the centre): SfM without priors joins the two corridors (a folded model).
 SCENARIOS: dict[str, dict] = {
     "standard": {"building": {}, "light": (1.0, 1.0, 1.0),
                  "query": {"offsets": (0.0,), "height": 1.4, "yaw_amplitude_deg": 12.0}},
@@ -463,6 +487,10 @@ SCENARIOS: dict[str, dict] = {
                   "query": {"offsets": (-0.8,), "height": 1.5, "height_amplitude": 0.25,
                             "yaw_offset_deg": 35.0, "yaw_amplitude_deg": 10.0,
                             "yaw_cycles": 3.0}},
+    "twin": {"building": {"lookalike_posters": 3, "twin_corridors": True},
+             "light": (0.8, 0.74, 0.62),
+             "query": {"offsets": (-0.8,), "height": 1.5, "height_amplitude": 0.25,
+                       "yaw_offset_deg": 35.0, "yaw_amplitude_deg": 10.0, "yaw_cycles": 3.0}},
 }
 
 

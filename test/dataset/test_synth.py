@@ -161,7 +161,24 @@ def test_lookalike_building_repeats_its_posters():
     assert repeats(BuildingSpec(seed=4)) == 0
 
 
-def test_unknown_scenario_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="scenario"):
-        write_synthetic_building(tmp_path / "x", frames=10, query_frames=1, width=64,
-                                 height=48, scenario="castle", progress=False)
+def test_twin_corridors_look_alike_from_the_turned_place():
+    """In the twin building the wall beside the near corridor, seen from there, and its
+    twin seen from the place turned 180 degrees about the floor's centre are the same
+    picture; in the lookalike building they are not."""
+    camera = PinholeCamera(160, 120, 131.0, 131.0, 79.5, 59.5)
+
+    def view(building: Building, x: float, y: float, yaw: float) -> np.ndarray:
+        forward = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+        pose = pose_matrix(look_at_rotation(forward), np.array([x, y, 1.5]))
+        return Renderer(building, camera).render(pose).astype(float)
+
+    def walls_differ(spec: BuildingSpec) -> float:
+        b = Building(spec)
+        near = view(b, 6.0, 1.5, 0.6)  # the central block's wall on the left
+        far = view(b, 16.0 - 6.0, 10.0 - 1.5, 0.6 + np.pi)
+        return float(np.abs(near - far)[40:80, :80].mean())
+
+    twin = walls_differ(BuildingSpec(seed=4, lookalike_posters=3, twin_corridors=True))
+    lookalike = walls_differ(BuildingSpec(seed=4, lookalike_posters=3))
+    assert twin < 1.0 and lookalike > 30.0
+    assert SCENARIOS["twin"]["building"]["twin_corridors"]
