@@ -4,7 +4,9 @@ Keyframe selection keeps SfM small and sharp: a frame is skipped when it is blur
 (sharpness well below that of its recent neighbours), closer than ``min_time_step`` to the
 last kept frame, or too similar to it (mean absolute change of a grey thumbnail).
 Writes ``DATA/images/`` and ``DATA/frames.csv`` (``image,stamp``), plus ``DATA/camera.json``
-when the source carries intrinsics (CameraInfo).
+when the intrinsics are known (CameraInfo, a calibration file, ``fx fy cx cy``) or, for a
+folder of photos, when their EXIF gives the focal length (a prior the SfM refines); its
+``source`` says which.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from camera_pose_ros.io.calibration import (
     camera_from_intrinsics,
     read_calibration_yaml,
 )
-from camera_pose_ros.io.images import decode_compressed
+from camera_pose_ros.io.images import ExifFocal, decode_compressed, read_exif_focal
 from camera_pose_ros.io.posecsv import format_stamp, parse_stamp, read_csv_rows, seconds_to_ns
 
 __all__ = [
@@ -64,6 +66,11 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SOURCE_JSON = "source.json"
+#: ``source`` of ``camera.json``: intrinsics from EXIF are a prior (SfM refines them); the
+#: others are known (SfM keeps them)
+EXIF_SOURCE = "exif"
+#: EXIF tags live in a file's first segments (a JPEG's APP1 holds at most 64 KiB)
+_EXIF_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ class FrameSource:
 
     The intrinsics come from the bag's CameraInfo, or (any source, and they win) from a
     ``calibration`` file (camera_calibration's YAML) or ``intrinsics`` ``fx fy cx cy`` in
-    the frames' pixels; without any, COLMAP estimates them.
+    the frames' pixels; without any, a folder of photos gives its EXIF focal length as a
+    prior, else COLMAP estimates them.
     """
 
     bag: Path | None = None
@@ -171,17 +179,65 @@ class FrameSource:
         return read_camera_info(self.bag, self.camera_info_topic or
                                 camera_info_topic_for(self.topic), rectified=rectified)
 
-    def frame_camera(self, camera: PinholeCamera | None, width: int, height: int
-                     ) -> PinholeCamera | None:
+    def frame_camera(self, camera: PinholeCamera | None, width: int, height: int,
+                     exif: ExifFocal | None = None) -> PinholeCamera | None:
         """The camera of frames of ``width`` x ``height`` as read (before any resizing):
-        ``intrinsics`` at that size, or ``camera`` (from :meth:`camera`) scaled to it.
+        ``intrinsics`` at that size, or ``camera`` (from :meth:`camera`) scaled to it, or
+        the ``exif`` focal length (from :meth:`exif_focal`) with the principal point at the
+        centre.
 
         Raises:
             CameraModelError: unusable intrinsics, or a calibration of another aspect ratio.
         """
         if self.intrinsics is not None:
             return camera_from_intrinsics(self.intrinsics, width, height)
-        return None if camera is None else camera_for_frames(camera, width, height)
+        if camera is not None:
+            return camera_for_frames(camera, width, height)
+        f = None if exif is None else exif.focal_px(width, height)
+        if f is None:
+            return None
+        if not 0.2 * max(width, height) <= f <= 10 * max(width, height):
+            log.warning("frames: the EXIF focal length (%s) gives %.0f px for %dx%d photos: "
+                        "implausible, ignored (COLMAP estimates it)", exif.describe() if exif
+                        else "", f, width, height)
+            return None
+        return PinholeCamera(width, height, f, f, (width - 1) / 2, (height - 1) / 2)
+
+    def intrinsics_source(self, camera: PinholeCamera | None) -> str | None:
+        """What gives the intrinsics, as ``camera.json`` records it: ``intrinsics_option``,
+        ``calibration_file``, ``camera_info`` (a bag's), or None (EXIF or COLMAP), given
+        ``camera`` from :meth:`camera`."""
+        if self.intrinsics is not None:
+            return "intrinsics_option"
+        if self.calibration is not None:
+            return "calibration_file"
+        return "camera_info" if camera is not None else None
+
+    def exif_focal(self) -> ExifFocal | None:
+        """The EXIF focal length of an image folder's photos (the most common one when they
+        differ: one camera model is fitted to all), or None (no folder, no usable tags)."""
+        if self.images is None or not Path(self.images).is_dir():
+            return None
+        found: collections.Counter[ExifFocal] = collections.Counter()
+        for path in _image_files(Path(self.images)):
+            try:
+                with path.open("rb") as f:
+                    focal = read_exif_focal(f.read(_EXIF_BYTES))
+            except OSError:
+                continue
+            if focal is not None:  # portrait and landscape photos of one camera are alike
+                size = None if focal.pixel_size is None else (
+                    max(focal.pixel_size), min(focal.pixel_size))
+                found[ExifFocal(focal.focal_mm, focal.focal_35mm, focal.plane_px_per_mm,
+                                size)] += 1
+        if not found:
+            return None
+        (focal, n), *others = found.most_common()
+        if others:
+            log.warning("frames: the photos' EXIF gives %d focal lengths (zoom?); using the "
+                        "most common (%s, %d photos): SfM fits one camera to all",
+                        len(found), focal.describe(), n)
+        return focal
 
 
 def sharpness(gray: np.ndarray) -> float:
@@ -237,6 +293,12 @@ def _read_image_file(path: Path) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
+def _image_files(path: Path) -> list[Path]:
+    """The image files of a folder, sorted by name."""
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and p.is_file())
+
+
 def iter_image_folder(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
     """``(stamp, rgb)`` of the images in a folder, sorted by name.
 
@@ -247,8 +309,7 @@ def iter_image_folder(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarr
     path = Path(path)
     if not path.is_dir():
         raise InputDataError(f"image folder not found: {path}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                   and p.is_file())
+    files = _image_files(path)
     if not files:
         raise InputDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     skipped: list[str] = []
@@ -356,6 +417,8 @@ def extract_frames(
     rows: list[tuple[str, int]] = []
     seen = 0
     camera = source.camera()
+    camera_source = source.intrinsics_source(camera)
+    exif = source.exif_focal() if camera_source is None else None
     size: tuple[int, int] | None = None
     ext = ".png" if config.jpeg_quality >= 100 else ".jpg"
     params = [] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
@@ -365,7 +428,7 @@ def extract_frames(
     def write(stamp_ns: int, rgb: np.ndarray) -> None:
         nonlocal size, camera
         if size is None:  # the first frame: the camera at the size the source delivers
-            camera = source.frame_camera(camera, rgb.shape[1], rgb.shape[0])
+            camera = source.frame_camera(camera, rgb.shape[1], rgb.shape[0], exif)
         if config.max_width and rgb.shape[1] > config.max_width:
             h = int(round(rgb.shape[0] * config.max_width / rgb.shape[1]))
             rgb = cv2.resize(rgb, (config.max_width, h), interpolation=cv2.INTER_AREA)
@@ -406,7 +469,17 @@ def extract_frames(
     w.writerow(["image", "stamp"])
     w.writerows((name, format_stamp(stamp_ns)) for name, stamp_ns in rows)
     if camera is not None and size is not None:
-        write_json_atomic(out / "camera.json", camera.scaled(*size).to_dict())
+        meta = {**camera.scaled(*size).to_dict(), "source": camera_source or EXIF_SOURCE}
+        if camera_source is None and exif is not None:
+            meta["exif"] = exif.describe()
+        log.info("frames: intrinsics from %s%s (fx %.1f px at %dx%d)", meta["source"],
+                 f" ({meta['exif']}: a prior SfM refines)" if "exif" in meta else "",
+                 meta["fx"], *size)
+        write_json_atomic(out / "camera.json", meta)
+    else:
+        (out / "camera.json").unlink(missing_ok=True)  # an earlier run's, of other frames
+        log.info("frames: no intrinsics known (no CameraInfo, calibration, --intrinsics or "
+                 "EXIF focal length): COLMAP estimates them")
     write_json_atomic(out / SOURCE_JSON, source.record())
     write_text_atomic(csv_path, buf.getvalue())
     log.info("frames: kept %d of %d (skipped: %s; kept for control points: %d)", len(rows),

@@ -66,6 +66,10 @@ def write_report(data: str | os.PathLike, *, floorplan: str | os.PathLike | None
         "reprojection_error_px": sfm["mean_reprojection_error_px"],
         "points3D": sfm["points3D"],
         "sift_max_features": sfm.get("sift_max_features"),
+        # where the intrinsics came from (camera_info, calibration_file, intrinsics_option,
+        # exif: a prior the SfM refined, colmap_estimate) and the ones the SfM used
+        "intrinsics": {"source": sfm.get("intrinsics_source"), **(sfm.get("camera") or {})},
+        "sfm_pairs_dropped_by_priors": (sfm.get("priors") or {}).get("pairs_dropped"),
         "alignment_rms_m": alignment["rms_m"],
         "alignment_scale": alignment["map_from_sfm"]["scale"],
         "alignment_z_vertical": alignment.get("z_vertical", False),

@@ -4,7 +4,9 @@ Steps, each skipped when already done (the stage is resumable):
 
 1. ``features``: SIFT into ``sfm/database.db``; one shared camera with the known intrinsics
    of ``camera.json`` (from CameraInfo: PINHOLE, or OPENCV / FULL_OPENCV with its plumb_bob
-   or rational_polynomial distortion) when present, else SIMPLE_RADIAL.
+   or rational_polynomial distortion) when present, else SIMPLE_RADIAL: started from the
+   photos' EXIF focal length when ``camera.json`` holds it (``source: exif``, a prior the
+   mapping refines and writes back into ``camera.json``), else estimated by COLMAP.
 2. ``matches``: sequential matching (videos, walks) or exhaustive (small sets), plus loop
    closure pairs found by image retrieval (a bag of visual words over the SIFT descriptors
    already in the database: no vocabulary tree download needed). With rough camera poses
@@ -15,9 +17,9 @@ Steps, each skipped when already done (the stage is resumable):
    wings) then cannot join distant parts of the walk into one folded model.
 3. ``mapping``: incremental mapping; the largest model is kept in ``sfm/model/``.
 
-``sfm/summary.json`` reports registered/total frames, the reprojection error and the pairs
-dropped by the priors. The per-image global descriptors of step 2 are kept in
-``sfm/global_descriptors.npz``.
+``sfm/summary.json`` reports registered/total frames, the reprojection error, the intrinsics
+used and where they came from, and the pairs dropped by the priors. The per-image global
+descriptors of step 2 are kept in ``sfm/global_descriptors.npz``.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import check_range
-from camera_pose_ros.dataset.frames import read_frames_csv
-from camera_pose_ros.errors import ConfigError, FormatError, SfMError
+from camera_pose_ros.dataset.frames import EXIF_SOURCE, read_frames_csv
+from camera_pose_ros.errors import CameraModelError, ConfigError, FormatError, SfMError
 from camera_pose_ros.fileio import atomic_dir, write_json_atomic, write_text_atomic
 from camera_pose_ros.geometry import invert_pose, rotmat_from_quat_wxyz
 from camera_pose_ros.io.posecsv import read_poses
@@ -322,18 +324,46 @@ def _mark(marker: Path, info: dict | None = None) -> None:
     write_text_atomic(marker, json.dumps(info or {}) + "\n")
 
 
+def _camera_meta(data: Path) -> dict | None:
+    """``DATA/camera.json`` as written (intrinsics, ``source``), or None."""
+    path = data / "camera.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        PinholeCamera.from_dict(meta)
+    except (ValueError, KeyError, TypeError, CameraModelError) as exc:
+        raise SfMError(f"{path}: unreadable intrinsics ({exc}); redo the frames") from exc
+    return dict(meta)
+
+
+def _is_prior(meta: dict | None) -> bool:
+    """Whether camera.json's intrinsics are a prior to refine (EXIF), not known ones."""
+    return meta is not None and meta.get("source") == EXIF_SOURCE
+
+
 def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
-    """SIFT into a new database; returns the budget used and the frames' size."""
+    """SIFT into a new database; returns the budget used, the frames' size and where the
+    intrinsics come from."""
     db = sfm / "database.db"
     if db.exists():
         db.unlink()  # an interrupted extraction leaves a partial database: start over
     reader = pycolmap.ImageReaderOptions()
-    cam_file = data / "camera.json"
-    if cam_file.exists():
-        cam = PinholeCamera.from_dict(json.loads(cam_file.read_text()))
+    meta = _camera_meta(data)
+    if _is_prior(meta):
+        assert meta is not None
+        prior = PinholeCamera.from_dict(meta.get("prior", meta))  # not a refined one
+        reader.camera_model = "SIMPLE_RADIAL"
+        reader.camera_params = (f"{prior.fx:.6f},{prior.cx + 0.5:.6f},{prior.cy + 0.5:.6f},"
+                                "0.0")
+        log.info("sfm: focal length %.1f px from the photos' EXIF (%s): a prior the mapping "
+                 "refines", prior.fx, meta.get("exif", ""))
+    elif meta is not None:
+        cam = PinholeCamera.from_dict(meta)
         reader.camera_model = cam.colmap_model()
         reader.camera_params = ",".join(f"{v:.6f}" for v in cam.colmap_params())
-        log.info("sfm: known intrinsics from camera.json (%s)", reader.camera_params)
+        log.info("sfm: known intrinsics from camera.json (%s: %s)",
+                 meta.get("source", "given"), reader.camera_params)
     else:
         reader.camera_model = "SIMPLE_RADIAL"
         log.info("sfm: no camera.json; COLMAP estimates the intrinsics")
@@ -350,7 +380,9 @@ def _extract(data: Path, sfm: Path, names: list[str], cfg: SfMConfig) -> dict:
         db, data / "images", image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
         reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
     )
-    return {"sift_max_features": budget, "frame_size": [int(width), int(height)]}
+    source = "colmap_estimate" if meta is None else str(meta.get("source", "camera_json"))
+    return {"sift_max_features": budget, "frame_size": [int(width), int(height)],
+            "intrinsics_source": source}
 
 
 def global_descriptors(db_path: Path, *, words: int = 256, seed: int = 0) -> RetrievalIndex:
@@ -530,7 +562,14 @@ def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: boo
         with atomic_dir(sfm / "model") as model_tmp:
             best.write(model_tmp)
     registered = best.num_reg_images()
+    cam = next(iter(best.cameras.values()))
+    try:
+        camera: dict | None = PinholeCamera.from_colmap(
+            cam.model.name, cam.width, cam.height, cam.params).to_dict()
+    except CameraModelError:
+        camera = None
     summary = {
+        "camera": camera,
         "initial_pair": list(init) if init is not None else None,
         "frames": n_frames,
         "registered": registered,
@@ -541,6 +580,18 @@ def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: boo
         "mean_track_length": best.compute_mean_track_length(),
     }
     return summary
+
+
+def _write_refined_camera(data: Path, meta: dict, refined: dict) -> None:
+    """Replace camera.json's EXIF prior by the intrinsics the mapping refined from it (what
+    refinement and training read), keeping the prior for a later run."""
+    prior = meta.get("prior") or {k: meta[k] for k in ("width", "height", "fx", "fy", "cx",
+                                                        "cy")}
+    log.info("sfm: focal length refined from %.1f px (EXIF) to %.1f px", prior["fx"],
+             refined["fx"])
+    write_json_atomic(data / "camera.json", {**refined, "source": EXIF_SOURCE,
+                                             "exif": meta.get("exif", ""), "prior": prior,
+                                             "refined_by": "sfm"})
 
 
 def _priors_changed(marker: Path, priors: FramePriors | None) -> bool:
@@ -587,9 +638,12 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
         _mark(steps["matches"], _match(sfm, names, config, priors))
     if not _done(steps["mapping"]):
         log.info("sfm: incremental mapping")
-        summary = _map(data, sfm, len(names), config, (data / "camera.json").exists())
+        meta = _camera_meta(data)
+        summary = _map(data, sfm, len(names), config, meta is not None and not _is_prior(meta))
         summary.update(json.loads(steps["features"].read_text()))
         summary.update(json.loads(steps["matches"].read_text()))
+        if meta is not None and _is_prior(meta) and summary["camera"] is not None:
+            _write_refined_camera(data, meta, summary["camera"])
         write_json_atomic(summary_path, summary)
         _mark(steps["mapping"])
     summary = json.loads(summary_path.read_text())

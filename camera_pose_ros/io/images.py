@@ -2,11 +2,14 @@
 
 Pure numpy/OpenCV: the ROS layer and the bag readers pass the message fields, so the same
 checks apply to live frames and recorded ones. Output is always RGB uint8 (H, W, 3).
+:func:`read_exif_focal` reads a photo's EXIF focal length (JPEG, PNG or TIFF headers).
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -14,7 +17,7 @@ import numpy as np
 from camera_pose_ros.errors import ImageDecodeError
 
 __all__ = ["SUPPORTED_ENCODINGS", "decode_raw", "decode_compressed", "encode_raw",
-           "compressed_image_size"]
+           "compressed_image_size", "ExifFocal", "read_exif_focal"]
 
 #: encoding -> channels
 SUPPORTED_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
@@ -147,3 +150,146 @@ def compressed_image_size(data: bytes) -> tuple[int, int]:
             raise ImageDecodeError(f"corrupt JPEG header (segment length {length})")
         i += 2 + length
     raise ImageDecodeError("JPEG without a frame header (no image size)")
+
+
+#: the diagonal of a 36 x 24 mm frame: a 35 mm equivalent focal length is relative to it
+_FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+#: FocalPlaneResolutionUnit -> millimetres (2: inch, 3: cm; Exif 3.0 adds 4: mm, 5: um)
+_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+_EXIF_IFD, _FOCAL, _FOCAL_35, _PLANE_X, _PLANE_UNIT, _PIXEL_X, _PIXEL_Y = (
+    0x8769, 0x920A, 0xA405, 0xA20E, 0xA210, 0xA002, 0xA003)
+
+
+@dataclass(frozen=True)
+class ExifFocal:
+    """A photo's focal length as its EXIF tags give it (None: tag absent or unusable).
+
+    Attributes:
+        focal_mm: ``FocalLength``, millimetres on the sensor.
+        focal_35mm: ``FocalLengthIn35mmFilm``, the 35 mm equivalent (by the diagonal).
+        plane_px_per_mm: ``FocalPlaneXResolution`` in pixels per millimetre of the sensor.
+        pixel_size: ``PixelXDimension`` and ``PixelYDimension`` (the size those refer to).
+    """
+
+    focal_mm: float | None = None
+    focal_35mm: float | None = None
+    plane_px_per_mm: float | None = None
+    pixel_size: tuple[int, int] | None = None
+
+    def focal_px(self, width: int, height: int) -> float | None:
+        """Focal length in pixels of the image as decoded (``width`` x ``height``), or None.
+
+        From the 35 mm equivalent (its diagonal against the image's), else from the focal
+        length and the focal plane's resolution (scaled when the image was resized since).
+        """
+        if self.focal_35mm:
+            return self.focal_35mm * math.hypot(width, height) / _FULL_FRAME_DIAGONAL_MM
+        if self.focal_mm and self.plane_px_per_mm:
+            scale = 1.0
+            if self.pixel_size and max(self.pixel_size) > 0:
+                scale = max(width, height) / max(self.pixel_size)
+            return self.focal_mm * self.plane_px_per_mm * scale
+        return None
+
+    def describe(self) -> str:
+        """The tags used, for the log and camera.json."""
+        if self.focal_35mm:
+            return f"FocalLengthIn35mmFilm {self.focal_35mm:g} mm"
+        return (f"FocalLength {self.focal_mm:g} mm x FocalPlaneXResolution "
+                f"{self.plane_px_per_mm or 0:g} px/mm")
+
+
+def _tiff_tags(tiff: bytes) -> dict[int, float | int]:
+    """The numeric tags of IFD0 and of the Exif IFD of a TIFF structure (EXIF's payload)."""
+    if tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return {}
+    order = "<" if tiff[:2] == b"II" else ">"
+    sizes = {1: 1, 3: 2, 4: 4, 5: 8, 7: 1, 9: 4, 10: 8, 11: 4, 12: 8}
+    tags: dict[int, float | int] = {}
+
+    def ifd(offset: int) -> None:
+        if offset < 8 or offset + 2 > len(tiff):
+            return
+        (count,) = struct.unpack_from(order + "H", tiff, offset)
+        for k in range(min(count, 512)):
+            entry = offset + 2 + 12 * k
+            if entry + 12 > len(tiff):
+                return
+            tag, kind, n = struct.unpack_from(order + "HHI", tiff, entry)
+            if kind not in sizes or n < 1:
+                continue
+            at = entry + 8 if sizes[kind] * n <= 4 else struct.unpack_from(
+                order + "I", tiff, entry + 8)[0]
+            if at + sizes[kind] > len(tiff):
+                continue
+            if kind == 3:
+                tags[tag] = struct.unpack_from(order + "H", tiff, at)[0]
+            elif kind in (4, 9):
+                tags[tag] = struct.unpack_from(order + ("I" if kind == 4 else "i"), tiff, at)[0]
+            elif kind in (5, 10):
+                num, den = struct.unpack_from(order + ("II" if kind == 5 else "ii"), tiff, at)
+                if den != 0:
+                    tags[tag] = num / den
+            elif kind in (11, 12):
+                (value,) = struct.unpack_from(order + ("f" if kind == 11 else "d"), tiff, at)
+                if math.isfinite(value):
+                    tags[tag] = value
+
+    ifd(struct.unpack_from(order + "I", tiff, 4)[0])
+    exif = tags.pop(_EXIF_IFD, None)
+    if isinstance(exif, int):
+        ifd(exif)
+    return tags
+
+
+def _exif_payload(data: bytes) -> bytes:
+    """The TIFF structure holding a JPEG's (APP1), PNG's (eXIf) or TIFF's tags ('' if none)."""
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return data
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        i = 8
+        while i + 8 <= len(data):
+            (length,) = struct.unpack_from(">I", data, i)
+            if data[i + 4:i + 8] == b"eXIf":
+                return data[i + 8:i + 8 + length]
+            if data[i + 4:i + 8] in (b"IDAT", b"IEND"):
+                break
+            i += 12 + length
+        return b""
+    if data[:2] != b"\xff\xd8":
+        return b""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in (0xD9, 0xDA):  # end of image / start of scan: no more headers
+            break
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+            return data[i + 10:i + 2 + length]
+        if length < 2:
+            break
+        i += 2 + length
+    return b""
+
+
+def read_exif_focal(data: bytes) -> ExifFocal | None:
+    """The EXIF focal length tags of a JPEG, PNG or TIFF file's first bytes (64 KiB hold
+    them), or None when it has no usable focal length. Malformed tags are ignored, never
+    raised: a photo's metadata is a hint, not an input to trust.
+    """
+    try:
+        tags = _tiff_tags(_exif_payload(bytes(data)))
+    except struct.error:
+        return None
+
+    def positive(tag: int) -> float | None:
+        value = tags.get(tag)
+        return float(value) if value is not None and 0 < value < 1e6 else None
+
+    plane = positive(_PLANE_X)
+    unit = _PLANE_UNIT_MM.get(int(tags.get(_PLANE_UNIT, 2)))  # the standard's default: inch
+    size = (int(tags[_PIXEL_X]), int(tags[_PIXEL_Y])) if (
+        tags.get(_PIXEL_X, 0) > 0 and tags.get(_PIXEL_Y, 0) > 0) else None
+    focal = ExifFocal(positive(_FOCAL), positive(_FOCAL_35),
+                      plane / unit if plane is not None and unit else None, size)
+    return focal if focal.focal_px(1, 1) is not None else None

@@ -164,3 +164,65 @@ def test_a_video_gets_its_intrinsics_from_a_calibration_file_or_fx_fy_cx_cy(tmp_
     with pytest.raises(CameraModelError, match="aspect ratio"):
         extract_frames(FrameSource(video=path, calibration=calib), tmp_path / "bad", cfg,
                        progress=False)
+
+
+def _photos(folder, n: int, focal_35mm: int | None, size=(160, 120), first: int = 0) -> None:
+    """``n`` JPEG photos as a phone writes them: EXIF with the 35 mm equivalent focal."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(first, first + n):
+        exif = Image.Exif()
+        if focal_35mm is not None:
+            exif.get_ifd(0x8769)[0xA405] = focal_35mm
+        rgb = cv2.resize(textured(i, 48, 64), size, interpolation=cv2.INTER_NEAREST)
+        Image.fromarray(rgb).save(folder / f"IMG_{i:04d}.jpg", quality=95,
+                                  exif=exif.tobytes())
+
+
+def test_photos_get_their_focal_length_from_exif_and_options_win(tmp_path):
+    photos = tmp_path / "photos"
+    _photos(photos, 4, 26)
+    cfg = KeyframeConfig(min_time_step=0, blur_ratio=0.0, min_change=0.0, max_width=80)
+    out = tmp_path / "exif"
+    extract_frames(FrameSource(images=photos), out, cfg, progress=False)
+    cam = json.loads((out / "camera.json").read_text())
+    # 26 mm equivalent: the diagonal of 160x120 (200 px) is 43.27 mm; frames are 80x60
+    assert cam["source"] == "exif" and "FocalLengthIn35mmFilm 26" in cam["exif"]
+    assert (cam["width"], cam["height"]) == (80, 60)
+    assert cam["fx"] == cam["fy"] == pytest.approx(26 * 200 / np.hypot(36, 24) / 2)
+    assert (cam["cx"], cam["cy"]) == (pytest.approx(39.5), pytest.approx(29.5))
+    # explicit intrinsics win over EXIF
+    out = tmp_path / "option"
+    extract_frames(FrameSource(images=photos, intrinsics=(150.0, 150.0, 79.5, 59.5)), out,
+                   cfg, progress=False)
+    cam = json.loads((out / "camera.json").read_text())
+    assert (cam["source"], cam["fx"]) == ("intrinsics_option", 75.0)
+    assert "exif" not in cam
+
+
+def test_photos_without_exif_leave_the_intrinsics_to_colmap(tmp_path):
+    photos = tmp_path / "photos"
+    _photos(photos, 3, None)
+    out = tmp_path / "data"
+    cfg = KeyframeConfig(min_time_step=0, blur_ratio=0.0, min_change=0.0)
+    extract_frames(FrameSource(images=photos), out, cfg, progress=False)
+    assert len(read_frames_csv(out / "frames.csv")[0]) == 3
+    assert not (out / "camera.json").exists()
+    # redone from photos with EXIF, the frames get it; redone without, the stale file goes
+    _photos(photos, 3, 35)
+    extract_frames(FrameSource(images=photos), out, cfg, overwrite=True, progress=False)
+    assert json.loads((out / "camera.json").read_text())["source"] == "exif"
+    _photos(photos, 3, None)
+    extract_frames(FrameSource(images=photos), out, cfg, overwrite=True, progress=False)
+    assert not (out / "camera.json").exists()
+
+
+def test_photos_of_several_focal_lengths_use_the_most_common(tmp_path, caplog):
+    photos = tmp_path / "photos"
+    _photos(photos, 3, 26)
+    _photos(photos, 1, 52, first=3)  # one zoomed photo
+    with caplog.at_level("WARNING"):
+        focal = FrameSource(images=photos).exif_focal()
+    assert focal is not None and focal.focal_35mm == 26.0
+    assert "2 focal lengths" in caplog.text

@@ -192,3 +192,35 @@ def test_priors_keep_a_building_with_twin_corridors_from_folding(tmp_path):
     registered, found = folds(without)
     assert json.loads((without / "sfm" / "summary.json").read_text())["priors"] is None
     assert sum(s.frames for s in found.segments) >= 0.2 * len(names)
+
+
+@pytest.mark.slow
+def test_an_exif_focal_length_is_a_prior_the_mapping_refines(tmp_path):
+    """Photos whose EXIF says 30 mm (277 px at 320x240) of a lens that has 262.4 px: the SfM
+    starts from it, refines it, and camera.json then holds the refined intrinsics (the prior
+    kept beside them); the report names the source."""
+    from PIL import Image
+
+    from camera_pose_ros.io.bags import iter_bag_images
+
+    synth = write_synthetic_building(tmp_path / "synth", frames=50, query_frames=1,
+                                     width=320, height=240, loops=0.6, progress=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 30
+    for i, frame in enumerate(iter_bag_images(synth / "mapping", "/camera/image_raw")):
+        Image.fromarray(frame.image_rgb).save(photos / f"IMG_{i:04d}.jpg", quality=95,
+                                              exif=exif.tobytes())
+    data = tmp_path / "data"
+    extract_frames(FrameSource(images=photos), data, progress=False)
+    prior_fx = json.loads((data / "camera.json").read_text())["fx"]
+    assert prior_fx == pytest.approx(30 * 400 / np.hypot(36, 24))
+    run_sfm(data)
+    summary = json.loads((data / "sfm" / "summary.json").read_text())
+    cam = json.loads((data / "camera.json").read_text())
+    true_fx = 0.82 * 320
+    assert summary["intrinsics_source"] == "exif" and cam["source"] == "exif"
+    assert cam["prior"]["fx"] == prior_fx and cam["refined_by"] == "sfm"
+    assert cam["fx"] == summary["camera"]["fx"]
+    assert abs(cam["fx"] - true_fx) < 0.3 * abs(prior_fx - true_fx)
