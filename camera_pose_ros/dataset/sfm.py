@@ -608,10 +608,12 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
             overwrite: bool = False) -> Path:
     """Run structure from motion on ``DATA/images`` listed in ``DATA/frames.csv``.
 
-    Returns ``DATA/sfm/summary.json``. Completed steps are skipped unless ``overwrite``.
+    Returns ``DATA/sfm/summary.json``. Completed steps are skipped unless ``overwrite``
+    (the matching is redone when ``DATA/priors.csv`` changed: its pairs depend on it).
 
     Raises:
         SfMError: mapping failed or registered fewer frames than ``min_registered_ratio``.
+        InputDataError: an unreadable ``DATA/priors.csv``.
     """
     data = Path(data)
     names, _ = read_frames_csv(data / "frames.csv")
