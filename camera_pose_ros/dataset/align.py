@@ -20,6 +20,14 @@ only scale, yaw and translation are fitted (:func:`camera_pose_ros.geometry.umey
 Writes ``alignment.json`` (the transform ``map_from_sfm``, per-control-point residuals, the
 residual distribution of the robot references, the rejected ones and the time ranges they
 came from), ``alignment.png`` (residuals over time) and ``poses.csv`` (map frame).
+
+A reconstruction that contradicts its references is refused, not handed over (unless
+``allow_inconsistent``): a stretch of rejected robot references where the SfM motion departs
+from the odometry's (``DATA/odometry.csv``; a localization jump leaves the two in agreement,
+a fold of look-alike places does not) or, without odometry, a stretch metres off the
+references; more than ``max_rejected_share`` of them rejected; two or more control points
+(and a third of them) that disagree by more than the inlier threshold. The error names the
+time ranges.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from camera_pose_ros.dataset.consistency import find_disagreements
 from camera_pose_ros.dataset.frames import read_frames_csv
 from camera_pose_ros.dataset.references import read_priors, time_ranges
 from camera_pose_ros.dataset.sfm import load_sfm_model
@@ -263,7 +272,8 @@ def _folded_stretches(data: Path, names: list[str], stamps_ns: np.ndarray, inlie
     localization, is wrong: there the aligned SfM motion from the last agreeing frame departs
     from the odometry's (``DATA/odometry.csv``) by more than ``tolerance`` + 5% of the
     distance travelled. A localization jump leaves SfM and odometry in agreement. Without
-    odometry nothing can be told apart: an empty list."""
+    odometry an empty list (the caller then looks for stretches metres off instead:
+    :func:`camera_pose_ros.dataset.consistency.find_disagreements`)."""
     if (~inlier).sum() == 0 or not (data / "odometry.csv").is_file():
         return []
     odo = read_poses(data / "odometry.csv")
@@ -453,13 +463,18 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
             data, [model.names[j] for j in np.array(samples.frames)[robot_a][order]],
             st_r[order], in_r, np.array([sim.transform_pose(p) for p in model.sfm_from_cam[
                 np.array(samples.frames)[robot_a][order]]]), config.fold_tolerance)
+        if not (data / "odometry.csv").is_file():  # no odometry: stretches metres off
+            found = find_disagreements(st_r, src_a[robot_a], dst_a[robot_a])
+            folds = [(seg.start_ns / 1e9, seg.end_ns / 1e9) for seg in found.segments]
         report["robot_references"]["folded_time_ranges_from_start_s"] = [
             [a - t0, b - t0] for a, b in folds]
         share = float((~in_r).mean())
         if folds and not config.allow_inconsistent:
             write_json_atomic(data / "alignment.json", report)
             raise AlignmentError(
-                "the reconstruction contradicts the robot's odometry at "
+                "the reconstruction contradicts the robot's "
+                + ("odometry" if (data / "odometry.csv").is_file() else "localization")
+                + " at "
                 + ", ".join(f"{a - t0:.1f}-{b - t0:.1f} s" for a, b in folds[:4])
                 + " from the start (look-alike places joined by SfM?); record that stretch "
                 "again, or keep the map anyway with --allow-inconsistent")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from camera_pose_ros.errors import AlignmentError
-from camera_pose_ros.geometry import Sim3, umeyama_sim3
+from camera_pose_ros.geometry import Sim3, fit_sim3_samples
 
 __all__ = ["Segment", "Disagreements", "find_disagreements"]
 
@@ -82,37 +82,6 @@ class Disagreements:
                 "map_from_sfm": self.map_from_sfm.to_dict()}
 
 
-def _fit_robust(src: np.ndarray, dst: np.ndarray, threshold: float, iterations: int,
-                seed: int) -> tuple[Sim3, np.ndarray]:
-    """MSAC over 3-point samples, then least squares on the inliers until they settle."""
-    rng = np.random.default_rng(seed)
-    n = len(src)
-    best: np.ndarray | None = None
-    best_cost = np.inf
-    for _ in range(iterations):
-        idx = rng.choice(n, size=3, replace=False)
-        try:
-            cand = umeyama_sim3(src[idx], dst[idx])
-        except (AlignmentError, np.linalg.LinAlgError):
-            continue  # collinear sample
-        res = np.linalg.norm(cand.apply(src) - dst, axis=1)
-        cost = float(np.minimum(res / threshold, 1.0).sum())
-        if cost < best_cost:
-            best, best_cost = res <= threshold, cost
-    if best is None or best.sum() < 3:
-        raise AlignmentError("the SfM camera centres and their priors agree on no similarity "
-                             f"transform within {threshold:.2f} m (fewer than 3 frames)")
-    mask = best
-    sim = umeyama_sim3(src[mask], dst[mask])
-    for _ in range(10):
-        new = np.linalg.norm(sim.apply(src) - dst, axis=1) <= threshold
-        if new.sum() < 3 or np.array_equal(new, mask):
-            break
-        mask = new
-        sim = umeyama_sim3(src[mask], dst[mask])
-    return sim, mask
-
-
 def find_disagreements(
     stamps_ns: np.ndarray, sfm_centres_N3: np.ndarray, prior_centres_N3: np.ndarray, *,
     threshold_m: float = 2.0, fit_threshold_m: float = 0.5, min_frames: int = 3,
@@ -159,7 +128,12 @@ def find_disagreements(
         raise AlignmentError("thresholds must be positive, min_frames >= 1, "
                              "max_gap_frames >= 0")
     order = np.argsort(stamps, kind="stable")
-    sim, inliers = _fit_robust(src, dst, fit_threshold_m, iterations, seed)
+    try:
+        sim, inliers = fit_sim3_samples(src, dst, inlier_threshold=fit_threshold_m,
+                                        iterations=iterations, seed=seed)
+    except AlignmentError as exc:
+        raise AlignmentError(f"the SfM camera centres and their priors agree on no "
+                             f"similarity within {fit_threshold_m:.2f} m ({exc})") from exc
     residuals = np.linalg.norm(sim.apply(src) - dst, axis=1)
     off = residuals[order] > threshold_m
     segments: list[Segment] = []

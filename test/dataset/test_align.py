@@ -259,3 +259,23 @@ def test_control_points_that_disagree_by_metres_stop_the_alignment(fake_dataset)
         align_dataset(data, cps)
     align_dataset(data, cps, AlignConfig(allow_inconsistent=True))
     assert (data / "poses.csv").is_file()
+
+
+def test_without_odometry_a_stretch_metres_off_is_a_fold_and_a_1m_jump_is_not(
+        tmp_path, monkeypatch):
+    map_from_cam = _walk(60)
+    stamps = 100.0 + 0.1 * np.arange(60)
+    names = [f"{i:06d}.jpg" for i in range(60)]
+    (tmp_path / "frames.csv").write_text(
+        "image,stamp\n" + "".join(f"{n},{s:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+    folded = map_from_cam.copy()
+    folded[35:45, :3, 3] += [0.0, 3.0, 0.0]
+    for sfm, jump, fails in ((map_from_cam, slice(20, 28), False), (folded, slice(0, 0), True)):
+        model = SfMModel(names, sfm, np.zeros((0, 3)))
+        monkeypatch.setattr(align_mod, "load_sfm_model", lambda data, m=model: m)
+        _write_priors(tmp_path, map_from_cam, stamps, jump=jump)  # no odometry.csv
+        if fails:
+            with pytest.raises(AlignmentError, match=r"at 3\.5-4\.4 s from the start"):
+                align_dataset(tmp_path)
+        else:
+            align_dataset(tmp_path)
