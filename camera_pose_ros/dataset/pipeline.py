@@ -135,6 +135,19 @@ def _coverage(data: Path, plan: FloorPlan | None) -> dict | None:
     return summary
 
 
+def _priors(data: Path, references: ReferenceConfig, *, optional: bool) -> Path | None:
+    """The robot's priors; with control points and ``source: auto`` a broken robot
+    reference (a pose topic in another frame, an unknown mount) only costs a warning."""
+    try:
+        return extract_priors(data, references)
+    except AlignmentError as exc:
+        if not optional or references.source != "auto":
+            raise
+        log.warning("aligning to the control points alone: the bag's localization is "
+                    "unusable (%s)", exc)
+        return None
+
+
 def build_dataset(
     source: FrameSource, out: str | os.PathLike, *,
     control_points: str | os.PathLike | None = None,
@@ -179,7 +192,8 @@ def build_dataset(
         ("frames", lambda: extract_frames(source, out, keyframes, overwrite=overwrite,
                                           progress=progress, keep_stamps_ns=cp_stamps,
                                           keep_window_s=align.max_time_offset)),
-        ("references", lambda: extract_priors(out, references)),
+        ("references", lambda: _priors(out, references,
+                                       optional=control_points is not None)),
         ("sfm", lambda: run_sfm(out, sfm, overwrite=overwrite)),
         ("align", lambda: align_dataset(out, control_points, align)),
         ("split", lambda: split_dataset(out, split, test_poses=test_poses)),
