@@ -37,9 +37,13 @@ def test_layout_matches_architecture(small_synth):
     for name in ("mapping", "query", "gt_mapping.csv", "gt_query.csv", "control_points.csv",
                  "floorplan.yaml", "floorplan.pgm"):
         assert (small_synth / name).exists(), name
-    topics = list_topics(small_synth / "mapping")
-    assert topics == {"/camera/image_raw": "sensor_msgs/msg/Image",
-                      "/camera/camera_info": "sensor_msgs/msg/CameraInfo"}
+    camera = {"/camera/image_raw": "sensor_msgs/msg/Image",
+              "/camera/camera_info": "sensor_msgs/msg/CameraInfo"}
+    # the mapping walk carries the synthetic robot's own localization; the query walk not
+    assert list_topics(small_synth / "mapping") == {
+        **camera, "/tf": "tf2_msgs/msg/TFMessage", "/tf_static": "tf2_msgs/msg/TFMessage",
+        "/amcl_pose": "geometry_msgs/msg/PoseWithCovarianceStamped"}
+    assert list_topics(small_synth / "query") == camera
 
 
 def test_bag_frames_match_ground_truth(small_synth):
