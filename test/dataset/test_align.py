@@ -212,15 +212,21 @@ def _write_odometry(data, map_from_cam, stamps, drift_deg=2.0):
         quat_wxyz_from_rotmat(odo[:, :3, :3]), [f"{i:06d}.jpg" for i in range(len(stamps))]))
 
 
+def _sixty_frames(data):
+    """A 60-frame L walk at 10 Hz and its frames.csv in ``data``."""
+    map_from_cam = _walk(60)
+    stamps = 100.0 + 0.1 * np.arange(60)
+    names = [f"{i:06d}.jpg" for i in range(60)]
+    (data / "frames.csv").write_text(
+        "image,stamp\n" + "".join(f"{n},{s:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+    return map_from_cam, stamps, names
+
+
 def test_a_localization_jump_is_rejected_but_a_folded_stretch_stops_the_dataset(
         tmp_path, monkeypatch):
     import json
 
-    map_from_cam = _walk(60)
-    stamps = 100.0 + 0.1 * np.arange(60)
-    names = [f"{i:06d}.jpg" for i in range(60)]
-    (tmp_path / "frames.csv").write_text(
-        "image,stamp\n" + "".join(f"{n},{s:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+    map_from_cam, stamps, names = _sixty_frames(tmp_path)
 
     def use_model(sfm_map_from_cam):
         model = SfMModel(names, sfm_map_from_cam, np.zeros((0, 3)))
@@ -263,11 +269,7 @@ def test_control_points_that_disagree_by_metres_stop_the_alignment(fake_dataset)
 
 def test_without_odometry_a_stretch_metres_off_is_a_fold_and_a_1m_jump_is_not(
         tmp_path, monkeypatch):
-    map_from_cam = _walk(60)
-    stamps = 100.0 + 0.1 * np.arange(60)
-    names = [f"{i:06d}.jpg" for i in range(60)]
-    (tmp_path / "frames.csv").write_text(
-        "image,stamp\n" + "".join(f"{n},{s:.9f}\n" for n, s in zip(names, stamps, strict=True)))
+    map_from_cam, stamps, names = _sixty_frames(tmp_path)
     folded = map_from_cam.copy()
     folded[35:45, :3, 3] += [0.0, 3.0, 0.0]
     for sfm, jump, fails in ((map_from_cam, slice(20, 28), False), (folded, slice(0, 0), True)):
