@@ -163,12 +163,12 @@ def _cmd_sfm(args: argparse.Namespace) -> Path:
 
 def _cmd_align(args: argparse.Namespace) -> Path:
     from camera_pose_ros.dataset.align import align_dataset, read_control_points
-    from camera_pose_ros.dataset.references import extract_priors
+    from camera_pose_ros.dataset.pipeline import robot_priors
 
     cfg = _dataset_configs(args)
     if args.control_points is not None:
         read_control_points(args.control_points)  # a bad file fails before any work
-    extract_priors(args.data, cfg["references"])
+    robot_priors(args.data, cfg["references"], optional=args.control_points is not None)
     return align_dataset(args.data, args.control_points, cfg["align"])
 
 

@@ -371,8 +371,9 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
         src, used = _control_point_sources(points, model.names, stamps, centres,
                                            config.max_time_offset)
         for cp, c in zip(points, src, strict=True):
+            stamp = cp.stamp_ns if cp.stamp_ns is not None else stamp_of.get(cp.image or "", 0)
             samples.add(c, np.array(cp.xyz), cp.sigma or config.control_point_sigma, False,
-                        cp.stamp_ns or 0)
+                        stamp)
     src_a, dst_a = np.array(samples.src), np.array(samples.dst)
     sig_a, robot_a = np.array(samples.sigma), np.array(samples.robot, bool)
     upright = config.z_vertical == "yes" or (config.z_vertical == "auto" and bool(rot_pairs))
@@ -456,8 +457,8 @@ def align_dataset(data: str | os.PathLike, control_points: str | os.PathLike | N
             "rejected_time_ranges_from_start_s": [[a - t0, b - t0] for a, b in rejected],
         }
         _plot_residuals(data / "alignment.png", st_r[order] / 1e9 - t0, res_r, in_r,
-                        thr[robot_a][order], cp_times=[(cp.stamp_ns or 0) / 1e9 - t0
-                                                       for cp in points],
+                        thr[robot_a][order],
+                        cp_times=[t / 1e9 - t0 for t in np.array(samples.stamps_ns)[~robot_a]],
                         cp_res=cp_res)
         folds = _folded_stretches(
             data, [model.names[j] for j in np.array(samples.frames)[robot_a][order]],

@@ -31,7 +31,7 @@ from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.metrics import error_summary, match_by_stamp
 
-__all__ = ["build_dataset", "write_report"]
+__all__ = ["build_dataset", "robot_priors", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _coverage(data: Path, plan: FloorPlan | None) -> dict | None:
     return summary
 
 
-def _priors(data: Path, references: ReferenceConfig, *, optional: bool) -> Path | None:
+def robot_priors(data: Path, references: ReferenceConfig, *, optional: bool) -> Path | None:
     """The robot's priors; with control points and ``source: auto`` a broken robot
     reference (a pose topic in another frame, an unknown mount) only costs a warning."""
     try:
@@ -192,7 +192,7 @@ def build_dataset(
         ("frames", lambda: extract_frames(source, out, keyframes, overwrite=overwrite,
                                           progress=progress, keep_stamps_ns=cp_stamps,
                                           keep_window_s=align.max_time_offset)),
-        ("references", lambda: _priors(out, references,
+        ("references", lambda: robot_priors(out, references,
                                        optional=control_points is not None)),
         ("sfm", lambda: run_sfm(out, sfm, overwrite=overwrite)),
         ("align", lambda: align_dataset(out, control_points, align)),

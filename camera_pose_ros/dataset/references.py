@@ -83,6 +83,9 @@ class ReferenceConfig:
     min_sigma: float = 0.01
 
     def __post_init__(self) -> None:
+        for name in ("map_frame", "odom_frame", "base_frame", "camera_frame"):
+            # tf2 frame names carry no leading slash (a tf1 habit in launch files)
+            object.__setattr__(self, name, str(getattr(self, name)).lstrip("/"))
         if self.source not in SOURCES:
             raise ConfigError(f"references.source must be one of {', '.join(SOURCES)}, got "
                               f"{self.source!r}")
@@ -243,7 +246,8 @@ def compute_priors(bag: str | os.PathLike, image_topic: str, names: list[str],
     if len(stamps) and not ok.any():
         raise AlignmentError(f"the bag's {source} localization covers none of the "
                              f"{len(stamps)} frames (gaps over {cfg.max_gap} s or a missing "
-                             "link at their stamps)")
+                             "link at their stamps, or another clock); use --control-points "
+                             "with --reference none")
     order = np.argsort(stamps)
     missing = time_ranges(stamps[order], ~ok[order])
     info = {**info, "source": source, "camera_frame": camera, "map_frame": cfg.map_frame,

@@ -168,8 +168,17 @@ class TfTree:
         return min(edge.stamps), max(edge.stamps)
 
     def _path_to_root(self, frame: str) -> list[str]:
+        """``frame`` and its ancestors up to the root.
+
+        Raises:
+            BagError: the chain loops (a transform closes a cycle: tf2 would refuse the
+                tree; composing around it gives poses metres wrong).
+        """
         path, seen = [frame], {frame}
-        while (parent := self.parent_of(path[-1])) is not None and parent not in seen:
+        while (parent := self.parent_of(path[-1])) is not None:
+            if parent in seen:
+                raise BagError("TF has a loop: " + " <- ".join([*path, parent])
+                               + "; a transform in the bag closes a cycle")
             path.append(parent)
             seen.add(parent)
         return path

@@ -176,7 +176,7 @@ def test_extract_priors_writes_priors_and_odometry_beside_the_frames(tmp_path):
 def test_with_control_points_a_broken_robot_reference_is_only_a_warning(tmp_path, caplog):
     import json
 
-    from camera_pose_ros.dataset.pipeline import _priors
+    from camera_pose_ros.dataset.pipeline import robot_priors
 
     stamps, poses = _walk(20)
     bag = _bag(tmp_path / "bag", stamps, poses, keep=lambda topic, m, t: topic == "/amcl_pose")
@@ -186,8 +186,8 @@ def test_with_control_points_a_broken_robot_reference_is_only_a_warning(tmp_path
     (data / "frames.csv").write_text("image,stamp\n" + "".join(
         f"{i}.jpg,{s / 1e9:.9f}\n" for i, s in enumerate(stamps)))
     with pytest.raises(AlignmentError, match="--base-to-camera"):  # nothing else to align to
-        _priors(data, ReferenceConfig(), optional=False)
-    assert _priors(data, ReferenceConfig(), optional=True) is None
+        robot_priors(data, ReferenceConfig(), optional=False)
+    assert robot_priors(data, ReferenceConfig(), optional=True) is None
     assert "control points alone" in caplog.text and not (data / "priors.csv").exists()
     with pytest.raises(AlignmentError):  # asked for explicitly: still an error
-        _priors(data, ReferenceConfig(source="pose"), optional=True)
+        robot_priors(data, ReferenceConfig(source="pose"), optional=True)

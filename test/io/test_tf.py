@@ -122,3 +122,20 @@ def test_bag_readers_read_tf_and_pose_topics(tmp_path):
     with pytest.raises(BagError, match="not a pose|must be one of"):
         read_pose_topic(bag, "/tf")
     assert read_tf(bag, topics=("/other_tf",)) is None
+
+
+def test_a_tf_loop_is_refused_not_composed():
+    tree = TfTree()
+    _add(tree, "map", "odom", 0, _pose([0, 0, 0], [1.0, 0, 0]))
+    _add(tree, "odom", "base_link", 0, _pose([0, 0, 0], [0, 2.0, 0]))
+    _add(tree, "base_link", "camera", 0, np.eye(4), static=True)
+    _add(tree, "camera", "map", 0, _pose([0, 0, 0.3], [5.0, 0, 0]))  # closes a cycle
+    with pytest.raises(BagError, match="TF has a loop"):
+        tree.lookup("map", "camera", [0])
+
+
+def test_frame_names_with_a_leading_slash_are_the_same_frames():
+    from camera_pose_ros.dataset.references import ReferenceConfig
+
+    cfg = ReferenceConfig(map_frame="/map", camera_frame="/camera_optical_frame")
+    assert (cfg.map_frame, cfg.camera_frame) == ("map", "camera_optical_frame")
