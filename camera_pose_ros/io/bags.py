@@ -247,20 +247,27 @@ def iter_bag_images(
                         skipped, total, topic, path)
 
 
-def image_frame_id(path: str | os.PathLike, topic: str) -> str:
-    """``header.frame_id`` of the first decodable message on image ``topic`` ('' if none)."""
+def _first_decoded(path: str | os.PathLike, topic: str, what: str) -> Any | None:
+    """The first message on ``topic`` that deserializes (corrupt ones are skipped with a
+    warning), or None when there is none."""
     reader = open_bag(path)
     try:
         conns = [c for c in reader.connections if c.topic == topic]
-        for conn, _log_ns, raw in read_messages(reader, conns, path):
+        for conn, log_ns, raw in read_messages(reader, conns, path):
             try:
-                msg: Any = reader.deserialize(raw, conn.msgtype)
-                return str(msg.header.frame_id).lstrip("/")
-            except Exception:  # noqa: BLE001 -- corrupt CDR: try the next one
-                continue
-        return ""
+                return reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # corrupt CDR: try the next one
+                log.warning("skipping undecodable %s at %.3f s on %s: %s", what,
+                            log_ns / 1e9, topic, _one_line(exc))
+        return None
     finally:
         reader.close()
+
+
+def image_frame_id(path: str | os.PathLike, topic: str) -> str:
+    """``header.frame_id`` of the first decodable message on image ``topic`` ('' if none)."""
+    msg = _first_decoded(path, topic, "image")
+    return "" if msg is None else str(msg.header.frame_id).lstrip("/")
 
 
 def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = False
@@ -270,26 +277,16 @@ def read_camera_info(path: str | os.PathLike, topic: str, rectified: bool = Fals
     ``rectified``: the images it describes are rectified (``image_rect``): P, no distortion.
     A CameraInfo message that cannot be deserialized is skipped (the next one is used).
     """
-    reader = open_bag(path)
-    try:
-        conns = [c for c in reader.connections if c.topic == topic]
-        for conn, log_ns, raw in read_messages(reader, conns, path):
-            try:
-                msg: Any = reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # corrupt CDR: try the next one
-                log.warning("skipping undecodable CameraInfo at %.3f s on %s: %s",
-                            log_ns / 1e9, topic, _one_line(exc))
-                continue
-            try:
-                return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
-                                                      msg.distortion_model, msg.p, rectified)
-            except (CameraModelError, ValueError, AttributeError) as exc:
-                log.warning("ignoring CameraInfo on %s (COLMAP will estimate the "
-                            "intrinsics): %s", topic, exc)
-                return None
+    msg = _first_decoded(path, topic, "CameraInfo")
+    if msg is None:
         return None
-    finally:
-        reader.close()
+    try:
+        return PinholeCamera.from_camera_info(msg.width, msg.height, msg.k, msg.d,
+                                              msg.distortion_model, msg.p, rectified)
+    except (CameraModelError, ValueError, AttributeError) as exc:
+        log.warning("ignoring CameraInfo on %s (COLMAP will estimate the intrinsics): %s",
+                    topic, exc)
+        return None
 
 
 #: the QoS a ``/tf_static`` broadcaster offers (reliable, transient local, keep last 1)
