@@ -207,13 +207,22 @@ def _refiner(args: argparse.Namespace, *, required: bool):  # -> Refiner | None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.learning.checkpoint import load_checkpoint
     from camera_pose_ros.learning.evaluate import evaluate
+    from camera_pose_ros.learning.registry import ModelKind
 
     refiner = None
-    if args.mode != "regress":
+    if args.mode in ("auto", "refine", "both"):
         refiner = _refiner(args, required=args.mode != "auto")
+    structure = load_checkpoint(args.checkpoint).meta.kind is ModelKind.STRUCTURE_AWARE
+    if args.mode == "scr-pnp" and not structure:
+        from camera_pose_ros.errors import ConfigError
+
+        raise ConfigError("--mode scr-pnp needs a structure-aware checkpoint (model: "
+                          "structure_aware); use regress, refine or both")
     return evaluate(args.checkpoint, args.data, split=args.split, out=args.out,
-                    device=args.device, progress=not args.quiet, refiner=refiner)
+                    device=args.device, progress=not args.quiet, refiner=refiner,
+                    scr_pnp=structure and args.mode in ("auto", "scr-pnp", "both"))
 
 
 def _cmd_localize(args: argparse.Namespace) -> Path:
@@ -223,7 +232,8 @@ def _cmd_localize(args: argparse.Namespace) -> Path:
 
     source = _source(args)
     plan = FloorPlan.load(args.floorplan) if args.floorplan is not None else None
-    localizer = Localizer(args.checkpoint, device=args.device, floorplan=plan)
+    localizer = Localizer(args.checkpoint, device=args.device, floorplan=plan,
+                          solver="pnp" if args.mode == "scr-pnp" else "kabsch")
     camera = None
     if args.mode == "refine":
         log.info("refinement map: %s", localizer.enable_refinement(args.map,
@@ -246,6 +256,12 @@ def _cmd_refinement_map(args: argparse.Namespace) -> Path:
     from camera_pose_ros.dataset.refmap import build_refinement_map
 
     return build_refinement_map(args.data, out=args.out)
+
+
+def _cmd_scene_labels(args: argparse.Namespace) -> Path:
+    from camera_pose_ros.dataset.scene_labels import build_scene_labels
+
+    return build_scene_labels(args.data, out=args.out)
 
 
 def _cmd_export(args: argparse.Namespace) -> Path:
@@ -421,10 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for metrics.json, the predictions CSVs and the figures "
                         "(default DATA/eval_SPLIT/)")
     p.add_argument("--device", **device)
-    p.add_argument("--mode", default="auto", choices=("auto", "regress", "refine", "both"),
+    p.add_argument("--mode", default="auto",
+                   choices=("auto", "regress", "refine", "both", "scr-pnp"),
                    help="regress: the network alone; refine/both: also refine against the "
-                        "SfM map and report both side by side; auto: both when a "
-                        "refinement map is found")
+                        "SfM map and report both side by side; scr-pnp (structure-aware "
+                        "models): also PnP + RANSAC on the predicted scene coordinates; "
+                        "auto: every mode the checkpoint and a found refinement map allow")
     refine_opts(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -433,10 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p, intrinsics=False)
     p.add_argument("--out", type=Path, required=True, help="prediction CSV")
     p.add_argument("--device", **device)
-    p.add_argument("--mode", default="regress", choices=("regress", "refine"),
-                   help="regress: fast; refine: refine each pose against the SfM map "
-                        "(intrinsics from --camera-info, else the bag's camera_info, else "
-                        "the map's)")
+    p.add_argument("--mode", default="regress", choices=("regress", "refine", "scr-pnp"),
+                   help="regress: the network alone, fast; refine: refine each pose against "
+                        "the SfM map (intrinsics from --camera-info, else the bag's "
+                        "camera_info, else the map's); scr-pnp: a structure-aware model's "
+                        "scene coordinates solved by PnP + RANSAC (no map needed)")
     p.add_argument("--ground-truth", type=Path,
                    help="pose CSV of the same frames: match by stamp and write "
                         "OUT.metrics.json (errors, covariance honesty, refined share)")
@@ -453,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, help="default DATA/refinement_map.npz")
     p.set_defaults(func=_cmd_refinement_map)
+
+    p = sub.add_parser("scene-labels",
+                       help="SfM model + alignment -> DATA/scene_labels.npz (sparse scene "
+                            "coordinates and depths, for structure-aware models)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="default DATA/scene_labels.npz")
+    p.set_defaults(func=_cmd_scene_labels)
 
     p = sub.add_parser("calibrate",
                        help="fit a checkpoint's covariance calibration again (off-path views "
@@ -596,7 +622,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _preload_native(args: argparse.Namespace) -> None:
     """Import pycolmap before SIGTERM is handled: importing it installs a C++ failure
     handler for SIGTERM that would replace ours (and print a stack dump)."""
-    if args.command in ("dataset", "sfm", "refinement-map", "dashboard") or (
+    if args.command in ("dataset", "sfm", "refinement-map", "scene-labels", "dashboard",
+                        "train", "calibrate") or (
             args.command in ("evaluate", "localize") and args.mode != "regress"):
         try:
             import pycolmap  # noqa: F401

@@ -33,6 +33,7 @@ __all__ = [
     "umeyama_sim3",
     "fit_sim3_robust",
     "fit_sim3_samples",
+    "pose_covariance_from_reprojection",
     "umeyama_sim3_upright",
     "up_direction_from_rotations",
     "check_not_degenerate",
@@ -408,3 +409,36 @@ def rotation_errors_deg(pred_wxyz_N4: np.ndarray, gt_wxyz_N4: np.ndarray) -> np.
     g = g / np.linalg.norm(g, axis=-1, keepdims=True)
     dot = np.clip(np.abs(np.sum(p * g, axis=-1)), 0.0, 1.0)
     return np.degrees(2.0 * np.arccos(dot))
+
+
+def _project(points_N3: np.ndarray, rot_map_cam: np.ndarray, centre: np.ndarray,
+             params: np.ndarray) -> np.ndarray:
+    """Pixel coordinates of map points seen from ``map_from_cam`` (params fx, fy, cx, cy)."""
+    cam = (points_N3 - centre) @ rot_map_cam
+    return cam[:, :2] / cam[:, 2:3] * params[:2] + params[2:]
+
+
+def pose_covariance_from_reprojection(points2d_N2: np.ndarray, points3d_N3: np.ndarray,
+                                 rot_map_cam: np.ndarray, centre: np.ndarray,
+                                 camera_params: np.ndarray) -> np.ndarray:
+    """6x6 covariance (x, y, z, rotation about map x, y, z) of a camera pose from its inliers.
+
+    Gauss-Newton: ``sigma^2 (J^T J)^-1`` with ``J`` the Jacobian of the reprojection
+    residuals with respect to the camera centre and a small rotation about the map axes
+    (``R = exp(d) R0``), and ``sigma^2`` the residuals' variance.
+    """
+    params = np.asarray(camera_params, float)
+    base = _project(points3d_N3, rot_map_cam, centre, params)
+    resid = (base - points2d_N2).ravel()
+    eps = 1e-6
+    jac = np.empty((resid.size, 6))
+    for j in range(3):
+        d = np.zeros(3)
+        d[j] = eps
+        jac[:, j] = ((_project(points3d_N3, rot_map_cam, centre + d, params) - base)
+                     .ravel() / eps)
+        turned = Rotation.from_rotvec(d).as_matrix() @ rot_map_cam  # R = exp(d) R0
+        jac[:, 3 + j] = (_project(points3d_N3, turned, centre, params) - base).ravel() / eps
+    dof = max(1, resid.size - 6)
+    sigma2 = float(resid @ resid) / dof
+    return sigma2 * np.linalg.pinv(jac.T @ jac)

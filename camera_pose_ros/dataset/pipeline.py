@@ -21,6 +21,7 @@ from camera_pose_ros.dataset.references import (
     extract_priors,
 )
 from camera_pose_ros.dataset.refmap import build_refinement_map
+from camera_pose_ros.dataset.scene_labels import build_scene_labels
 from camera_pose_ros.dataset.sfm import SfMConfig, run_sfm
 from camera_pose_ros.dataset.split import SPLITS, SplitConfig, split_dataset
 from camera_pose_ros.errors import AlignmentError, CameraModelError
@@ -198,6 +199,7 @@ def build_dataset(
         ("align", lambda: align_dataset(out, control_points, align)),
         ("split", lambda: split_dataset(out, split, test_poses=test_poses)),
         ("refinement map", lambda: build_refinement_map(out)),
+        ("scene labels", lambda: build_scene_labels(out)),
     ]
     bar = tqdm(stages, desc="dataset", unit="stage", disable=not progress)
     for name, run in bar:

@@ -20,7 +20,7 @@ from torch import nn
 
 from camera_pose_ros.errors import CheckpointError, ConfigError
 
-__all__ = ["BACKBONES", "BackboneInfo", "build_backbone", "cached_weights_path"]
+__all__ = ["BACKBONES", "BackboneInfo", "build_backbone", "build_trunk", "cached_weights_path"]
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +115,42 @@ def build_backbone(name: str, pretrained: str = "auto",
         model.avgpool = nn.AdaptiveAvgPool2d((gh, gw))
         width *= gh * gw
     return model, BackboneInfo(name, width, path is not None, source)
+
+
+def build_trunk(name: str, pretrained: str = "auto", stride: int = 8
+                ) -> tuple[nn.Module, int, BackboneInfo]:
+    """The backbone ``name`` cut at output ``stride`` (a dense feature map, no pooling), for
+    dense heads (:mod:`camera_pose_ros.learning.structure`).
+
+    Returns the trunk, its output channels and how its weights were found.
+
+    Raises:
+        ConfigError: a backbone without a stride-``stride`` stage to cut at (googlenet).
+    """
+    model, info = build_backbone(name, pretrained)
+    if name.startswith("resnet"):
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1"]
+        names += ["layer2"] if stride >= 8 else []
+        names += ["layer3"] if stride >= 16 else []
+        stages = [model.get_submodule(n) for n in names]
+        trunk = nn.Sequential(*stages)
+    elif hasattr(model, "features"):  # efficientnet, mobilenet_v3: cut where stride ends
+        trunk = nn.Sequential()
+        probe = torch.zeros(1, 3, 64, 64)
+        with torch.no_grad():
+            features = model.features
+            assert isinstance(features, nn.Sequential)
+            for i, block in enumerate(features):
+                out = block(probe)
+                if 64 // out.shape[-1] > stride:
+                    break
+                trunk.add_module(str(i), block)
+                probe = out
+    else:
+        raise ConfigError(f"backbone {name} cannot be cut at stride {stride} for dense "
+                          "heads; use a resnet, efficientnet or mobilenet_v3")
+    with torch.no_grad():
+        trunk.eval()
+        channels = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
+    trunk.train()
+    return trunk, channels, BackboneInfo(name, channels, info.pretrained, info.weights_source)

@@ -11,9 +11,11 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from camera_pose_ros.errors import InputDataError
 from camera_pose_ros.fileio import atomic_path
 from camera_pose_ros.learning.checkpoint import load_checkpoint, load_plain
 from camera_pose_ros.learning.data import (
@@ -25,6 +27,7 @@ from camera_pose_ros.learning.data import (
 )
 from camera_pose_ros.learning.networks import PoseRegressor
 from camera_pose_ros.learning.predict import resolve_device
+from camera_pose_ros.learning.structure import StructureAwareNet, solve_poses
 from camera_pose_ros.learning.uncertainty import (
     error_vectors,
     fit_calibration,
@@ -34,7 +37,7 @@ from camera_pose_ros.learning.uncertainty import (
     novelty,
 )
 
-__all__ = ["fit_offpath_calibration", "recalibrate_checkpoint"]
+__all__ = ["fit_offpath_calibration", "fit_structure_calibration", "recalibrate_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,63 @@ def fit_offpath_calibration(model: PoseRegressor, transform: ImageTransform,
     return calib
 
 
+@torch.no_grad()
+def fit_structure_calibration(model: StructureAwareNet, transform: ImageTransform,
+                              data: str | os.PathLike, *, seed: int = 0,
+                              device: torch.device | str = "cpu", num_workers: int = 0
+                              ) -> dict:
+    """Calibration of a structure-aware model's covariances (plain data for the checkpoint).
+
+    The raw covariances (the Kabsch fit's residuals; PnP's reprojection residuals) are
+    scaled by ``k_pos``, ``k_rot`` fitted on the validation split's frames as recorded,
+    turned and relit (:class:`~camera_pose_ros.learning.data.OffPathViews`), as for the
+    regressors: the top level for the Kabsch pose, ``pnp`` for the scr-pnp mode.
+    """
+    device = torch.device(device)
+    val = load_split(data, "validation")
+    views = OffPathViews(data, val, transform, K=camera_matrix(data), seed=seed)
+    size = _image_size(data, val.images[0] if val.images else "")
+    out: dict[str, list[np.ndarray]] = {"kp": [], "kc": [], "pp": [], "pc": [], "ok": [],
+                                        "gt": []}
+    for x, p in DataLoader(views, batch_size=16, num_workers=num_workers):
+        x = x.to(device)
+        kp, kc, _ = solve_poses(model, x, [size] * len(x), solver="kabsch")
+        pp, pc, ok = solve_poses(model, x, [size] * len(x), solver="pnp")
+        for key, v in (("kp", kp), ("kc", kc), ("pp", pp), ("pc", pc), ("ok", ok),
+                       ("gt", p.double().numpy())):
+            out[key].append(v)
+    a = {k: np.concatenate(v) for k, v in out.items()}
+    good = np.all(np.isfinite(a["kp"]), 1)
+    calib = fit_calibration(error_vectors(a["kp"][good], a["gt"][good]), a["kc"][good],
+                            samples=0)
+    calib["method"] = "kabsch_residuals"
+    ok = a["ok"] & good
+    pnp = fit_calibration(error_vectors(a["pp"][ok], a["gt"][ok]), a["pc"][ok], samples=0,
+                          floor_pos=0.005, floor_rot=float(np.radians(0.1)))
+    pnp["method"] = "pnp_reprojection"
+    pnp["solved_share"] = float(ok.mean()) if len(ok) else 0.0
+    calib["pnp"] = pnp
+    calib["calibration_frames"] = int(len(good))
+    log.info("covariance calibration on %d off-path views of the validation split: Kabsch "
+             "k_pos %.3g, k_rot %.3g; PnP k_pos %.3g, k_rot %.3g (%.0f%% solved)",
+             len(good), calib["k_pos"], calib["k_rot"], pnp["k_pos"], pnp["k_rot"],
+             100 * pnp["solved_share"])
+    return calib
+
+
+def _image_size(data: str | os.PathLike, name: str) -> tuple[int, int]:
+    """(height, width) of the dataset's frames (camera.json, else the image itself)."""
+    import cv2
+
+    K = camera_matrix(data)
+    img = cv2.imread(str(Path(data) / "images" / name), cv2.IMREAD_COLOR) if name else None
+    if img is not None:
+        return int(img.shape[0]), int(img.shape[1])
+    if K is None:
+        raise InputDataError(f"cannot tell the frame size of {data}")
+    return int(round(2 * (K[1, 2] + 0.5))), int(round(2 * (K[0, 2] + 0.5)))
+
+
 def recalibrate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
                            out: str | os.PathLike | None = None, device: str = "auto",
                            samples: int | None = None) -> Path:
@@ -91,10 +151,14 @@ def recalibrate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLik
     payload = load_plain(checkpoint)
     old = payload.get("calibration") or {}
     dev = resolve_device(device)
-    calib = fit_offpath_calibration(
-        loaded.model.to(dev), loaded.transform, data,
-        samples=int(samples if samples is not None else old.get("samples", 20)),
-        device=dev)
+    if isinstance(loaded.model, StructureAwareNet):
+        calib = fit_structure_calibration(loaded.model.to(dev), loaded.transform, data,
+                                          device=dev)
+    else:
+        calib = fit_offpath_calibration(
+            loaded.model.to(dev), loaded.transform, data,
+            samples=int(samples if samples is not None else old.get("samples", 20)),
+            device=dev)
     payload["calibration"] = calib
     target = Path(out) if out is not None else Path(checkpoint)
     with atomic_path(target, suffix=".tmp") as tmp:

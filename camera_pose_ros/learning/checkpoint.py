@@ -34,7 +34,12 @@ from camera_pose_ros import CHECKPOINT_FORMAT_VERSION, __version__
 from camera_pose_ros.config import from_dict
 from camera_pose_ros.errors import CameraPoseError, CheckpointError
 from camera_pose_ros.fileio import atomic_path
-from camera_pose_ros.learning.backbones import BACKBONES, BackboneInfo, build_backbone
+from camera_pose_ros.learning.backbones import (
+    BACKBONES,
+    BackboneInfo,
+    build_backbone,
+    build_trunk,
+)
 from camera_pose_ros.learning.data import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from camera_pose_ros.learning.networks import PoseRegressor
 from camera_pose_ros.learning.registry import (
@@ -44,10 +49,11 @@ from camera_pose_ros.learning.registry import (
     model_spec,
     removed_kind_message,
 )
+from camera_pose_ros.learning.structure import StructureAwareNet
 
 __all__ = ["FORMAT", "NetworkConfig", "InputConfig", "Provenance", "CheckpointMeta",
            "LoadedModel", "save_checkpoint", "load_checkpoint", "build_regressor",
-           "build_network", "load_plain"]
+           "build_network", "load_plain", "PoseNetwork"]
 
 FORMAT = "camera_pose_ros.checkpoint"
 
@@ -64,24 +70,37 @@ class NetworkConfig:
     #: the head regresses (position - pos_mean) / pos_scale (training split's statistics)
     pos_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pos_scale: float = 1.0
+    #: structure-aware only: the depth head's range in metres, and the training camera's
+    #: intrinsics normalised by the image size (``learning.structure.intrinsics_at``);
+    #: ``hidden`` is then the heads' width and ``pos_mean``/``pos_scale`` normalise the
+    #: scene coordinates
+    depth_range: tuple[float, float] = (0.0, 0.0)
+    intrinsics: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> NetworkConfig:
         """From a checked ``model`` section (a missing kind is posenet, as format 1 wrote)."""
         grid = section.get("pool_grid", (1, 1))
         mean = section.get("pos_mean", (0.0, 0.0, 0.0))
+        depth = section.get("depth_range", (0.0, 0.0))
+        k = section.get("intrinsics", (0.0, 0.0, 0.0, 0.0))
         return cls(kind=model_spec(section.get("kind", ModelKind.POSENET.value)).kind,
                    backbone=str(section["backbone"]), hidden=int(section["hidden"]),
                    dropout=float(section["dropout"]),
                    pool_grid=(int(grid[0]), int(grid[1])),
                    pos_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
-                   pos_scale=float(section.get("pos_scale", 1.0)))
+                   pos_scale=float(section.get("pos_scale", 1.0)),
+                   depth_range=(float(depth[0]), float(depth[1])),
+                   intrinsics=(float(k[0]), float(k[1]), float(k[2]), float(k[3])))
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``model`` section."""
-        return {"kind": self.kind.value, "backbone": self.backbone, "hidden": self.hidden,
-                "pool_grid": list(self.pool_grid), "dropout": self.dropout,
-                "pos_mean": list(self.pos_mean), "pos_scale": self.pos_scale}
+        out = {"kind": self.kind.value, "backbone": self.backbone, "hidden": self.hidden,
+               "pool_grid": list(self.pool_grid), "dropout": self.dropout,
+               "pos_mean": list(self.pos_mean), "pos_scale": self.pos_scale}
+        if self.kind is ModelKind.STRUCTURE_AWARE:
+            out.update(depth_range=list(self.depth_range), intrinsics=list(self.intrinsics))
+        return out
 
     @property
     def spec(self) -> ModelSpec:
@@ -199,20 +218,30 @@ class CheckpointMeta:
                 "calibration": dict(self.calibration)}
 
 
+#: what a checkpoint's network is: a regressor (PoseNet, MapNet) or a structure-aware net
+PoseNetwork = PoseRegressor | StructureAwareNet
+
+
 def build_network(model_cfg: NetworkConfig | Mapping[str, Any], pretrained: str = "none"
-                  ) -> tuple[PoseRegressor, BackboneInfo]:
-    """The regressor of a ``model`` section and its backbone info (whether pretrained
-    weights were loaded, from where). Every kind in the registry shares this network."""
+                  ) -> tuple[PoseNetwork, BackboneInfo]:
+    """The network of a ``model`` section and its backbone info (whether pretrained
+    weights were loaded, from where): the regressor PoseNet and MapNet share, or the
+    structure-aware network."""
     net = model_cfg if isinstance(model_cfg, NetworkConfig) else NetworkConfig.from_dict(
         model_cfg)
+    if net.kind is ModelKind.STRUCTURE_AWARE:
+        trunk, channels, info = build_trunk(net.backbone, pretrained)
+        return StructureAwareNet(trunk, channels, width=net.hidden, scene_mean=net.pos_mean,
+                                 scene_scale=net.pos_scale, depth_range=net.depth_range,
+                                 intrinsics_norm=net.intrinsics), info
     backbone, info = build_backbone(net.backbone, pretrained, net.pool_grid)
     return PoseRegressor(backbone, info.feature_dim, hidden=net.hidden, dropout=net.dropout,
                          pos_mean=net.pos_mean, pos_scale=net.pos_scale), info
 
 
 def build_regressor(model_cfg: NetworkConfig | Mapping[str, Any],
-                    pretrained: str = "none") -> PoseRegressor:
-    """A PoseRegressor from a ``model`` section."""
+                    pretrained: str = "none") -> PoseNetwork:
+    """The network of a ``model`` section (:func:`build_network` without the info)."""
     return build_network(model_cfg, pretrained)[0]
 
 
@@ -220,7 +249,7 @@ _META_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointMeta)) - {
     "model", "input", "map_frame", "format_version", "package_version", "created"}
 
 
-def save_checkpoint(path: str | os.PathLike, model: PoseRegressor, *,
+def save_checkpoint(path: str | os.PathLike, model: PoseNetwork, *,
                     model_cfg: NetworkConfig | Mapping[str, Any],
                     input_cfg: InputConfig | Mapping[str, Any], map_frame: str,
                     extra: Mapping[str, Any] | None = None) -> Path:
@@ -268,7 +297,7 @@ def save_checkpoint(path: str | os.PathLike, model: PoseRegressor, *,
 class LoadedModel:
     """A checkpoint rebuilt: the network (eval mode), its input transform and metadata."""
 
-    model: PoseRegressor
+    model: PoseNetwork
     transform: ImageTransform
     meta: CheckpointMeta
 
@@ -357,6 +386,12 @@ def _check_payload(data: dict) -> str | None:
     scale = model.get("pos_scale", 1.0)
     if not _is_number(scale) or scale <= 0:
         return f"model.pos_scale is {scale!r}, not a positive number"
+    if kind == ModelKind.STRUCTURE_AWARE.value:
+        depth, k = model.get("depth_range"), model.get("intrinsics")
+        if not (depth is not None and _numbers(depth, 2) and 0 < depth[0] < depth[1]):
+            return f"model.depth_range is {depth!r}, not two increasing positive numbers"
+        if not (k is not None and _numbers(k, 4) and min(k) > 0):
+            return f"model.intrinsics is {k!r}, not four positive numbers"
     for key in ("height", "width"):
         if not _is_int(inp.get(key)) or not 8 <= inp[key] <= 8192:
             return f"input.{key} is {inp.get(key)!r}, not an integer in [8, 8192]"

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from camera_pose_ros.errors import InputDataError, SplitError
 from camera_pose_ros.io.posecsv import PoseTable, read_poses
+from camera_pose_ros.io.scenelabels import SceneLabels
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -33,6 +34,7 @@ __all__ = [
     "TupleDataset",
     "tuple_starts",
     "poses_tensor",
+    "SceneLabelDataset",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -253,3 +255,102 @@ class OffPathViews(Dataset):
             gain = rng.uniform(0.6, 1.3, 3).astype(np.float32)
             rgb = np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
         return self.transform(rgb), torch.as_tensor(pose, dtype=torch.float32)
+
+
+class SceneLabelDataset(Dataset):
+    """Frames of a split with their sparse scene labels, for structure-aware training.
+
+    Images are decoded and resized to the network's input size once (kept in memory as
+    uint8). Each item is a dict: ``image`` (3, H, W), ``rot`` (3, 3) and ``t`` (3,) of
+    ``map_from_cam``, ``pose`` (7,), and up to ``max_labels`` labels: ``uv`` (M, 2) pixels
+    of the input image, ``xyz`` (M, 3) map points, ``depth`` (M,) their z in the camera
+    frame (computed from the pose, so that it stays exact under augmentation), ``mask``
+    (M,). Frames without labels (not registered by SfM) have an all-false mask.
+
+    Augmentation keeps the labels valid: colour and blur leave them as they are; a rotation
+    about the camera centre (``rotation_deg``, with ``K`` of the stored images) moves each
+    label's pixel by the same homography as the image and changes its depth with the pose.
+    """
+
+    def __init__(self, data: str | os.PathLike, table: PoseTable, labels: SceneLabels,
+                 transform: ImageTransform, *, augment: bool = False, seed: int = 0,
+                 rotation_deg: float = 0.0, K: np.ndarray | None = None,
+                 max_labels: int = 512, progress: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.table = table
+        self.names = _image_names(table)
+        self.poses_N7 = poses_tensor(table)
+        self.transform = transform
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.max_labels = max_labels
+        root = Path(data) / "images"
+        row = labels.index()
+        self.images: list[np.ndarray] = []
+        self.labels: list[tuple[np.ndarray, np.ndarray]] = []
+        sx = sy = 1.0
+        for name in tqdm(self.names, desc="load frames", unit="frame", disable=not progress):
+            rgb = _read_rgb(root / name)
+            h, w = rgb.shape[:2]
+            sx, sy = transform.width / w, transform.height / h
+            self.images.append(cv2.resize(rgb, (transform.width, transform.height),
+                                          interpolation=cv2.INTER_AREA))
+            if name in row:
+                uv, xyz, _ = labels.frame(row[name])
+                uv_in = np.stack([(uv[:, 0] + 0.5) * sx - 0.5, (uv[:, 1] + 0.5) * sy - 0.5], 1)
+                self.labels.append((uv_in.astype(np.float32), xyz.astype(np.float32)))
+            else:
+                self.labels.append((np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32)))
+        self.labelled = int(sum(len(u) > 0 for u, _ in self.labels))
+        self.K_in: np.ndarray | None = None
+        if K is not None:  # intrinsics at the input size (pixel centres scale about corners)
+            self.K_in = np.array([[K[0, 0] * sx, 0.0, (K[0, 2] + 0.5) * sx - 0.5],
+                                  [0.0, K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5],
+                                  [0.0, 0.0, 1.0]])
+        self.rotation_deg = rotation_deg if self.K_in is not None else 0.0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from scipy.spatial.transform import Rotation
+
+        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
+        rgb, pose = self.images[i], self.poses_N7[i].numpy().astype(np.float64)
+        uv, xyz = self.labels[i]
+        if rng is not None and self.rotation_deg > 0 and self.K_in is not None:
+            lim = np.radians(self.rotation_deg) * np.array([0.5, 1.0, 1.0 / 3.0])
+            rotvec = rng.uniform(-lim, lim)
+            rgb, pose32 = rotate_view(rgb, pose.astype(np.float32), self.K_in, rotvec)
+            pose = pose32.astype(np.float64)
+            if len(uv):
+                H = self.K_in @ Rotation.from_rotvec(rotvec).as_matrix().T @ np.linalg.inv(
+                    self.K_in)
+                hom = np.c_[uv, np.ones(len(uv))] @ H.T
+                uv = (hom[:, :2] / hom[:, 2:3]).astype(np.float32)
+                inside = ((uv[:, 0] >= 0) & (uv[:, 0] <= rgb.shape[1] - 1)
+                          & (uv[:, 1] >= 0) & (uv[:, 1] <= rgb.shape[0] - 1))
+                uv, xyz = uv[inside], xyz[inside]
+        q = pose[3:]
+        rot = Rotation.from_quat([q[1], q[2], q[3], q[0]]).as_matrix()
+        m = self.max_labels
+        if len(uv) > m:
+            pick = (rng.choice(len(uv), m, replace=False) if rng is not None
+                    else np.linspace(0, len(uv) - 1, m).astype(int))
+            uv, xyz = uv[pick], xyz[pick]
+        depth = ((xyz - pose[:3]) @ rot)[:, 2] if len(xyz) else np.zeros(0)
+        keep = depth > 1e-3
+        uv, xyz, depth = uv[keep], xyz[keep], depth[keep]
+        k = len(uv)
+        out_uv = np.zeros((m, 2), np.float32)
+        out_xyz = np.zeros((m, 3), np.float32)
+        out_d = np.zeros(m, np.float32)
+        out_uv[:k], out_xyz[:k], out_d[:k] = uv, xyz, depth
+        mask = np.zeros(m, bool)
+        mask[:k] = True
+        return {"image": self.transform(rgb, rng), "pose": torch.from_numpy(
+                    pose.astype(np.float32)),
+                "rot": torch.from_numpy(rot.astype(np.float32)),
+                "t": torch.from_numpy(pose[:3].astype(np.float32)),
+                "uv": torch.from_numpy(out_uv), "xyz": torch.from_numpy(out_xyz),
+                "depth": torch.from_numpy(out_d), "mask": torch.from_numpy(mask)}

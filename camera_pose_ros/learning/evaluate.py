@@ -97,6 +97,33 @@ class _Refined:
                 "inliers": [str(v) for v in self.inliers]}
 
 
+class _Solved:
+    """A structure-aware model's scr-pnp poses (PnP on its scene coordinates), collected
+    batch by batch beside the direct poses."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.poses: list[np.ndarray] = []
+        self.covs: list[np.ndarray] = []
+        self.solved: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def __call__(self, images: list[np.ndarray], poses: np.ndarray, covs: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        p, c = self.predictor.predict(images)
+        self.seconds += time.perf_counter() - t0
+        self.poses.append(p)
+        self.covs.append(c)
+        self.solved.append(self.predictor.last_solved.copy())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 7) poses, (N, 6, 6) covariances and (N,) solved flags."""
+        if not self.poses:
+            return np.zeros((0, 7)), np.zeros((0, 6, 6)), np.zeros(0, bool)
+        return (np.concatenate(self.poses), np.concatenate(self.covs),
+                np.concatenate(self.solved))
+
+
 def prediction_table(stamps_ns: np.ndarray, poses_N7: np.ndarray, cov_N66: np.ndarray,
                      images: list[str] | None = None) -> PoseTable:
     """A pose table with the upper triangle of each covariance as ``cov_ij`` columns."""
@@ -165,7 +192,7 @@ def _predict_batches(predictor: Predictor, images: Iterable[np.ndarray], batch: 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: str = "test",
              out: str | os.PathLike | None = None, device: str = "auto",
              progress: bool = True, refiner: PoseRefiner | None = None,
-             exclude_split_from_map: bool = True) -> Path:
+             exclude_split_from_map: bool = True, scr_pnp: bool = False) -> Path:
     """Evaluate ``checkpoint`` on ``DATA/<split>.csv``; write metrics JSON and figures.
 
     With a ``refiner`` every regressed pose is also refined and the JSON gains ``modes``:
@@ -183,13 +210,18 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
     CSVs and the figures go inside it; a refined-predictions CSV of an earlier run that this
     run does not write is removed, so the folder never mixes two runs.
 
+    With ``scr_pnp`` (a structure-aware checkpoint) the poses PnP + RANSAC solves from the
+    predicted scene coordinates are reported too, as ``modes.scr-pnp`` (the top level stays
+    the network's direct pose), with ``predictions_<split>_scr_pnp.csv``.
+
     Returns the metrics JSON path (``OUT/metrics.json``).
     """
     import cv2
 
     data = Path(data)
     out = (Path(out) if out else data / f"eval_{split}") / "metrics.json"
-    predictor = Predictor(load_checkpoint(checkpoint), device=device)
+    predictor_loaded = load_checkpoint(checkpoint)
+    predictor = Predictor(predictor_loaded, device=device)
     table = load_split(data, split)
     gt = poses_tensor(table).double().numpy()
 
@@ -204,8 +236,16 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
     if refiner is not None:
         refined = _Refined(refiner, exclude=tuple(table.images or ()) if exclude_split_from_map
                            else ())
+    solved = _Solved(Predictor(predictor_loaded, device=device, solver="pnp")) if (
+        scr_pnp) else None
+
+    def on_batch(images: list[np.ndarray], poses: np.ndarray, covs: np.ndarray) -> None:
+        for hook in (refined, solved):
+            if hook is not None:
+                hook(images, poses, covs)
+
     pred, cov, seconds = _predict_batches(predictor, images(), 16, f"evaluate {split}",
-                                          progress, refined)
+                                          progress, on_batch)
     metrics = {"split": split, "checkpoint": str(checkpoint),
                **error_summary(pred[:, :3], pred[:, 3:], gt[:, :3], gt[:, 3:])}
     metrics["ms_per_frame"] = 1000.0 * seconds / max(len(pred), 1)
@@ -232,9 +272,10 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
                                                                  position_errors_m=t_err)
     table_rows = {"regress": metrics}
     out.parent.mkdir(parents=True, exist_ok=True)
-    stale = out.parent / f"predictions_{split}_refined.csv"
-    if refined is None and stale.exists():  # an earlier run's refined poses
-        stale.unlink()
+    for hook, suffix in ((refined, "refined"), (solved, "scr_pnp")):
+        stale = out.parent / f"predictions_{split}_{suffix}.csv"
+        if hook is None and stale.exists():  # an earlier run's poses of that mode
+            stale.unlink()
     table_p = prediction_table(table.stamps_ns, pred, cov, table.images)
     if near is not None:
         table_p.extra.update(near[0].columns())
@@ -272,6 +313,31 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
         log.info("evaluate %s refined: median %.3f m, %.2f deg, %.0f%% refined", split,
                  ref["median_position_m"], ref["median_rotation_deg"],
                  100 * ref["refined_share"])
+    if solved is not None:
+        sp, sc, ok = solved.arrays()
+        spnp = {**error_summary(sp[:, :3], sp[:, 3:], gt[:, :3], gt[:, 3:]),
+                "solved_share": float(np.mean(ok)) if len(ok) else 0.0,
+                "ms_per_frame": 1000.0 * solved.seconds / max(len(sp), 1),
+                "uncertainty": coverage(error_vectors(sp, gt), sc),
+                **honesty_summary(_errors(sp, gt), sc)}
+        table_rows["scr-pnp"] = spnp
+        metrics.setdefault("modes", {"regress": {k: v for k, v in metrics.items()
+                                                 if k not in ("split", "checkpoint")}})
+        metrics["modes"]["scr-pnp"] = spnp
+        curves["scr-pnp"] = (np.linalg.norm(sp[:, :3] - gt[:, :3], axis=1),
+                             rotation_errors_deg(sp[:, 3:], gt[:, 3:]))
+        tracks["scr-pnp"] = sp[:, :3]
+        if near is not None:
+            spnp["nearest_view"] = near[1] | nearest_view_summary(
+                near[0], position_errors_m=curves["scr-pnp"][0])
+        table_s = prediction_table(table.stamps_ns, sp, sc, table.images)
+        table_s.extra["pnp_solved"] = [str(int(v)) for v in ok]
+        write_poses(out.parent / f"predictions_{split}_scr_pnp.csv", table_s)
+        title += (f"; scr-pnp {spnp['median_position_m'] * 100:.1f} cm, "
+                  f"{spnp['median_rotation_deg']:.2f} deg")
+        log.info("evaluate %s scr-pnp: median %.3f m, %.2f deg, %.0f%% solved", split,
+                 spnp["median_position_m"], spnp["median_rotation_deg"],
+                 100 * spnp["solved_share"])
     plot_error_cdf(out.parent / f"error_cdf_{split}.png", curves)
     plan_path = data / "floorplan.yaml"
     plan = FloorPlan.load(plan_path) if plan_path.exists() else None

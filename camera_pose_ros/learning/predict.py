@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.learning.checkpoint import LoadedModel
+from camera_pose_ros.learning.networks import PoseRegressor
+from camera_pose_ros.learning.structure import SOLVERS, StructureAwareNet, solve_poses
 from camera_pose_ros.learning.uncertainty import (
     apply_calibration,
     mc_samples,
@@ -18,7 +21,6 @@ __all__ = ["Predictor", "resolve_device"]
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    from camera_pose_ros.errors import ConfigError
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -30,12 +32,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Predictor:
-    """Batched pose prediction with MC-dropout covariance from a loaded checkpoint."""
+    """Batched pose prediction with calibrated covariances from a loaded checkpoint.
+
+    Regressors (PoseNet, MapNet): MC-dropout covariance. Structure-aware models: the
+    weighted Kabsch pose (``solver`` ``kabsch``) or PnP + RANSAC on the predicted scene
+    coordinates (``solver`` ``pnp``, the ``scr-pnp`` mode), covariances from their residuals.
+    """
 
     def __init__(self, loaded: LoadedModel, *, device: str = "auto",
-                 samples: int | None = None) -> None:
+                 samples: int | None = None, solver: str = "kabsch") -> None:
         self.device = resolve_device(device)
         self.model = loaded.model.to(self.device).eval()
+        self.structure = isinstance(self.model, StructureAwareNet)
+        if solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        if solver == "pnp" and not self.structure:
+            raise ConfigError(f"the scr-pnp mode needs a structure-aware model; this "
+                              f"checkpoint is {loaded.meta.kind} (use regress or refine)")
+        self.solver = solver
+        #: frames of the last batch that PnP solved (scr-pnp mode)
+        self.last_solved = np.zeros(0, bool)
         self.transform = loaded.transform
         self.calibration = loaded.meta.calibration
         self.samples = int(samples if samples is not None
@@ -54,29 +70,56 @@ class Predictor:
             self.half = True
         return self.half
 
+    def _regressor(self) -> PoseRegressor:
+        if not isinstance(self.model, PoseRegressor):
+            raise ConfigError("features and predict_features are a regressor's (PoseNet, "
+                              "MapNet); a structure-aware model predicts from images")
+        return self.model
+
     @torch.no_grad()
     def features(self, images_rgb: list[np.ndarray]) -> torch.Tensor:
-        """Backbone features (B, D) of RGB uint8 images."""
+        """Backbone features (B, D) of RGB uint8 images (regressors)."""
         batch = torch.stack([self.transform(img) for img in images_rgb]).to(self.device)
-        return self.model.features(batch.half() if self.half else batch)
+        return self._regressor().features(batch.half() if self.half else batch)
 
     @torch.no_grad()
     def predict_features(self, feats_BD: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Poses (B, 7) and calibrated covariances (B, 6, 6) from backbone features."""
-        poses = self.model.decode(self.model.head(feats_BD)).double().cpu().numpy()
+        """Poses (B, 7) and calibrated covariances (B, 6, 6) from backbone features
+        (regressors)."""
+        model = self._regressor()
+        poses = model.decode(model.head(feats_BD)).double().cpu().numpy()
         if self.samples < 2:
             cov = np.repeat(np.eye(6)[None], len(poses), 0)
         else:
             _, cov = mean_and_covariance(
-                mc_samples(self.model, feats_BD, self.samples).double().cpu().numpy())
+                mc_samples(model, feats_BD, self.samples).double().cpu().numpy())
         if self.calibration:
             nov = None
             if self.novelty_index is not None:
                 nov = novelty(self.novelty_index,
-                              self.model.norm(feats_BD).double().cpu().numpy())
+                              model.norm(feats_BD).double().cpu().numpy())
             cov = apply_calibration(cov, self.calibration, nov)
         return poses, cov
 
     def predict(self, images_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Poses (B, 7: x, y, z, qw, qx, qy, qz) and covariances (B, 6, 6, REP 103 order)."""
+        if self.structure:
+            return self._predict_structure(images_rgb)
         return self.predict_features(self.features(images_rgb))
+
+    @torch.no_grad()
+    def _predict_structure(self, images_rgb: list[np.ndarray]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        batch = torch.stack([self.transform(img) for img in images_rgb]).to(self.device)
+        assert isinstance(self.model, StructureAwareNet)
+        poses, raw, solved = solve_poses(self.model, batch.half() if self.half else batch,
+                                         [img.shape[:2] for img in images_rgb],
+                                         solver=self.solver)
+        self.last_solved = solved
+        cov = raw
+        if self.calibration:
+            cov = apply_calibration(raw, self.calibration)
+            pnp = self.calibration.get("pnp")
+            if solved.any() and isinstance(pnp, dict):
+                cov[solved] = apply_calibration(raw[solved], pnp)
+        return poses, cov

@@ -30,7 +30,8 @@ from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.learning.backbones import BACKBONES
 from camera_pose_ros.learning.losses import LossKind, MapNetLoss, PoseLoss
 
-__all__ = ["ModelKind", "TrainConfig", "PoseNetConfig", "MapNetConfig", "ModelSpec",
+__all__ = ["ModelKind", "TrainConfig", "PoseNetConfig", "MapNetConfig",
+           "StructureAwareConfig", "ModelSpec",
            "MODELS", "REMOVED", "model_spec", "removed_kind_message", "train_config"]
 
 
@@ -39,6 +40,7 @@ class ModelKind(str, Enum):
 
     POSENET = "posenet"
     MAPNET = "mapnet"
+    STRUCTURE_AWARE = "structure_aware"
 
     def __str__(self) -> str:
         return self.value
@@ -165,6 +167,47 @@ class MapNetConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class StructureAwareConfig(TrainConfig):
+    """Structure-aware direct pose estimation (Blanton, Workman and Jacobs): scene
+    coordinates and depth at stride 8, a weighting network and a weighted Kabsch step
+    (learning/structure.py). Trains on the dataset's scene labels in two stages: geometry
+    alone for ``geometry_epochs`` (L1 on scene coordinates and depth), then the pose through
+    the Kabsch step as well (L1 on rotation matrix and translation, ``pose_weight``), the
+    trunk and geometry heads at ``geometry_lr_scale`` times the learning rate.
+
+    ``hidden``, ``dropout``, ``pool_grid``, ``loss``, ``beta``, ``augment_copies`` and
+    ``mc_samples`` belong to the regressors and are not used.
+    """
+
+    model: ModelKind = ModelKind.STRUCTURE_AWARE
+    head_width: int = 128
+    geometry_epochs: int = 40
+    pose_weight: float = 1.0
+    depth_weight: float = 1.0
+    geometry_lr_scale: float = 0.1
+    max_labels: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("head_width", self.head_width, low=8, high=4096)
+        check_range("geometry_epochs", self.geometry_epochs, low=0, high=self.epochs)
+        check_range("max_labels", self.max_labels, low=16, high=100_000)
+        for key in ("pose_weight", "depth_weight"):
+            check_range(key, getattr(self, key), low=0)
+        check_range("geometry_lr_scale", self.geometry_lr_scale, low=0, high=1)
+        if self.input_height % 8 or self.input_width % 8:
+            raise ConfigError(f"structure_aware needs an input size divisible by 8 (one "
+                              f"scene coordinate per 8x8 pixels), got {self.input_height}x"
+                              f"{self.input_width}")
+
+    def build_loss(self) -> nn.Module:
+        """Geometry (scene coordinates, depth) and pose loss (learning/structure.py)."""
+        from camera_pose_ros.learning.structure import StructureLoss
+
+        return StructureLoss(depth_weight=self.depth_weight, pose_weight=self.pose_weight)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model kind: its name in configs and checkpoints, and its training schema."""
 
@@ -185,6 +228,10 @@ MODELS: dict[str, ModelSpec] = {
     "mapnet": ModelSpec(ModelKind.MAPNET, "MapNet", MapNetConfig,
                         "absolute pose regression trained with relative terms over tuples of "
                         "nearby frames"),
+    "structure_aware": ModelSpec(ModelKind.STRUCTURE_AWARE, "Structure-aware",
+                                 StructureAwareConfig,
+                                 "scene coordinates and depth at stride 8 with a weighted "
+                                 "Kabsch step: direct pose, or PnP on the scene coordinates"),
 }
 
 #: kinds that were removed: spelling -> (title, why)

@@ -42,6 +42,7 @@ from camera_pose_ros.config import load_yaml, to_dict
 from camera_pose_ros.errors import CheckpointError, ConfigError, InputDataError, TrainingError
 from camera_pose_ros.fileio import atomic_path, write_text_atomic
 from camera_pose_ros.io.refmap import REFINEMENT_MAP
+from camera_pose_ros.io.scenelabels import MISSING_LABELS_HINT, load_scene_labels
 from camera_pose_ros.learning.calibrate import fit_offpath_calibration
 from camera_pose_ros.learning.checkpoint import (
     InputConfig,
@@ -53,6 +54,7 @@ from camera_pose_ros.learning.checkpoint import (
 from camera_pose_ros.learning.data import (
     ImageTransform,
     PoseImageDataset,
+    SceneLabelDataset,
     TupleDataset,
     camera_matrix,
     load_split,
@@ -61,7 +63,13 @@ from camera_pose_ros.learning.data import (
 )
 from camera_pose_ros.learning.networks import PoseRegressor
 from camera_pose_ros.learning.predict import resolve_device
-from camera_pose_ros.learning.registry import MODELS, TrainConfig, train_config
+from camera_pose_ros.learning.registry import (
+    MODELS,
+    StructureAwareConfig,
+    TrainConfig,
+    train_config,
+)
+from camera_pose_ros.learning.structure import StructureAwareNet
 from camera_pose_ros.metrics import error_summary
 
 __all__ = ["TrainConfig", "load_train_config", "train"]
@@ -132,6 +140,7 @@ class _Run:
             pool_grid=cfg.pool_grid, pos_mean=(mean[0], mean[1], mean[2]),
             pos_scale=pos_scale)
         model, self.backbone_info = build_network(self.model_cfg, cfg.pretrained)
+        assert isinstance(model, PoseRegressor)
         self.model: PoseRegressor = model.to(self.device)
         #: (steps, skip) of the tuples a MapNet trains on; None: single frames
         self.tuples = cfg.tuple_layout()
@@ -143,13 +152,15 @@ class _Run:
         self.aug_transform = replace(self.transform, color_jitter=cfg.color_jitter,
                                      blur_probability=cfg.blur_probability)
         self.loss = cfg.build_loss().to(self.device)
+        self.loss_name = str(cfg.loss)
         if cfg.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += [p for p in self.loss.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.epochs)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.epochs))
         # full fine-tuning runs image -> loss through one module, so that under torchrun
         # DistributedDataParallel sees the forward pass and averages every gradient (the
         # network's and the learned loss weights') across processes
@@ -208,6 +219,17 @@ class _Run:
         # augmented copies carry their own poses (rotation augmentation changes them)
         self.train_targets = torch.cat([p for _, p in copies]).to(self.device)
 
+    def prepare(self) -> None:
+        """Work before the first epoch: cached features when the backbone is frozen."""
+        if self.cfg.freeze_backbone:
+            self.cache_features()
+
+    def epoch(self, epoch: int, step: int) -> tuple[float, int]:
+        """One training epoch; returns the mean loss and the global step."""
+        if self.cfg.freeze_backbone:
+            return self.epoch_cached(epoch, step)
+        return self.epoch_full(epoch, step)
+
     # -- one epoch --------------------------------------------------------------------------
     def _step(self, raw: torch.Tensor, target_poses: torch.Tensor, step: int) -> float:
         return self._backward(self.loss(raw, self.model.encode(target_poses)), step)
@@ -215,7 +237,7 @@ class _Run:
     def _backward(self, loss: torch.Tensor, step: int) -> float:
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"loss '{self.cfg.loss}' became {loss.item()} at step {step}; training stopped "
+                f"loss '{self.loss_name}' became {loss.item()} at step {step}; training stopped "
                 f"(lower lr, or use a robust loss); the last good checkpoint is kept at "
                 f"{self.out / 'last.pt'}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -336,6 +358,149 @@ class _Run:
         if "state" in best:
             best["state"] = {k: v.to(self.device) for k, v in best["state"].items()}
         return int(state["epoch"]), int(state["step"]), best
+
+
+class _StructureRun(_Run):
+    """A structure-aware training run (learning/structure.py): the two stages of the paper
+    over :class:`~camera_pose_ros.learning.data.SceneLabelDataset` frames, full training
+    (the trunk trains unless ``freeze_backbone``), single process."""
+
+    model: StructureAwareNet  # type: ignore[assignment]
+
+    def __init__(self, cfg: TrainConfig, data: Path, out: Path, progress: bool = True) -> None:
+        if not isinstance(cfg, StructureAwareConfig):
+            raise ConfigError(f"a structure-aware run needs its config, not {type(cfg)}")
+        self.cfg, self.sa, self.data, self.out = cfg, cfg, data, out
+        self.world, self.rank = 1, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("structure_aware trains in one process (no torchrun)")
+        self.bars = progress
+        self.device = resolve_device(cfg.device)
+        self.train_table = load_split(data, "train")
+        self.val_table = load_split(data, "validation")
+        self.train_poses = poses_tensor(self.train_table)
+        self.val_poses = poses_tensor(self.val_table)
+        labels = load_scene_labels(data)
+        self.K = camera_matrix(data)
+        if self.K is None:
+            raise InputDataError(f"{data} has no camera.json: a structure-aware model needs "
+                                 "the camera's intrinsics (camera-pose frames writes it)")
+        self.transform = ImageTransform(cfg.input_height, cfg.input_width)
+        self.aug_transform = replace(self.transform, color_jitter=cfg.color_jitter,
+                                     blur_probability=cfg.blur_probability)
+        self.train_set = SceneLabelDataset(
+            data, self.train_table, labels, self.aug_transform, augment=True, seed=cfg.seed,
+            rotation_deg=cfg.rotation_augment_deg, K=self.K, max_labels=cfg.max_labels,
+            progress=progress)
+        if self.train_set.labelled == 0:
+            raise InputDataError(f"no training frame of {data} has scene labels; "
+                                 f"{MISSING_LABELS_HINT}")
+        self.val_set = SceneLabelDataset(data, self.val_table, labels, self.transform,
+                                         max_labels=cfg.max_labels, progress=progress)
+        xyz = labels.xyz.astype(np.float64)
+        depth = labels.depth.astype(np.float64)
+        lo, hi = np.quantile(depth, [0.005, 0.995])
+        w_img, h_img = labels.image_size
+        cam = json.loads((data / "camera.json").read_text())
+        from camera_pose_ros.camera import PinholeCamera
+
+        pc = PinholeCamera.from_dict(cam)
+        self.model_cfg = NetworkConfig(
+            kind=cfg.model, backbone=cfg.backbone, hidden=cfg.head_width, dropout=0.0,
+            pos_mean=tuple(float(v) for v in xyz.mean(0)),  # type: ignore[arg-type]
+            pos_scale=float(max(xyz.std(0).max(), 1e-3)),
+            depth_range=(float(max(lo * 0.5, 0.05)), float(hi * 1.5)),
+            intrinsics=(pc.fx / pc.width, pc.fy / pc.height, (pc.cx + 0.5) / pc.width,
+                        (pc.cy + 0.5) / pc.height))
+        if (w_img, h_img) != (pc.width, pc.height):
+            raise InputDataError(f"{data}: scene labels are for {w_img}x{h_img} frames, "
+                                 f"camera.json for {pc.width}x{pc.height}; {MISSING_LABELS_HINT}")
+        model, self.backbone_info = build_network(self.model_cfg, cfg.pretrained)
+        assert isinstance(model, StructureAwareNet)
+        self.model = model.to(self.device)
+        self.tuples = None
+        self.loss = cfg.build_loss().to(self.device)
+        self.loss_name = "structure_aware"
+        if cfg.freeze_backbone:
+            for p in self.model.trunk.parameters():
+                p.requires_grad_(False)
+        geometry = [p for p in self.model.geometry_parameters() if p.requires_grad]
+        weighting = list(self.model.weighting.parameters())
+        self.optimizer = torch.optim.AdamW(
+            [{"params": geometry, "lr": cfg.lr}, {"params": weighting, "lr": cfg.lr}],
+            lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            self._geometry_lr, self._weighting_lr])
+        self.parts: dict[str, float] = {}
+
+    # learning-rate factors of the two parameter groups, per epoch (cosine in each stage)
+    def _cosine(self, epoch: int, start: int, end: int) -> float:
+        span = max(end - start, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(max(epoch - start, 0), span) / span))
+
+    def _geometry_lr(self, epoch: int) -> float:
+        g = self.sa.geometry_epochs
+        if epoch < g:
+            return self._cosine(epoch, 0, g) * 0.98 + 0.02
+        return self.sa.geometry_lr_scale * self._cosine(epoch, g, self.sa.epochs)
+
+    def _weighting_lr(self, epoch: int) -> float:
+        g = self.sa.geometry_epochs
+        return 0.0 if epoch < g else self._cosine(epoch, g, self.sa.epochs)
+
+    def prepare(self) -> None:
+        """Nothing to cache: every epoch runs the whole network."""
+
+    def epoch(self, epoch: int, step: int) -> tuple[float, int]:
+        """One epoch: geometry alone before ``geometry_epochs``, then with the pose."""
+        cfg = self.sa
+        with_pose = epoch >= cfg.geometry_epochs
+        self.train_set.epoch = epoch
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True,
+                            generator=g, num_workers=cfg.num_workers,
+                            drop_last=len(self.train_set) > cfg.batch_size)
+        self.model.train()
+        losses, parts = [], []
+        hw = (cfg.input_height, cfg.input_width)
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                          disable=not self.bars):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model(batch["image"])
+            loss, part = self.loss(out, batch, hw, with_pose)
+            losses.append(self._backward(loss, step))
+            parts.append(part)
+            step += 1
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        self.parts = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+        log.debug("epoch %d: %s", epoch + 1, self.parts)
+        return float(np.mean(losses)), step
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict, np.ndarray]:
+        """Validation metrics and the Kabsch poses."""
+        from camera_pose_ros.geometry import quat_wxyz_from_rotmat
+
+        self.model.eval()
+        loader = DataLoader(self.val_set, batch_size=16, num_workers=self.cfg.num_workers)
+        poses = []
+        for batch in loader:
+            out = self.model(batch["image"].to(self.device))
+            rot, t = out["rot"].double().cpu().numpy(), out["t"].double().cpu().numpy()
+            poses += [np.concatenate([t[i], quat_wxyz_from_rotmat(rot[i])])
+                      for i in range(len(t))]
+        p = np.array(poses)
+        gt = self.val_poses.double().numpy()
+        return error_summary(p[:, :3], p[:, 3:], gt[:, :3], gt[:, 3:]), p
+
+    def calibrate(self) -> dict:
+        """Covariance calibration of the Kabsch and the PnP poses, off the training path."""
+        from camera_pose_ros.learning.calibrate import fit_structure_calibration
+
+        return fit_structure_calibration(self.model, self.transform, self.data,
+                                         device=self.device, seed=self.cfg.seed,
+                                         num_workers=self.cfg.num_workers)
 
 
 def _check_like(value: object, reference: object, where: str) -> None:
@@ -557,12 +722,12 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(config.seed)
     t_start = time.perf_counter()
-    run = _Run(config, data, out, progress)
+    run = (_StructureRun(config, data, out, progress)
+           if isinstance(config, StructureAwareConfig) else _Run(config, data, out, progress))
     main_rank = run.rank == 0
     if overwrite and main_rank:
         _remove_run_files(out)
-    if config.freeze_backbone:
-        run.cache_features()
+    run.prepare()
     epoch, step = 0, 0
     best: dict[str, Any] = {"score": float("inf"), "epoch": -1}
     if state is not None:
@@ -579,10 +744,7 @@ def train(data: str | os.PathLike, config: TrainConfig, out: str | os.PathLike, 
                disable=not (progress and main_rank), initial=epoch, total=config.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
-        if config.freeze_backbone:
-            loss, step = run.epoch_cached(epoch, step)
-        else:
-            loss, step = run.epoch_full(epoch, step)
+        loss, step = run.epoch(epoch, step)
         run.scheduler.step()
         metrics, _ = run.validate()
         score = _score(metrics)

@@ -63,7 +63,9 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
               min_value=0.1, max_value=60.0),
     ParamSpec("mode", "regress", "regress: the network alone, every frame; refine: also refine "
               "poses against the SfM map on a second thread (every refine_every_n-th frame "
-              "or on relocalization requests) and publish them too", ("regress", "refine")),
+              "or on relocalization requests) and publish them too; scr-pnp: a structure-"
+              "aware model's scene coordinates solved by PnP + RANSAC, every frame, no map",
+              ("regress", "refine", "scr-pnp")),
     ParamSpec("refinement_map", "", "refinement_map.npz or dataset folder (\"\" = beside the "
               "checkpoint, else the dataset it was trained on)"),
     ParamSpec("refine_config", "", "YAML of refinement settings (\"\" = defaults; see "

@@ -181,7 +181,8 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
         if metrics["frames"] == 0:
             raise InputDataError(f"no localized frame matches a stamp of {ground_truth} "
                                  f"(within {max_dt * 1e3:g} ms): nothing to compare")
-        metrics = {"mode": "refine" if refine else "regress",
+        metrics = {"mode": "refine" if refine else (
+                       "scr-pnp" if localizer.predictor.solver == "pnp" else "regress"),
                    "predictions": str(report.csv), "ground_truth": str(ground_truth),
                    "frames_localized": report.localized, "frames_rejected": rejected,
                    **({"frames_snapped": report.snapped} if localizer.snapper is not None

@@ -75,17 +75,22 @@ class Localizer:
 
     def __init__(self, checkpoint: str | os.PathLike, *, device: str = "auto",
                  floorplan: FloorPlan | None = None, mc_samples: int | None = None,
-                 refiner: Refiner | None = None) -> None:
+                 refiner: Refiner | None = None, solver: str = "kabsch") -> None:
+        """``solver`` ``pnp``: a structure-aware checkpoint's scr-pnp mode (PnP + RANSAC on
+        its scene coordinates; ConfigError for a regressor); ``kabsch``: its direct pose, or
+        a regressor's."""
         self.refiner = refiner
         self.checkpoint_path = str(checkpoint)
         self.loaded = load_checkpoint(checkpoint)
-        self.predictor = Predictor(self.loaded, device=device, samples=mc_samples)
+        self.predictor = Predictor(self.loaded, device=device, samples=mc_samples,
+                                   solver=solver)
         self.snapper = FloorSnapper(floorplan) if floorplan is not None else None
         #: the mapping cameras, for each estimate's distance to the nearest (:meth:`load_views`)
         self.views: MappedViews | None = None
         self.map_frame = self.loaded.meta.map_frame
         model = self.loaded.meta.model
-        self.model_name = f"{model.kind}/{model.backbone}"
+        self.model_name = f"{model.kind}/{model.backbone}" + (
+            "/scr-pnp" if solver == "pnp" else "")
 
     def enable_refinement(self, map_path: str | os.PathLike | None = None,
                           config: RefineConfig | str | os.PathLike | None = None) -> str:

@@ -62,6 +62,7 @@ class Mode(Enum):
 
     REGRESS = "regress"  # the network alone
     REFINE = "refine"  # also refine some frames against the SfM map
+    SCR_PNP = "scr-pnp"  # a structure-aware network's scene coordinates + PnP, every frame
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class PipelineSettings:
         try:
             mode = Mode(params["mode"])
         except ValueError as exc:
-            raise ConfigError(f"mode must be regress or refine, got {params['mode']!r}") from exc
+            raise ConfigError(f"mode must be regress, refine or scr-pnp, got "
+                              f"{params['mode']!r}") from exc
         return cls(mode=mode, max_image_age=float(params["max_image_age"]),
                    max_future_stamp=float(params["max_future_stamp"]),
                    max_odom_age=float(params["max_odom_age"]),
@@ -108,7 +110,8 @@ class PipelineSettings:
 
 def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | None, str]:
     """The localizer that parameter values by name ask for: checkpoint, device, dropout
-    samples, half precision, floor plan and, in refine mode, the refiner; the mapped views
+    samples, half precision, floor plan and, in refine mode, the refiner (in scr-pnp mode a
+    structure-aware checkpoint's PnP solver: a regressor is refused); the mapped views
     (for the nearest-view distance in diagnostics) in either mode, when a map is found.
 
     Returns:
@@ -125,7 +128,8 @@ def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | No
     if not params["model_path"]:
         raise ConfigError("parameter model_path is empty: give a checkpoint")
     localizer = Localizer(str(params["model_path"]), device=str(params["device"]),
-                          floorplan=plan, mc_samples=int(params["mc_samples"]) or None)
+                          floorplan=plan, mc_samples=int(params["mc_samples"]) or None,
+                          solver="pnp" if params["mode"] == Mode.SCR_PNP.value else "kabsch")
     if params["half_precision"]:
         localizer.predictor.enable_half()
     where = ""

@@ -31,12 +31,20 @@ from scipy.spatial.transform import Rotation
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import from_dict
 from camera_pose_ros.errors import ConfigError, RefinementError
-from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
+from camera_pose_ros.geometry import (
+    pose_covariance_from_reprojection,
+    quat_wxyz_from_rotmat,
+    rotmat_from_quat_wxyz,
+)
 from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap
 from camera_pose_ros.io.retrieval import bow_descriptor
 
 __all__ = ["RefineConfig", "RefineOutcome", "Refiner", "pose_covariance_from_inliers",
            "find_refinement_map"]
+
+#: the refiner's name of :func:`~camera_pose_ros.geometry.pose_covariance_from_reprojection`
+pose_covariance_from_inliers = pose_covariance_from_reprojection
+
 
 log = logging.getLogger(__name__)
 
@@ -180,39 +188,6 @@ def find_refinement_map(checkpoint: str | os.PathLike, provenance: dict | None =
     raise RefinementError("refinement needs the SfM map and none was found (looked at "
                           + ", ".join(str(p) for p in tried) + "); give the dataset with "
                           "--map DATA, or build it with `camera-pose refinement-map`")
-
-
-def _project(points_N3: np.ndarray, rot_map_cam: np.ndarray, centre: np.ndarray,
-             params: np.ndarray) -> np.ndarray:
-    """Pixel coordinates (COLMAP convention) of map points seen from ``map_from_cam``."""
-    cam = (points_N3 - centre) @ rot_map_cam
-    return cam[:, :2] / cam[:, 2:3] * params[:2] + params[2:]
-
-
-def pose_covariance_from_inliers(points2d_N2: np.ndarray, points3d_N3: np.ndarray,
-                                 rot_map_cam: np.ndarray, centre: np.ndarray,
-                                 camera_params: np.ndarray) -> np.ndarray:
-    """6x6 covariance (x, y, z, rotation about map x, y, z) of a camera pose from its inliers.
-
-    Gauss-Newton: ``sigma^2 (J^T J)^-1`` with ``J`` the Jacobian of the reprojection
-    residuals with respect to the camera centre and a small rotation about the map axes
-    (``R = exp(d) R0``), and ``sigma^2`` the residuals' variance.
-    """
-    params = np.asarray(camera_params, float)
-    base = _project(points3d_N3, rot_map_cam, centre, params)
-    resid = (base - points2d_N2).ravel()
-    eps = 1e-6
-    jac = np.empty((resid.size, 6))
-    for j in range(3):
-        d = np.zeros(3)
-        d[j] = eps
-        jac[:, j] = ((_project(points3d_N3, rot_map_cam, centre + d, params) - base)
-                     .ravel() / eps)
-        turned = Rotation.from_rotvec(d).as_matrix() @ rot_map_cam  # R = exp(d) R0
-        jac[:, 3 + j] = (_project(points3d_N3, turned, centre, params) - base).ravel() / eps
-    dof = max(1, resid.size - 6)
-    sigma2 = float(resid @ resid) / dof
-    return sigma2 * np.linalg.pinv(jac.T @ jac)
 
 
 @dataclass
