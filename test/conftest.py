@@ -247,3 +247,21 @@ def map_checkpoint(sfm_building, tmp_path_factory) -> tuple[Path, Path]:
     cfg = root / "refine.yaml"
     cfg.write_text("gate_min_m: 100.0\n")
     return path, cfg
+
+
+#: a tiny structure-aware config: trains in seconds on the session building
+TINY_STRUCTURE = dict(model="structure_aware", backbone="mobilenet_v3_small", pretrained="none",
+                      head_width=32, input_height=48, input_width=64, batch_size=8,
+                      max_labels=128, epochs=8, geometry_epochs=5, lr=3e-3, device="cpu",
+                      early_stopping_patience=100, rotation_augment_deg=5.0)
+
+
+@pytest.fixture(scope="session")
+def structure_checkpoint(sfm_building, tmp_path_factory) -> Path:
+    """A tiny structure-aware model trained for a few epochs on :func:`sfm_building`'s
+    dataset and its scene labels (the dataset command wrote them)."""
+    from camera_pose_ros.learning.train import load_train_config, train
+
+    _, data = sfm_building
+    out = tmp_path_factory.mktemp("structure_run")
+    return train(data, load_train_config(None, **TINY_STRUCTURE), out, progress=False)

@@ -116,10 +116,11 @@ class Predictor:
                                          [img.shape[:2] for img in images_rgb],
                                          solver=self.solver)
         self.last_solved = solved
-        cov = raw
-        if self.calibration:
-            cov = apply_calibration(raw, self.calibration)
+        cov = raw.copy()
+        finite = np.all(np.isfinite(raw), axis=(1, 2))  # a NaN pose stays NaN (rejected)
+        if self.calibration and finite.any():
+            cov[finite] = apply_calibration(raw[finite], self.calibration)
             pnp = self.calibration.get("pnp")
-            if solved.any() and isinstance(pnp, dict):
-                cov[solved] = apply_calibration(raw[solved], pnp)
+            if (solved & finite).any() and isinstance(pnp, dict):
+                cov[solved & finite] = apply_calibration(raw[solved & finite], pnp)
         return poses, cov

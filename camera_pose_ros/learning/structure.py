@@ -82,12 +82,17 @@ def weighted_kabsch(cam_BN3: torch.Tensor, scene_BN3: torch.Tensor, w_BN: torch.
     a proper rotation, det +1). Computed in float64. All-zero weights count every point
     alike; collinear or coincident points give a finite (if arbitrary about the line)
     rotation, never NaN: the cross-covariance gets a relative 1e-9 tie-breaker so that the
-    SVD's gradient stays finite.
+    SVD's gradient stays finite. Points or weights that are not finite are left out; a frame
+    without a finite point gets a NaN pose (which the localizer rejects).
     """
     dtype = cam_BN3.dtype
-    p, x = cam_BN3.double(), scene_BN3.double()
-    w = w_BN.double().clamp_min(0.0) + 1e-12
-    w = w / w.sum(1, keepdim=True)
+    p, x, w = cam_BN3.double(), scene_BN3.double(), w_BN.double()
+    finite = torch.isfinite(p).all(-1) & torch.isfinite(x).all(-1) & torch.isfinite(w)
+    none = ~finite.any(1)
+    p = torch.where(finite[..., None], p, torch.zeros_like(p))
+    x = torch.where(finite[..., None], x, torch.zeros_like(x))
+    w = torch.where(finite, w.clamp_min(0.0) + 1e-12, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-300)
     p_bar = (w[..., None] * p).sum(1)
     x_bar = (w[..., None] * x).sum(1)
     pc, xc = p - p_bar[:, None], x - x_bar[:, None]
@@ -99,10 +104,13 @@ def weighted_kabsch(cam_BN3: torch.Tensor, scene_BN3: torch.Tensor, w_BN: torch.
     v = vt.transpose(1, 2)
     d = torch.sign(torch.det(v @ u.transpose(1, 2)))
     d = torch.where(d == 0, torch.ones_like(d), d)
-    diag = torch.ones(len(d), 3, dtype=h.dtype, device=h.device)
-    diag = torch.cat([diag[:, :2], d[:, None]], 1)
+    diag = torch.stack([torch.ones_like(d), torch.ones_like(d), d], 1)
     r = v @ torch.diag_embed(diag) @ u.transpose(1, 2)
     t = x_bar - (r @ p_bar[..., None])[..., 0]
+    if bool(none.any()):
+        nan = torch.full_like(r, float("nan"))
+        r = torch.where(none[:, None, None], nan, r)
+        t = torch.where(none[:, None], nan[:, 0], t)
     return r.to(dtype), t.to(dtype)
 
 

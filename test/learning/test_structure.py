@@ -207,3 +207,17 @@ def test_network_shapes_and_loss_fall_on_one_batch() -> None:
     batch["xyz"][:, 10:] = 1e6
     loss_masked, _ = loss_fn(net(x), batch, (48, 64), with_pose=False)
     assert float(loss_masked) < 100
+
+
+def test_kabsch_leaves_out_non_finite_points_and_fails_loudly_without_any() -> None:
+    rng = np.random.default_rng(8)
+    rot, t = _pose(8)
+    cam = rng.normal(0, 2, (30, 3)) + [0, 0, 4]
+    scene = cam @ rot.T + t
+    scene[:5] = np.nan
+    w = np.ones(30)
+    w[5] = np.inf
+    r, tt = kabsch_numpy(cam, scene, w)
+    assert np.allclose(r, rot, atol=1e-6) and np.allclose(tt, t, atol=1e-6)
+    r, tt = kabsch_numpy(cam, np.full_like(scene, np.nan), w)
+    assert np.all(np.isnan(r)) and np.all(np.isnan(tt))
