@@ -136,10 +136,11 @@ def run_stages(root: Path, commands: dict[str, tuple[list, list]], from_stage: s
     root.mkdir(parents=True, exist_ok=True)
     forced = False
     seconds: dict[str, float] = {}
-    for i, name in enumerate(STAGES):
+    order = list(commands)  # the stages in the order the commands were given
+    for i, name in enumerate(order):
         argv, outputs = commands[name]
         marker = root / f".stage-{name}.json"
-        forced = forced or (from_stage is not None and i >= STAGES.index(from_stage))
+        forced = forced or (from_stage is not None and i >= order.index(from_stage))
         if not forced and marker.is_file():
             with contextlib.suppress(ValueError):
                 if json.loads(marker.read_text()).get("argv") == argv:
