@@ -182,8 +182,17 @@ def _run(args: argparse.Namespace) -> int:
     ckpt = train(work / "data", cfg, work / "run")
     stage("offline", "evaluating offline: test split and the query bag, regressed and refined")
     refiner, _ = load_refiner(ckpt, work / "data")
+    structure = cfg.model.value == "structure_aware"
     test = json.loads(evaluate(ckpt, work / "data", split="test", device=args.device,
-                               progress=False, refiner=refiner).read_text())
+                               progress=False, refiner=refiner,
+                               scr_pnp=structure).read_text())
+    scr_pnp: dict = {}
+    if structure:  # the network alone, no map: PnP on its scene coordinates
+        localize_source(Localizer(ckpt, device=args.device, solver="pnp"),
+                        FrameSource(bag=synth / "query"), work / "query_scr_pnp.csv",
+                        progress=False)
+        scr_pnp = compare_with_ground_truth(work / "query_scr_pnp.csv",
+                                            synth / "gt_query.csv")
     localizer = Localizer(ckpt, device=args.device)
     localize_source(localizer, FrameSource(bag=synth / "query"), work / "query_offline.csv",
                     progress=False)
@@ -229,7 +238,8 @@ def _run(args: argparse.Namespace) -> int:
     shutil.copy2(work / "data" / "trajectory.png", out / "dataset_trajectory.png")
     figures = {
         "dataset": report, "test_split": test, "query_offline": offline,
-        "query_offline_refined": refined,
+        "query_offline_refined": refined, **({"query_offline_scr_pnp": scr_pnp} if scr_pnp
+                                             else {}),
         "query_live_node": {**live_err, "frames_sent": len(gt), "frames_answered": len(idx),
                             "latency_ms_p50": float(np.percentile(lat_ms, 50)),
                             "latency_ms_p99": float(np.percentile(lat_ms, 99))},
@@ -250,6 +260,10 @@ def _run(args: argparse.Namespace) -> int:
                                        f"{refined['median_rotation_deg']:.2f} deg; "
                                        f"{refined['within_25cm_2deg']:.0%} within 25cm,2deg "
                                        f"({refined['refined_share']:.0%} refined)"),
+        *([("query bag, offline scr-pnp", f"median {scr_pnp['median_position_m'] * 100:.1f} "
+                                          f"cm, {scr_pnp['median_rotation_deg']:.2f} deg; "
+                                          f"{scr_pnp['within_25cm_2deg']:.0%} within 25cm,"
+                                          f"2deg")] if scr_pnp else []),
         ("query bag, live node", f"median {lv['median_position_m']:.2f} m, "
                                  f"{lv['median_rotation_deg']:.1f} deg "
                                  f"({lv['frames_answered']}/{lv['frames_sent']} frames)"),

@@ -37,7 +37,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("config", default_value=default_config,
                               description="parameter file"),
         DeclareLaunchArgument("mode", default_value="regress",
-                              description="regress | refine (against the SfM map)"),
+                              description="regress | refine (against the SfM map) | scr-pnp "
+                                          "(structure-aware models)"),
         DeclareLaunchArgument("refinement_map", default_value="",
                               description="refinement map or dataset (\"\": beside the model)"),
         DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",

@@ -242,6 +242,12 @@ REMOVED: dict[str, tuple[str, str]] = {
 }
 
 
+def _choices() -> str:
+    """The model spellings as prose: ``a, b or c``."""
+    names = list(MODELS)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def removed_kind_message(kind: object, what: str) -> str | None:
     """Why ``kind`` is no longer supported, for ``what`` ("checkpoints", "configs"), or
     None when it was never removed."""
@@ -249,7 +255,7 @@ def removed_kind_message(kind: object, what: str) -> str | None:
         return None
     title, why = REMOVED[kind]
     return (f"{title} {what} are no longer supported: {title} was removed because {why}; "
-            f"train {' or '.join(MODELS)} instead")
+            f"train {_choices()} instead")
 
 
 def model_spec(kind: object) -> ModelSpec:
@@ -264,7 +270,7 @@ def model_spec(kind: object) -> ModelSpec:
     removed = removed_kind_message(kind, "configs")
     if removed is not None:
         raise ConfigError(f"model: {removed}")
-    raise ConfigError(f"model must be {' or '.join(MODELS)}, got {kind!r}")
+    raise ConfigError(f"model must be {_choices()}, got {kind!r}")
 
 
 def train_config(data: dict[str, Any], *, where: str = "train config") -> TrainConfig:

@@ -83,9 +83,10 @@ def test_removed_menet_config_is_refused_with_the_reason():
 
 
 def test_unknown_model_names_the_choices():
-    with pytest.raises(ConfigError, match="model must be posenet or mapnet, got 'vit'"):
+    with pytest.raises(ConfigError, match="model must be posenet, mapnet or structure_aware, "
+                                          "got 'vit'"):
         train_config({"model": "vit"})
-    with pytest.raises(ConfigError, match="model must be posenet or mapnet"):
+    with pytest.raises(ConfigError, match="model must be posenet, mapnet or structure_aware"):
         model_spec(3)
 
 

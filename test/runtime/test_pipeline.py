@@ -371,7 +371,8 @@ def test_settings_from_the_node_parameters():
     assert (s.max_image_age, s.refine_every_n, s.relocalize_timeout) == (0.5, 5, 5.0)
     assert np.allclose(s.base_from_cam[:3, :3] @ [0, 0, 1], [1, 0, 0])  # looks along base x
     assert PipelineSettings.from_params({**DEFAULTS, "mode": "refine"}).mode is Mode.REFINE
-    with pytest.raises(ConfigError, match="mode must be regress or refine"):
+    assert PipelineSettings.from_params({**DEFAULTS, "mode": "scr-pnp"}).mode is Mode.SCR_PNP
+    with pytest.raises(ConfigError, match="mode must be regress, refine or scr-pnp"):
         PipelineSettings.from_params({**DEFAULTS, "mode": "both"})
     with pytest.raises(ConfigError, match="base_to_camera"):
         PipelineSettings.from_params({**DEFAULTS, "base_to_camera": [0.0, 0.0, 1.0]})
