@@ -397,8 +397,11 @@ class _StructureRun(_Run):
                                  f"{MISSING_LABELS_HINT}")
         self.val_set = SceneLabelDataset(data, self.val_table, labels, self.transform,
                                          max_labels=cfg.max_labels, progress=progress)
-        xyz = labels.xyz.astype(np.float64)
-        depth = labels.depth.astype(np.float64)
+        # normalisation and depth range from the training frames' labels only
+        row = labels.index()
+        train_rows = [row[n] for n in self.train_set.names if n in row]
+        xyz = np.concatenate([labels.frame(i)[1] for i in train_rows]).astype(np.float64)
+        depth = np.concatenate([labels.frame(i)[2] for i in train_rows]).astype(np.float64)
         lo, hi = np.quantile(depth, [0.005, 0.995])
         w_img, h_img = labels.image_size
         cam = json.loads((data / "camera.json").read_text())
