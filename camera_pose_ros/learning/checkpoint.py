@@ -76,6 +76,8 @@ class NetworkConfig:
     #: scene coordinates
     depth_range: tuple[float, float] = (0.0, 0.0)
     intrinsics: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    #: structure-aware only: the training camera's lens distortion (CameraInfo D)
+    distortion: tuple[float, ...] = ()
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> NetworkConfig:
@@ -91,7 +93,8 @@ class NetworkConfig:
                    pos_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
                    pos_scale=float(section.get("pos_scale", 1.0)),
                    depth_range=(float(depth[0]), float(depth[1])),
-                   intrinsics=(float(k[0]), float(k[1]), float(k[2]), float(k[3])))
+                   intrinsics=(float(k[0]), float(k[1]), float(k[2]), float(k[3])),
+                   distortion=tuple(float(v) for v in section.get("distortion", ())))
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``model`` section."""
@@ -99,7 +102,8 @@ class NetworkConfig:
                "pool_grid": list(self.pool_grid), "dropout": self.dropout,
                "pos_mean": list(self.pos_mean), "pos_scale": self.pos_scale}
         if self.kind is ModelKind.STRUCTURE_AWARE:
-            out.update(depth_range=list(self.depth_range), intrinsics=list(self.intrinsics))
+            out.update(depth_range=list(self.depth_range), intrinsics=list(self.intrinsics),
+                       distortion=list(self.distortion))
         return out
 
     @property
@@ -233,7 +237,8 @@ def build_network(model_cfg: NetworkConfig | Mapping[str, Any], pretrained: str 
         trunk, channels, info = build_trunk(net.backbone, pretrained)
         return StructureAwareNet(trunk, channels, width=net.hidden, scene_mean=net.pos_mean,
                                  scene_scale=net.pos_scale, depth_range=net.depth_range,
-                                 intrinsics_norm=net.intrinsics), info
+                                 intrinsics_norm=net.intrinsics,
+                                 distortion=net.distortion), info
     backbone, info = build_backbone(net.backbone, pretrained, net.pool_grid)
     return PoseRegressor(backbone, info.feature_dim, hidden=net.hidden, dropout=net.dropout,
                          pos_mean=net.pos_mean, pos_scale=net.pos_scale), info
@@ -392,6 +397,10 @@ def _check_payload(data: dict) -> str | None:
             return f"model.depth_range is {depth!r}, not two increasing positive numbers"
         if not (k is not None and _numbers(k, 4) and min(k) > 0):
             return f"model.intrinsics is {k!r}, not four positive numbers"
+        dist = model.get("distortion", [])
+        if not (isinstance(dist, (list, tuple)) and len(dist) in (0, 4, 5, 8)
+                and _numbers(dist, len(dist))):
+            return f"model.distortion is {dist!r}, not 0, 4, 5 or 8 finite numbers"
     for key in ("height", "width"):
         if not _is_int(inp.get(key)) or not 8 <= inp[key] <= 8192:
             return f"input.{key} is {inp.get(key)!r}, not an integer in [8, 8192]"

@@ -282,59 +282,50 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: s
     write_poses(out.parent / f"predictions_{split}.csv", table_p)
     title = (f"{split}: median {metrics['median_position_m']:.2f} m, "
              f"{metrics['median_rotation_deg']:.1f} deg")
+    def add_mode(mode: str, label: str, suffix: str, poses: np.ndarray, covs: np.ndarray,
+                 figures: dict, columns: dict[str, list[str]]) -> dict:
+        """Metrics, curves, track and predictions CSV of one more mode beside regress."""
+        nonlocal title
+        m = {**error_summary(poses[:, :3], poses[:, 3:], gt[:, :3], gt[:, 3:]), **figures,
+             "uncertainty": coverage(error_vectors(poses, gt), covs),
+             **honesty_summary(_errors(poses, gt), covs)}
+        table_rows[mode] = m
+        metrics.setdefault("modes", {"regress": {k: v for k, v in metrics.items()
+                                                 if k not in ("split", "checkpoint")}})
+        metrics["modes"][mode] = m
+        curves[label] = (np.linalg.norm(poses[:, :3] - gt[:, :3], axis=1),
+                         rotation_errors_deg(poses[:, 3:], gt[:, 3:]))
+        tracks[label] = poses[:, :3]
+        rows = prediction_table(table.stamps_ns, poses, covs, table.images)
+        rows.extra.update(columns)
+        if near is not None:
+            m["nearest_view"] = near[1] | nearest_view_summary(
+                near[0], position_errors_m=curves[label][0])
+            rows.extra.update(near[0].columns())
+        write_poses(out.parent / f"predictions_{split}_{suffix}.csv", rows)
+        title += (f"; {label} {m['median_position_m'] * 100:.1f} cm, "
+                  f"{m['median_rotation_deg']:.2f} deg")
+        return m
+
     if refined is not None:
         rp, rc = refined.arrays()
-        ref = {**error_summary(rp[:, :3], rp[:, 3:], gt[:, :3], gt[:, 3:]),
-               "refined_share": float(np.mean(refined.success)) if refined.success else 0.0,
-               "median_inliers": float(np.median(refined.inliers)) if refined.inliers else 0.0,
-               "ms_per_frame": 1000.0 * (seconds + refined.seconds) / max(len(rp), 1),
-               "uncertainty": coverage(error_vectors(rp, gt), rc),
-               **honesty_summary(_errors(rp, gt), rc),
-               **refinement_summary(np.linalg.norm(rp[:, :3] - gt[:, :3], axis=1),
-                                    np.array(refined.success, bool)),
-               "split_frames_excluded_from_matching": bool(exclude_split_from_map)}
-        table_rows["refine"] = ref
-        metrics["modes"] = {"regress": {k: v for k, v in metrics.items()
-                                        if k not in ("split", "checkpoint")},
-                            "refine": ref}
-        curves["refined"] = (np.linalg.norm(rp[:, :3] - gt[:, :3], axis=1),
-                             rotation_errors_deg(rp[:, 3:], gt[:, 3:]))
-        tracks["refined"] = rp[:, :3]
-        if near is not None:
-            ref["nearest_view"] = near[1] | nearest_view_summary(
-                near[0], position_errors_m=curves["refined"][0])
-        table_r = prediction_table(table.stamps_ns, rp, rc, table.images)
-        table_r.extra.update(refined.columns())
-        if near is not None:
-            table_r.extra.update(near[0].columns())
-        write_poses(out.parent / f"predictions_{split}_refined.csv", table_r)
-        title += (f"; refined {ref['median_position_m'] * 100:.1f} cm, "
-                  f"{ref['median_rotation_deg']:.2f} deg")
+        ref = add_mode("refine", "refined", "refined", rp, rc, {
+            "refined_share": float(np.mean(refined.success)) if refined.success else 0.0,
+            "median_inliers": float(np.median(refined.inliers)) if refined.inliers else 0.0,
+            "ms_per_frame": 1000.0 * (seconds + refined.seconds) / max(len(rp), 1),
+            **refinement_summary(np.linalg.norm(rp[:, :3] - gt[:, :3], axis=1),
+                                 np.array(refined.success, bool)),
+            "split_frames_excluded_from_matching": bool(exclude_split_from_map)},
+            refined.columns())
         log.info("evaluate %s refined: median %.3f m, %.2f deg, %.0f%% refined", split,
                  ref["median_position_m"], ref["median_rotation_deg"],
                  100 * ref["refined_share"])
     if solved is not None:
         sp, sc, ok = solved.arrays()
-        spnp = {**error_summary(sp[:, :3], sp[:, 3:], gt[:, :3], gt[:, 3:]),
-                "solved_share": float(np.mean(ok)) if len(ok) else 0.0,
-                "ms_per_frame": 1000.0 * solved.seconds / max(len(sp), 1),
-                "uncertainty": coverage(error_vectors(sp, gt), sc),
-                **honesty_summary(_errors(sp, gt), sc)}
-        table_rows["scr-pnp"] = spnp
-        metrics.setdefault("modes", {"regress": {k: v for k, v in metrics.items()
-                                                 if k not in ("split", "checkpoint")}})
-        metrics["modes"]["scr-pnp"] = spnp
-        curves["scr-pnp"] = (np.linalg.norm(sp[:, :3] - gt[:, :3], axis=1),
-                             rotation_errors_deg(sp[:, 3:], gt[:, 3:]))
-        tracks["scr-pnp"] = sp[:, :3]
-        if near is not None:
-            spnp["nearest_view"] = near[1] | nearest_view_summary(
-                near[0], position_errors_m=curves["scr-pnp"][0])
-        table_s = prediction_table(table.stamps_ns, sp, sc, table.images)
-        table_s.extra["pnp_solved"] = [str(int(v)) for v in ok]
-        write_poses(out.parent / f"predictions_{split}_scr_pnp.csv", table_s)
-        title += (f"; scr-pnp {spnp['median_position_m'] * 100:.1f} cm, "
-                  f"{spnp['median_rotation_deg']:.2f} deg")
+        spnp = add_mode("scr-pnp", "scr-pnp", "scr_pnp", sp, sc, {
+            "solved_share": float(np.mean(ok)) if len(ok) else 0.0,
+            "ms_per_frame": 1000.0 * solved.seconds / max(len(sp), 1)},
+            {"pnp_solved": [str(int(v)) for v in ok]})
         log.info("evaluate %s scr-pnp: median %.3f m, %.2f deg, %.0f%% solved", split,
                  spnp["median_position_m"], spnp["median_rotation_deg"],
                  100 * spnp["solved_share"])

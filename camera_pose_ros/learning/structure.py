@@ -148,12 +148,13 @@ class StructureAwareNet(nn.Module):
     scene_scale: torch.Tensor
     depth_range: torch.Tensor
     intrinsics_norm: torch.Tensor
+    distortion: torch.Tensor
 
     def __init__(self, trunk: nn.Module, channels: int, *, width: int = 128,
                  scene_mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
                  scene_scale: float = 1.0, depth_range: tuple[float, float] = (0.1, 10.0),
-                 intrinsics_norm: tuple[float, float, float, float] = (0.8, 1.07, 0.5, 0.5)
-                 ) -> None:
+                 intrinsics_norm: tuple[float, float, float, float] = (0.8, 1.07, 0.5, 0.5),
+                 distortion: tuple[float, ...] = ()) -> None:
         super().__init__()
         self.trunk = trunk
         self.neck = _conv(channels, width)
@@ -174,6 +175,9 @@ class StructureAwareNet(nn.Module):
         self.register_buffer("depth_range", torch.tensor(depth_range, dtype=torch.float32))
         self.register_buffer("intrinsics_norm", torch.tensor(intrinsics_norm,
                                                              dtype=torch.float32))
+        #: the lens's distortion (CameraInfo D, plumb_bob or rational_polynomial; empty: none)
+        self.register_buffer("distortion", torch.tensor(distortion, dtype=torch.float32))
+        self._rays: dict[tuple[int, int, int, int], torch.Tensor] = {}
 
     def geometry_parameters(self) -> list[nn.Parameter]:
         """The trunk's and the geometry heads' parameters (not the weighting network's)."""
@@ -184,12 +188,25 @@ class StructureAwareNet(nn.Module):
         return lo + (hi - lo) * torch.sigmoid(logit)
 
     def rays(self, h: int, w: int, input_hw: tuple[int, int]) -> torch.Tensor:
-        """(3, h, w) rays ``K^-1 u`` of the output cells' centres (z = 1)."""
+        """(3, h, w) rays ``K^-1 u`` of the output cells' centres (z = 1), through the lens's
+        distortion when the checkpoint has one (computed once per size)."""
+        key = (h, w, int(input_hw[0]), int(input_hw[1]))
+        cached = self._rays.get(key)
+        if cached is not None and cached.device == self.scene_mean.device:
+            return cached
         fx, fy, cx, cy = intrinsics_at(self.intrinsics_norm, *input_hw)
-        uv = cell_centres(h, w).to(self.scene_mean.device)
-        rays = torch.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy,
-                            torch.ones_like(uv[:, 0])], 0)
-        return rays.reshape(3, h, w)
+        uv = cell_centres(h, w).double().numpy()
+        xy = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy], 1)
+        dist = tuple(float(v) for v in self.distortion.tolist())
+        if dist:
+            from camera_pose_ros.camera import PinholeCamera
+
+            lens = PinholeCamera(input_hw[1], input_hw[0], fx, fy, cx, cy, dist)
+            xy = lens.undistort_normalized(xy)
+        rays = torch.from_numpy(np.c_[xy, np.ones(len(xy))].T.reshape(3, h, w).astype(
+            np.float32)).to(self.scene_mean.device)
+        self._rays[key] = rays
+        return rays
 
     def geometry(self, images_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
         """Scene coordinates (B, 3, h, w, map frame, metres), fine and coarse depth
@@ -237,11 +254,15 @@ class PnPResult:
 
 
 def pnp_pose(scene_N3: np.ndarray, pixels_N2: np.ndarray, K: np.ndarray, *,
-             max_error_px: float = 6.0, min_inliers: int = 12) -> PnPResult:
+             max_error_px: float = 6.0, min_inliers: int = 12,
+             distortion: tuple[float, ...] = ()) -> PnPResult:
     """PnP + RANSAC (pycolmap's P3P with LO and a final refinement) of predicted scene
-    coordinates at their pixels (ROS convention) for a pinhole ``K``; the covariance from
-    the inliers' reprojection residuals (``runtime``-free Gauss-Newton, as the refiner's)."""
+    coordinates at their pixels (ROS convention) for ``K`` and the lens's ``distortion``
+    (CameraInfo D); the covariance from the inliers' reprojection residuals (Gauss-Newton,
+    as the refiner's, on the undistorted pixels)."""
     import pycolmap
+
+    from camera_pose_ros.camera import PinholeCamera
 
     fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
     ok = np.all(np.isfinite(scene_N3), 1)
@@ -251,8 +272,9 @@ def pnp_pose(scene_N3: np.ndarray, pixels_N2: np.ndarray, K: np.ndarray, *,
         return fail
     w = int(round(2 * (cx + 0.5)))
     h = int(round(2 * (cy + 0.5)))
-    cam = pycolmap.Camera(model="PINHOLE", width=max(w, 1), height=max(h, 1),
-                          params=[fx, fy, cx + 0.5, cy + 0.5])
+    lens = PinholeCamera(max(w, 1), max(h, 1), fx, fy, cx, cy, tuple(distortion))
+    cam = pycolmap.Camera(model=lens.colmap_model(), width=lens.width, height=lens.height,
+                          params=lens.colmap_params())
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = max_error_px
     est.ransac.random_seed = 0
@@ -274,8 +296,11 @@ def pnp_pose(scene_N3: np.ndarray, pixels_N2: np.ndarray, K: np.ndarray, *,
     centre = -rot @ cam_from_map[:3, 3]
     from camera_pose_ros.geometry import pose_covariance_from_reprojection
 
-    cov = pose_covariance_from_reprojection(pts2d[mask], pts3d[mask], rot, centre,
-                                            np.array([fx, fy, cx + 0.5, cy + 0.5]))
+    params = np.array([fx, fy, cx + 0.5, cy + 0.5])
+    inl2d = pts2d[mask]
+    if distortion:  # the covariance's model is the ideal pinhole
+        inl2d = np.asarray(cam.cam_from_img(inl2d)) * params[:2] + params[2:4]
+    cov = pose_covariance_from_reprojection(inl2d, pts3d[mask], rot, centre, params)
     return PnPResult(True, rot, centre, cov, int(mask.sum()))
 
 
@@ -362,7 +387,8 @@ def solve_poses(model: StructureAwareNet, images_B3HW: torch.Tensor,
             K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
             px = np.stack([(centres[:, 0] + 0.5) * width / win - 0.5,
                            (centres[:, 1] + 0.5) * height / hin - 0.5], 1)
-            res = pnp_pose(scene[i], px, K, max_error_px=max(3.0, 0.75 * width / w))
+            res = pnp_pose(scene[i], px, K, max_error_px=max(3.0, 0.75 * width / w),
+                           distortion=tuple(float(v) for v in model.distortion.tolist()))
             if res.success and np.all(np.isfinite(res.covariance)):
                 r_i, t_i, cov, solved[i] = res.rot_map_cam, res.centre, res.covariance, True
         poses[i, :3], poses[i, 3:] = t_i, quat_wxyz_from_rotmat(r_i)

@@ -414,7 +414,8 @@ class _StructureRun(_Run):
             pos_scale=float(max(xyz.std(0).max(), 1e-3)),
             depth_range=(float(max(lo * 0.5, 0.05)), float(hi * 1.5)),
             intrinsics=(pc.fx / pc.width, pc.fy / pc.height, (pc.cx + 0.5) / pc.width,
-                        (pc.cy + 0.5) / pc.height))
+                        (pc.cy + 0.5) / pc.height),
+            distortion=tuple(float(v) for v in pc.distortion))
         if (w_img, h_img) != (pc.width, pc.height):
             raise InputDataError(f"{data}: scene labels are for {w_img}x{h_img} frames, "
                                  f"camera.json for {pc.width}x{pc.height}; {MISSING_LABELS_HINT}")

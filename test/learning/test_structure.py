@@ -221,3 +221,30 @@ def test_kabsch_leaves_out_non_finite_points_and_fails_loudly_without_any() -> N
     assert np.allclose(r, rot, atol=1e-6) and np.allclose(tt, t, atol=1e-6)
     r, tt = kabsch_numpy(cam, np.full_like(scene, np.nan), w)
     assert np.all(np.isnan(r)) and np.all(np.isnan(tt))
+
+
+def test_a_distorted_lens_is_undone_for_camera_points_and_pnp() -> None:
+    from camera_pose_ros.camera import PinholeCamera
+
+    dist = (-0.25, 0.07, 0.001, -0.001)
+    trunk, ch, _ = build_trunk("resnet18", "none")
+    norm = (260.0 / 320, 261.0 / 240, 160.0 / 320, 120.0 / 240)
+    net = StructureAwareNet(trunk, ch, width=16, intrinsics_norm=norm, distortion=dist)
+    rays = net.rays(6, 8, (48, 64)).reshape(3, -1).T.double().numpy()
+    lens = PinholeCamera(64, 48, *intrinsics_at(norm, 48, 64), dist)
+    # each ray, distorted and projected, lands on its cell's centre
+    px = lens.distort_normalized(rays[:, :2]) * [lens.fx, lens.fy] + [lens.cx, lens.cy]
+    assert np.allclose(px, cell_centres(6, 8).numpy(), atol=1e-3)
+    # PnP through the same lens recovers the pose of exact scene coordinates
+    big = PinholeCamera(320, 240, 260.0, 261.0, 159.5, 119.5, dist)
+    rot = Rotation.from_euler("xyz", [95, 5, 20], degrees=True).as_matrix()
+    centre = np.array([1.0, 2.0, 1.4])
+    grid = np.stack(np.meshgrid(np.arange(4, 320, 16.0), np.arange(4, 240, 16.0)), -1)
+    grid = grid.reshape(-1, 2)
+    xy = big.undistort_normalized((grid - [big.cx, big.cy]) / [big.fx, big.fy])
+    depth = np.random.default_rng(9).uniform(2, 5, len(grid))
+    scene = (np.c_[xy, np.ones(len(xy))] * depth[:, None]) @ rot.T + centre
+    res = pnp_pose(scene, grid, big.matrix(), distortion=dist)
+    assert res.success and np.linalg.norm(res.centre - centre) < 1e-3
+    plain = pnp_pose(scene, grid, big.matrix())  # ignoring the lens costs accuracy
+    assert not plain.success or np.linalg.norm(plain.centre - centre) > 1e-3
