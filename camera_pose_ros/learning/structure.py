@@ -194,10 +194,12 @@ class StructureAwareNet(nn.Module):
         cached = self._rays.get(key)
         if cached is not None and cached.device == self.scene_mean.device:
             return cached
-        fx, fy, cx, cy = intrinsics_at(self.intrinsics_norm, *input_hw)
+        # plain floats (numpy, not tensors): the rays are constants of a traced graph
+        norm = tuple(float(v) for v in self.intrinsics_norm.detach().cpu().numpy().tolist())
+        fx, fy, cx, cy = intrinsics_at(norm, *input_hw)  # type: ignore[arg-type]
         uv = cell_centres(h, w).double().numpy()
         xy = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy], 1)
-        dist = tuple(float(v) for v in self.distortion.tolist())
+        dist = tuple(float(v) for v in self.distortion.detach().cpu().numpy().tolist())
         if dist:
             from camera_pose_ros.camera import PinholeCamera
 
