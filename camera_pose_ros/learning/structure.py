@@ -196,14 +196,14 @@ class StructureAwareNet(nn.Module):
             return cached
         # plain floats (numpy, not tensors): the rays are constants of a traced graph
         norm = tuple(float(v) for v in self.intrinsics_norm.detach().cpu().numpy().tolist())
-        fx, fy, cx, cy = intrinsics_at(norm, *input_hw)  # type: ignore[arg-type]
+        fx, fy, cx, cy = intrinsics_at(norm, key[2], key[3])  # type: ignore[arg-type]
         uv = cell_centres(h, w).double().numpy()
         xy = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy], 1)
         dist = tuple(float(v) for v in self.distortion.detach().cpu().numpy().tolist())
         if dist:
             from camera_pose_ros.camera import PinholeCamera
 
-            lens = PinholeCamera(input_hw[1], input_hw[0], fx, fy, cx, cy, dist)
+            lens = PinholeCamera(key[3], key[2], fx, fy, cx, cy, dist)
             xy = lens.undistort_normalized(xy)
         rays = torch.from_numpy(np.c_[xy, np.ones(len(xy))].T.reshape(3, h, w).astype(
             np.float32)).to(self.scene_mean.device)
