@@ -190,3 +190,16 @@ def test_structure_aware_training_resumes(sfm_building, tmp_path):
     more = load_train_config(None, **{**short, "epochs": 4})
     path = train(data, more, tmp_path, resume=True, progress=False)
     assert len(_rows(tmp_path)) == 4 and path.exists()
+
+
+def test_calibrate_refits_a_structure_aware_checkpoint(structure_checkpoint, sfm_building,
+                                                       tmp_path):
+    from camera_pose_ros.learning.calibrate import recalibrate_checkpoint
+
+    _, data = sfm_building
+    out = recalibrate_checkpoint(structure_checkpoint, data, out=tmp_path / "again.pt",
+                                 device="cpu")
+    before = torch.load(structure_checkpoint, weights_only=True)["calibration"]
+    after = load_checkpoint(out).meta.calibration
+    assert after["method"] == "kabsch_residuals" and "pnp" in after
+    assert after["k_pos"] == pytest.approx(before["k_pos"], rel=0.05)  # same data, same fit
