@@ -39,7 +39,13 @@ __all__ = [
     "check_not_degenerate",
     "position_errors",
     "rotation_errors_deg",
+    "ROTATION_VARIANCE_CAP",
+    "widen_rotation",
 ]
+
+#: largest rotation variance a covariance claims: (180 deg)^2, a hair under (a rotation
+#: standard deviation beyond 180 deg says no more: heading unknown, every error lies inside)
+ROTATION_VARIANCE_CAP = float(np.pi ** 2 * (1.0 - 1e-9))
 
 
 def quat_wxyz_to_xyzw(q_wxyz: np.ndarray) -> np.ndarray:
@@ -442,3 +448,21 @@ def pose_covariance_from_reprojection(points2d_N2: np.ndarray, points3d_N3: np.n
     dof = max(1, resid.size - 6)
     sigma2 = float(resid @ resid) / dof
     return sigma2 * np.linalg.pinv(jac.T @ jac)
+
+
+def widen_rotation(cov_66: np.ndarray, sigma_rad: float) -> np.ndarray:
+    """A copy of a REP 103 pose covariance whose rotation block claims at least ``sigma_rad``
+    in every direction, and at most 180 deg (:data:`ROTATION_VARIANCE_CAP`).
+
+    Raising the block adds a positive semi-definite matrix, so the result stays a valid
+    covariance with its position-rotation cross terms; where the cap lowers an axis the cross
+    terms are dropped (lowering one block alone could break positive semi-definiteness).
+    """
+    out = np.array(cov_66, dtype=float, copy=True)
+    w, v = np.linalg.eigh(out[3:, 3:])
+    if np.any(w > ROTATION_VARIANCE_CAP):
+        out[:3, 3:] = 0.0
+        out[3:, :3] = 0.0
+    w = np.clip(w, min(float(sigma_rad) ** 2, ROTATION_VARIANCE_CAP), ROTATION_VARIANCE_CAP)
+    out[3:, 3:] = (v * w) @ v.T
+    return out

@@ -16,6 +16,7 @@ from camera_pose_ros.geometry import (
     pose_matrix,
     quat_wxyz_from_rotmat,
     quat_wxyz_to_xyzw,
+    widen_rotation,
     quat_xyzw_to_wxyz,
     rotation_errors_deg,
     rotmat_from_quat_wxyz,
@@ -193,3 +194,23 @@ def test_upright_fit_keeps_the_vertical_and_recovers_yaw_and_scale():
     assert np.degrees(np.arccos(np.clip(up @ up_src, -1, 1))) < 1e-6 and spread < 1e-6
     sim2, inl = fit_sim3_samples(src, map_pts, up_src=up, inlier_threshold=0.1)
     assert inl.all() and np.allclose(sim2.apply(src), map_pts, atol=1e-6)
+
+
+def test_widen_rotation_raises_every_axis_keeps_the_rest_and_caps_at_180_deg():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T * 1e-3  # correlated, with position-rotation cross terms
+    out = widen_rotation(cov, np.radians(20.0))
+    assert np.all(np.linalg.eigvalsh(out[3:, 3:]) >= np.radians(20.0) ** 2 * (1 - 1e-9))
+    np.testing.assert_allclose(out[:3, :], cov[:3, :])  # position and cross terms kept
+    assert np.linalg.eigvalsh(out).min() > -1e-12  # still a covariance
+    # an axis already wider than asked is kept
+    wide = np.diag([1.0, 1.0, 1.0, np.radians(40.0) ** 2, 1e-4, 1e-4])
+    np.testing.assert_allclose(np.degrees(np.sqrt(np.diag(widen_rotation(wide, np.radians(
+        20.0)))[3:])), [40.0, 20.0, 20.0])
+    # beyond 180 deg says no more than 180 deg (heading unknown); cross terms then go
+    huge = cov.copy()
+    huge[3:, 3:] += np.eye(3) * 100.0
+    capped = widen_rotation(huge, np.pi)
+    np.testing.assert_allclose(np.sqrt(np.linalg.eigvalsh(capped[3:, 3:])), np.pi, rtol=1e-6)
+    assert not capped[:3, 3:].any() and np.linalg.eigvalsh(capped).min() > -1e-12

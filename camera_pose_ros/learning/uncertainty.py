@@ -35,7 +35,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from scipy.stats import chi2
 
-from camera_pose_ros.geometry import quat_wxyz_to_xyzw
+from camera_pose_ros.geometry import ROTATION_VARIANCE_CAP, quat_wxyz_to_xyzw
 
 if TYPE_CHECKING:
     from camera_pose_ros.learning.networks import PoseRegressor
@@ -53,8 +53,6 @@ __all__ = [
 ]
 
 CHI2_3_MEDIAN = float(chi2.ppf(0.5, 3))
-#: largest rotation variance a covariance claims: (180 deg)^2, a hair under
-ROTATION_VARIANCE_CAP = float(np.pi ** 2 * (1.0 - 1e-9))
 SIGMA_LEVELS = {"1sigma": 0.6827, "2sigma": 0.9545}
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import load_yaml
 from camera_pose_ros.errors import CameraPoseError
+from camera_pose_ros.geometry import widen_rotation
 from camera_pose_ros.io.coverage import MappedViews, load_mapped_views
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.refmap import load_refinement_map
@@ -182,9 +183,21 @@ class Localizer:
                 est.snapped = True
         return est
 
+    def widen_unconfirmed(self, est: PoseEstimate) -> PoseEstimate:
+        """Widen ``est``'s rotation as a failed refinement does (the refiner's
+        ``unrefined_rotation_sigma_deg``), for a regressed pose the map has not confirmed;
+        returns it. Without a refiner nothing changes."""
+        sigma = 0.0 if self.refiner is None else self.refiner.config.unrefined_rotation_sigma_deg
+        if sigma > 0:
+            est.covariance = widen_rotation(est.covariance, np.radians(sigma))
+        return est
+
     def refine(self, image_rgb: np.ndarray, est: PoseEstimate,
                camera: PinholeCamera | None = None) -> PoseEstimate:
-        """Refine ``est`` in place against the SfM map (see :class:`Refiner`); returns it."""
+        """Refine ``est`` in place against the SfM map (see :class:`Refiner`); returns it.
+
+        On failure the pose stays and its covariance becomes the refiner's (the rotation
+        widened to ``unrefined_rotation_sigma_deg``)."""
         if self.refiner is None:
             est.refine_note = "no refinement map loaded"
             return est
@@ -195,6 +208,6 @@ class Localizer:
             est.position, est.quat_wxyz, est.covariance = (out.position, out.quat_wxyz,
                                                             out.covariance)
             est.refined, est.snapped, est.refine_note = True, False, ""
-        else:
-            est.refine_note = out.reason
+        else:  # the prior, its rotation widened: the map did not confirm it
+            est.covariance, est.refine_note = out.covariance, out.reason
         return est

@@ -6,7 +6,9 @@ caller never blocks). On that thread a frame older than ``max_image_age`` is dro
 image is decoded and localized (a non-finite prediction is dropped), odometry at its stamp is
 looked up, the optional jump gate is applied and the estimate goes out through
 :class:`Outputs`. In refine mode a :class:`~camera_pose_ros.runtime.workers.RefineScheduler`
-hands some frames to a second worker whose refined poses go out too. Relocalization requests
+hands some frames to a second worker whose refined poses go out too; after a refinement fails,
+the regressed poses go out with their rotation widened (heading unknown by default) until one
+succeeds: the map does not confirm them. Relocalization requests
 (:class:`~camera_pose_ros.runtime.relocalize.RelocalizationSession`) take the verified
 estimates. Every drop is counted in :class:`~camera_pose_ros.runtime.diagnostics.NodeStats`,
 logged (throttled) and told to an open request.
@@ -216,6 +218,8 @@ class RelocalizationPipeline:
         self._frames: LatestJobWorker[Frame] | None = None
         self._refiner: LatestJobWorker[RefineJob] | None = None
         self._scheduler: RefineScheduler | None = None
+        #: the last refinement failed: regressed poses go out widened until one succeeds
+        self.map_unconfirmed = False
 
     @property
     def refining(self) -> bool:
@@ -391,6 +395,8 @@ class RelocalizationPipeline:
             return self._drop("rejected_jump", "estimate rejected by the odometry jump gate")
         if est.snapped:
             self.stats.add("snapped")
+        if self.refining and self.map_unconfirmed:
+            self.localizer.widen_unconfirmed(est)
         self._publish(frame.stamp, est, odom)
         self.stats.add("published")
         scheduler = self._scheduler
@@ -405,6 +411,7 @@ class RelocalizationPipeline:
         t0 = time.perf_counter()
         self.localizer.refine(job.rgb, est, self.camera)
         self.stats.refinement_took(time.perf_counter() - t0)
+        self.map_unconfirmed = not est.refined
         if est.refined:
             self.stats.add("refined")
             self._publish(job.stamp, est, job.odom_from_base, refined=True)

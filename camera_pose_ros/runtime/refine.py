@@ -35,6 +35,7 @@ from camera_pose_ros.geometry import (
     pose_covariance_from_reprojection,
     quat_wxyz_from_rotmat,
     rotmat_from_quat_wxyz,
+    widen_rotation,
 )
 from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap
 from camera_pose_ros.io.retrieval import bow_descriptor
@@ -79,6 +80,12 @@ class RefineConfig:
             the map's alignment RMS, which measures it).
         cov_floor_deg: rotation standard deviation added likewise.
         cov_scale: multiplies the inlier covariance (calibration).
+        unrefined_rotation_sigma_deg: when refinement fails, the prior goes back with a
+            rotation standard deviation of at least this (180, the default: heading unknown;
+            0 keeps the prior's covariance). The frames the map cannot confirm are those off
+            the mapped path, where a regressor trained on the walk is least right about the
+            heading (on an unseen off-path walk its unrefined rotations were 95-155 deg off
+            while claiming 26-33 deg).
         num_threads: SIFT and RANSAC threads.
     """
 
@@ -102,6 +109,7 @@ class RefineConfig:
     cov_floor_m: float = 0.01
     cov_floor_deg: float = 0.1
     cov_scale: float = 1.0
+    unrefined_rotation_sigma_deg: float = 180.0
     num_threads: int = 2
 
     def __post_init__(self) -> None:
@@ -120,6 +128,8 @@ class RefineConfig:
                 raise ConfigError(f"refine {name} must be in [0, 1]")
         if not self.gate_sigma >= 0 or not self.gate_min_m >= 0:
             raise ConfigError("refine gate_sigma and gate_min_m must be >= 0")
+        if not 0.0 <= self.unrefined_rotation_sigma_deg <= 180.0:
+            raise ConfigError("refine unrefined_rotation_sigma_deg must be in [0, 180]")
         if self.retrieval_rounds < 1:
             raise ConfigError("refine retrieval_rounds must be at least 1")
         if self.verify and self.k_verify < 1:
@@ -138,7 +148,8 @@ class RefineOutcome:
     Attributes:
         success: the refined pose was accepted.
         position, quat_wxyz, covariance: the refined pose (map frame, REP 103 covariance),
-            or the prior's when ``success`` is false.
+            or the prior's when ``success`` is false (its rotation widened to
+            ``RefineConfig.unrefined_rotation_sigma_deg``).
         reason: why it failed ("" on success).
         matches, inliers: 2D-3D matches and RANSAC inliers.
         frames: names of the mapped frames matched against.
@@ -307,7 +318,9 @@ class Refiner:
     def refine(self, image_rgb: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray,
                covariance: np.ndarray, camera: PinholeCamera | None = None,
                exclude: tuple[str, ...] = ()) -> RefineOutcome:
-        """Refine one regressed pose; the prior comes back, with the reason, on failure.
+        """Refine one regressed pose; the prior comes back, with the reason, on failure
+        (its covariance's rotation widened to ``unrefined_rotation_sigma_deg``: the map did
+        not confirm it).
 
         Args:
             image_rgb: (H, W, 3) uint8.
@@ -332,6 +345,9 @@ class Refiner:
 
         def fail(reason: str) -> RefineOutcome:
             prior.reason, prior.latency_s = reason, time.perf_counter() - t0
+            if cfg.unrefined_rotation_sigma_deg > 0 and np.all(np.isfinite(prior.covariance)):
+                prior.covariance = widen_rotation(
+                    prior.covariance, np.radians(cfg.unrefined_rotation_sigma_deg))
             return prior
 
         gray = np.ascontiguousarray(np.clip(

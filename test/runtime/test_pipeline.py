@@ -18,7 +18,7 @@ from camera_pose_ros.errors import (
     ImageDecodeError,
     InputDataError,
 )
-from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
+from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz, widen_rotation
 from camera_pose_ros.io.coverage import MappedViews
 from camera_pose_ros.io.refmap import save_refinement_map
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
@@ -57,6 +57,10 @@ class StubLocalizer:
         return PoseEstimate(np.array([float(rgb[0, 0, 0]), 0.0, 0.0]),
                             np.array([1.0, 0.0, 0.0, 0.0]), cov, latency_s=0.01)
 
+    def widen_unconfirmed(self, est: PoseEstimate) -> PoseEstimate:
+        est.covariance = widen_rotation(est.covariance, np.pi)
+        return est
+
     def refine(self, rgb: np.ndarray, est: PoseEstimate, camera=None) -> PoseEstimate:
         self.cameras.append(camera)
         if self.refine_ok:
@@ -79,7 +83,9 @@ class Recorder:
     def publish_pose(self, stamp, est, *, verified, map_from_odom, refined=False) -> None:
         with self.lock:
             self.poses.append({"stamp": stamp, "x": est.position.copy(), "verified": verified,
-                               "edge": map_from_odom, "refined": refined})
+                               "edge": map_from_odom, "refined": refined,
+                               "rot_sd_deg": float(np.degrees(np.sqrt(
+                                   np.linalg.eigvalsh(est.covariance[3:, 3:])[0])))})
 
     def publish_initial_pose(self, stamp, est) -> None:
         with self.lock:
@@ -304,6 +310,27 @@ def test_refine_mode_refines_every_nth_frame_and_only_refined_poses_verify(make)
     assert [p["x"][1] for p in refined] == [1.0, 1.0]  # the refined position
     assert stub.cameras == [camera, camera]
     assert len(pipe.stats.refine_latency) == 2
+
+
+def test_after_a_failed_refinement_regressed_poses_claim_heading_unknown_until_one_works(make):
+    stub = StubLocalizer(refiner=object())
+    stub.refine_ok = False
+    pipe, rec = make(stub, mode=Mode.REFINE, refine_every_n=2)
+    for v in range(1, 5):
+        assert send(pipe, rec, frame(v))  # 2 and 4 fail to refine
+    stub.refine_ok = True
+    for v in range(5, 8):
+        assert send(pipe, rec, frame(v))  # 6 is refined
+    with rec.lock:
+        regressed = {p["stamp"]: p["rot_sd_deg"] for p in rec.poses if not p["refined"]}
+    assert pipe.stats.counts["refine_failed"] == 2 and pipe.stats.counts["refined"] == 1
+    # before any failure and after a success: the regressor's own 1 deg
+    for stamp in ("stamp-1", "stamp-2", "stamp-7"):
+        assert regressed[stamp] == pytest.approx(1.0), stamp
+    # while the map has not confirmed the last refined frame: heading unknown
+    for stamp in ("stamp-3", "stamp-4", "stamp-5", "stamp-6"):
+        assert regressed[stamp] > 179.9, stamp
+    assert not pipe.map_unconfirmed
 
 
 def test_an_open_request_refines_every_frame_until_one_is_refined(make):

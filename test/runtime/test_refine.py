@@ -127,7 +127,14 @@ def test_refinement_failures_return_the_prior_with_a_reason(refinement_map, quer
         out = Refiner(refinement_map).refine(img, pos + 0.3, q, cov, camera)
         assert not out.success and out.reason
         np.testing.assert_allclose(out.position, pos + 0.3)
-        np.testing.assert_allclose(out.covariance, cov)
+        # the position as claimed; the rotation not confirmed by the map: heading unknown
+        np.testing.assert_allclose(out.covariance[:3, :], cov[:3, :])
+        np.testing.assert_allclose(np.sqrt(np.diag(out.covariance)[3:]), np.pi, rtol=1e-6)
+    kept = Refiner(refinement_map, RefineConfig(unrefined_rotation_sigma_deg=0.0))
+    np.testing.assert_allclose(kept.refine(flat, pos, q, cov, camera).covariance, cov)
+    some = Refiner(refinement_map, RefineConfig(unrefined_rotation_sigma_deg=10.0))
+    np.testing.assert_allclose(np.degrees(np.sqrt(np.diag(
+        some.refine(flat, pos, q, cov, camera).covariance)[3:])), 10.0)
     # the optional gate on the regressed pose: a prior 1.5 m off with a tight covariance
     strict = Refiner(refinement_map, RefineConfig(gate_sigma=4.0, gate_min_m=0.5))
     out = strict.refine(rgb, pos + [1.5, 0, 0], q, cov, camera)
@@ -202,6 +209,8 @@ def test_config_and_map_errors(tmp_path, sfm_building):
         RefineConfig.from_dict({"k_poses": 3})
     with pytest.raises(ConfigError, match="min_inliers"):
         RefineConfig(min_inliers=2)
+    with pytest.raises(ConfigError, match="unrefined_rotation_sigma_deg"):
+        RefineConfig(unrefined_rotation_sigma_deg=200.0)
     with pytest.raises(RefinementError, match="refinement-map"):
         load_refinement_map(tmp_path)
     with pytest.raises(RefinementError, match="camera-pose sfm"):
