@@ -176,6 +176,11 @@ def scene_results(root: Path) -> dict:
         out["query"][mode] = {**_pick(m), "outside_99_position_over_nominal":
                               m["outside_99_position"] / NOMINAL_OUTSIDE_99}
     q = out["query"]
+    pub = json.loads((root / "refine.metrics.json").read_text()).get("regressed_as_published")
+    if pub:  # the node's regressed poses in refine mode, widened by the map's verdicts
+        q["refine: regressed as published"] = {
+            **_pick(pub), "ms_per_frame": q["regress"]["ms_per_frame"],
+            "outside_99_position_over_nominal": pub["outside_99_position"] / NOMINAL_OUTSIDE_99}
     q["refine"]["ms_ratio_refine_over_regress"] = (q["refine"]["ms_per_frame"]
                                                    / max(q["regress"]["ms_per_frame"], 1e-9))
     ev = json.loads((root / "eval" / "metrics.json").read_text())

@@ -16,11 +16,11 @@ from camera_pose_ros.geometry import (
     pose_matrix,
     quat_wxyz_from_rotmat,
     quat_wxyz_to_xyzw,
-    widen_rotation,
     quat_xyzw_to_wxyz,
     rotation_errors_deg,
     rotmat_from_quat_wxyz,
     umeyama_sim3,
+    widen_rotation,
 )
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -33,7 +33,7 @@ from camera_pose_ros.io.coverage import MappedViews, NearestViews, nearest_view_
 from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.evaluate import prediction_table, table_metrics
 from camera_pose_ros.metrics import match_by_stamp
-from camera_pose_ros.runtime.estimate import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate, RegressorCheck
 from camera_pose_ros.runtime.localizer import Localizer
 
 __all__ = ["BatchReport", "FrameStream", "localize_source", "localization_metrics_path"]
@@ -89,7 +89,8 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
     """Localize every frame of ``source`` into the pose CSV ``out`` with covariance columns.
 
     With a refiner on ``localizer`` (the ``refine`` mode) every pose is refined and the CSV
-    gains columns ``refined`` (1: refined, 0: the regressed pose, refinement failed) and
+    gains columns ``refined`` (1: refined, 0: the regressed pose, refinement failed, its
+    rotation widened as ``RefineConfig.unrefined_rotation_sigma_deg`` says) and
     ``inliers``; ``camera`` gives the frames' intrinsics (default: the refinement map's).
     With a floor plan on ``localizer`` the CSV gains ``snapped`` (1: moved onto the walkable
     floor). With mapped views on ``localizer`` (:meth:`Localizer.load_views`) it gains each
@@ -99,7 +100,11 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
     With ``ground_truth`` (a pose CSV, read before any work) the rows are matched to it by
     stamp (within ``max_dt`` seconds) and :func:`localization_metrics_path`
     (``OUT.metrics.json``) gets the error summary, the covariance honesty figures, the
-    refined share and false acceptance rate (refine mode) and ms per frame; with mapped
+    refined share and false acceptance rate (refine mode: also
+    ``regressed_as_published``, the errors and honesty of the regressed poses as the node
+    publishes them before their refinement, widened by the map's verdict on the frames
+    before, :class:`~camera_pose_ros.runtime.estimate.RegressorCheck`; the node refines
+    every ``refine_every_n``-th frame, this every frame) and ms per frame; with mapped
     views, ``nearest_view``: the distances from the estimates and from the true poses, with
     the median error of the frames near the map and of those far from it.
 
@@ -112,7 +117,12 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
     if batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}")
     gt_table = read_poses(ground_truth) if ground_truth is not None else None
-    refine = localizer.refiner is not None
+    refiner = localizer.refiner
+    refine = refiner is not None
+    # the regressed poses as the node publishes them in refine mode (widened by the map's
+    # verdict on the regressor from the frames before: RegressorCheck)
+    check = RegressorCheck(refiner.config.unrefined_rotation_sigma_deg) if refiner else None
+    as_published: list[PoseEstimate] = []
     stamps: list[int] = []
     estimates: list[PoseEstimate] = []
     frames = rejected = 0
@@ -127,8 +137,14 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
             if est is None:
                 rejected += 1
                 continue
-            if refine:
+            if check is not None:
+                regressed = replace(est)
+                as_published.append(check.apply(replace(est)))
                 localizer.refine(rgb, est, camera)
+                if est.refined:
+                    check.refined(regressed, est)
+                else:
+                    check.failed()
             stamps.append(stamp_ns)
             estimates.append(est)
         seconds += time.perf_counter() - t0
@@ -188,6 +204,9 @@ def localize_source(localizer: Localizer, source: FrameStream, out: str | os.Pat
                    **({"frames_snapped": report.snapped} if localizer.snapper is not None
                       else {}),
                    **metrics, "ms_per_frame": 1000.0 * seconds / frames}
+        if as_published:
+            metrics["regressed_as_published"] = _as_published_metrics(
+                stamps, as_published, gt_table, max_dt)
         if views and near is not None:
             metrics["nearest_view"] = _nearest_view_metrics(views, near, table, gt_table,
                                                             max_dt)
@@ -208,6 +227,17 @@ def _nearest_view_metrics(views: MappedViews, near: NearestViews, pred: PoseTabl
     return {"source": views.source, "mapped_views": len(views),
             "from_estimate": nearest_view_summary(near),
             "from_ground_truth": nearest_view_summary(at_truth, position_errors_m=errors)}
+
+
+def _as_published_metrics(stamps: list[int], estimates: list[PoseEstimate], gt: PoseTable,
+                          max_dt: float) -> dict:
+    """Error and honesty of the regressed poses as the node publishes them in refine mode
+    (before each frame's refinement, widened by the verdicts of the frames before)."""
+    table = prediction_table(
+        np.array(stamps, np.int64),
+        np.array([np.concatenate([e.position, e.quat_wxyz]) for e in estimates]),
+        np.array([e.covariance for e in estimates]))
+    return table_metrics(table, gt, max_dt)
 
 
 def _one_line(m: dict) -> str:

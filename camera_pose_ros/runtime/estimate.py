@@ -1,4 +1,5 @@
-"""A pose estimate and the checks every estimate goes through: floor snapping, jump gate.
+"""A pose estimate and the checks it goes through: floor snapping, jump gate, the map's
+verdict on the regressor.
 
 numpy and scipy only (no torch): the node's scheduling, relocalization and diagnostics
 pieces build on these without loading the network.
@@ -10,11 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
+from scipy.stats import chi2
 
 from camera_pose_ros.errors import InputDataError
+from camera_pose_ros.geometry import rotmat_from_quat_wxyz, widen_rotation
 from camera_pose_ros.io.floorplan import FloorPlan
 
-__all__ = ["PoseEstimate", "FloorSnapper", "JumpGate"]
+__all__ = ["PoseEstimate", "FloorSnapper", "JumpGate", "RegressorCheck"]
 
 
 @dataclass
@@ -100,3 +104,67 @@ class JumpGate:
             return False
         self._last = (np.asarray(estimate_xyz, float), np.asarray(odom_xyz, float))
         return True
+
+
+class RegressorCheck:
+    """Whether the SfM map currently confirms the regressor: the refined poses check the
+    regressed ones, and the regressed poses that follow are widened by the verdict.
+
+    In refine mode the regressed pose of a frame goes out before (or instead of) its refined
+    one. A regressor trained on the mapping walk can be far off the walk while claiming a
+    small covariance, and its error is correlated from frame to frame. So every refinement
+    is also a test of the regressor: after a success, where the refined pose lies outside the
+    regressed covariance's ``level`` ellipsoid (position and rotation separately), that
+    block of the following regressed poses is scaled until it would have held the refined
+    pose; after a failure, their rotation claims ``failed_rotation_sigma_deg`` (180: heading
+    unknown; the map could not confirm it). The largest scale of the last ``memory``
+    refinements applies; a rotation never claims more than 180 deg.
+    """
+
+    def __init__(self, failed_rotation_sigma_deg: float = 180.0, level: float = 0.99,
+                 memory: int = 3) -> None:
+        self.failed_rotation_sigma = float(np.radians(failed_rotation_sigma_deg))
+        self.threshold = float(chi2.ppf(level, 3))
+        self.memory = max(1, int(memory))
+        #: (position scale, rotation scale, rotation floor in rad) of recent refinements
+        self.verdicts: list[tuple[float, float, float]] = []
+
+    def _add(self, verdict: tuple[float, float, float]) -> None:
+        self.verdicts = [*self.verdicts, verdict][-self.memory:]
+
+    def refined(self, regressed: PoseEstimate, refined: PoseEstimate) -> None:
+        """A refinement succeeded: how far outside its own covariance was the regressed pose
+        it started from (``regressed``: that pose as it was before refinement)."""
+        cov = regressed.covariance
+        d_pos = refined.position - regressed.position
+        d_rot = Rotation.from_matrix(rotmat_from_quat_wxyz(refined.quat_wxyz)
+                                     @ rotmat_from_quat_wxyz(regressed.quat_wxyz).T).as_rotvec()
+        scales = []
+        for d, block in ((d_pos, cov[:3, :3]), (d_rot, cov[3:, 3:])):
+            try:
+                m2 = float(d @ np.linalg.solve(block, d))
+            except np.linalg.LinAlgError:
+                m2 = np.inf
+            scales.append(max(1.0, m2 / self.threshold) if np.isfinite(m2) else 1e6)
+        self._add((scales[0], scales[1], 0.0))
+
+    def failed(self) -> None:
+        """A refinement failed: the map did not confirm the regressor."""
+        self._add((1.0, 1.0, self.failed_rotation_sigma))
+
+    @property
+    def confirmed(self) -> bool:
+        """No recent refinement found the regressor outside its covariance or failed."""
+        return all(v == (1.0, 1.0, 0.0) for v in self.verdicts)
+
+    def apply(self, est: PoseEstimate) -> PoseEstimate:
+        """Widen a regressed estimate's covariance by the recent verdicts (in place)."""
+        if self.confirmed:
+            return est
+        k_pos = max(v[0] for v in self.verdicts)
+        k_rot = max(v[1] for v in self.verdicts)
+        floor = max(v[2] for v in self.verdicts)
+        scale = np.sqrt(np.r_[np.full(3, k_pos), np.full(3, k_rot)])
+        cov = est.covariance * np.outer(scale, scale)  # D C D: still a covariance
+        est.covariance = widen_rotation(cov, floor)
+        return est

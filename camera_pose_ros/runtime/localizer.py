@@ -22,7 +22,6 @@ import numpy as np
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.config import load_yaml
 from camera_pose_ros.errors import CameraPoseError
-from camera_pose_ros.geometry import widen_rotation
 from camera_pose_ros.io.coverage import MappedViews, load_mapped_views
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.refmap import load_refinement_map
@@ -181,15 +180,6 @@ class Localizer:
             if moved:
                 est.position[:2] = xy
                 est.snapped = True
-        return est
-
-    def widen_unconfirmed(self, est: PoseEstimate) -> PoseEstimate:
-        """Widen ``est``'s rotation as a failed refinement does (the refiner's
-        ``unrefined_rotation_sigma_deg``), for a regressed pose the map has not confirmed;
-        returns it. Without a refiner nothing changes."""
-        sigma = 0.0 if self.refiner is None else self.refiner.config.unrefined_rotation_sigma_deg
-        if sigma > 0:
-            est.covariance = widen_rotation(est.covariance, np.radians(sigma))
         return est
 
     def refine(self, image_rgb: np.ndarray, est: PoseEstimate,

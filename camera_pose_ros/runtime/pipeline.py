@@ -6,9 +6,10 @@ caller never blocks). On that thread a frame older than ``max_image_age`` is dro
 image is decoded and localized (a non-finite prediction is dropped), odometry at its stamp is
 looked up, the optional jump gate is applied and the estimate goes out through
 :class:`Outputs`. In refine mode a :class:`~camera_pose_ros.runtime.workers.RefineScheduler`
-hands some frames to a second worker whose refined poses go out too; after a refinement fails,
-the regressed poses go out with their rotation widened (heading unknown by default) until one
-succeeds: the map does not confirm them. Relocalization requests
+hands some frames to a second worker whose refined poses go out too; each refinement is also
+the map's verdict on the regressor (:class:`~camera_pose_ros.runtime.estimate.RegressorCheck`):
+the regressed poses that follow a failed refinement, or one that found the regressor outside
+its own covariance, go out widened. Relocalization requests
 (:class:`~camera_pose_ros.runtime.relocalize.RelocalizationSession`) take the verified
 estimates. Every drop is counted in :class:`~camera_pose_ros.runtime.diagnostics.NodeStats`,
 logged (throttled) and told to an open request.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,7 +38,7 @@ from camera_pose_ros.runtime.diagnostics import (
     NodeStats,
     diagnostics_snapshot,
 )
-from camera_pose_ros.runtime.estimate import JumpGate, PoseEstimate
+from camera_pose_ros.runtime.estimate import JumpGate, PoseEstimate, RegressorCheck
 from camera_pose_ros.runtime.odometry import OdometryBuffer, base_from_camera, map_from_odom
 from camera_pose_ros.runtime.relocalize import (
     RelocalizationRequest,
@@ -218,8 +219,8 @@ class RelocalizationPipeline:
         self._frames: LatestJobWorker[Frame] | None = None
         self._refiner: LatestJobWorker[RefineJob] | None = None
         self._scheduler: RefineScheduler | None = None
-        #: the last refinement failed: regressed poses go out widened until one succeeds
-        self.map_unconfirmed = False
+        #: in refine mode, the map's verdict on the regressor (made by :meth:`start`)
+        self.check: RegressorCheck | None = None
 
     @property
     def refining(self) -> bool:
@@ -248,7 +249,9 @@ class RelocalizationPipeline:
         self._frames = LatestJobWorker(self._process, name="relocalization-inference",
                                        on_error=self._failed("rejected_error", "frame"))
         self._frames.start()
-        if self.refining:
+        refiner = self.localizer.refiner
+        if self.refining and refiner is not None:
+            self.check = RegressorCheck(refiner.config.unrefined_rotation_sigma_deg)
             self._refiner = LatestJobWorker(self._refine, name="relocalization-refine",
                                             on_error=self._failed("refine_error", "refinement"))
             self._scheduler = RefineScheduler(
@@ -395,15 +398,18 @@ class RelocalizationPipeline:
             return self._drop("rejected_jump", "estimate rejected by the odometry jump gate")
         if est.snapped:
             self.stats.add("snapped")
-        if self.refining and self.map_unconfirmed:
-            self.localizer.widen_unconfirmed(est)
+        regressed = replace(est)  # the regressor's own claim, for the map's verdict
+        check = self.check
+        if self.refining and check is not None:
+            check.apply(est)
         self._publish(frame.stamp, est, odom)
         self.stats.add("published")
         scheduler = self._scheduler
         if not self.refining:
             self.session.offer(est, frame.stamp)
         elif scheduler is not None:  # None once stopped
-            scheduler.offer(RefineJob(frame.stamp, rgb, est, odom, self.session.is_open))
+            scheduler.offer(RefineJob(frame.stamp, rgb, est, odom, self.session.is_open,
+                                      regressed))
         return None
 
     def _refine(self, job: RefineJob) -> None:
@@ -411,7 +417,12 @@ class RelocalizationPipeline:
         t0 = time.perf_counter()
         self.localizer.refine(job.rgb, est, self.camera)
         self.stats.refinement_took(time.perf_counter() - t0)
-        self.map_unconfirmed = not est.refined
+        check = self.check
+        if check is not None and job.regressed is not None:
+            if est.refined:
+                check.refined(job.regressed, est)
+            else:
+                check.failed()
         if est.refined:
             self.stats.add("refined")
             self._publish(job.stamp, est, job.odom_from_base, refined=True)

@@ -139,6 +139,8 @@ class RefineJob:
         estimate: its regressed pose (refined in place).
         odom_from_base: odometry at the image's stamp (4x4), or None.
         requested: a relocalization request was open when the frame was taken.
+        regressed: the pose as the regressor gave it (before any widening), for the map's
+            verdict on the regressor (:class:`~camera_pose_ros.runtime.estimate.RegressorCheck`).
     """
 
     stamp: object
@@ -146,6 +148,7 @@ class RefineJob:
     estimate: PoseEstimate
     odom_from_base: np.ndarray | None
     requested: bool
+    regressed: PoseEstimate | None = None
 
 
 class RefineScheduler:

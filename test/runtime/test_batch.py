@@ -21,7 +21,7 @@ from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.learning.evaluate import COV_COLUMNS
 from camera_pose_ros.runtime.batch import localization_metrics_path, localize_source
 from camera_pose_ros.runtime.localizer import Localizer
-from camera_pose_ros.runtime.refine import RefineOutcome
+from camera_pose_ros.runtime.refine import RefineConfig, RefineOutcome
 from test.conftest import write_random_checkpoint
 
 STRIP_X = 12.25  # centre x of the one walkable column of cells of strip_plan()
@@ -166,6 +166,8 @@ def test_an_empty_source_is_an_input_error(checkpoint, tmp_path):
 class StubRefiner:
     """Accepts the frames whose first pixel is even, moving them to (1, 2, 0.5) + index."""
 
+    config = RefineConfig()
+
     def __init__(self) -> None:
         self.cameras: list[object] = []
 
@@ -205,6 +207,9 @@ def test_refine_mode_writes_refined_poses_and_the_refined_and_inliers_columns(
     m = json.loads(report.metrics.read_text())
     assert m["mode"] == "refine" and m["refined_share"] == pytest.approx(0.5)
     assert m["accepted_frames"] == 3
+    # the regressed poses as the node would publish them, before their own refinement
+    pub = m["regressed_as_published"]
+    assert pub["frames"] == 6 and {"outside_99_any", "median_position_m"} <= set(pub)
 
 
 def test_localize_gives_each_pose_its_distance_to_the_nearest_mapped_view(checkpoint,

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
+from scipy.stats import chi2
 
 from camera_pose_ros.errors import ConfigError, RefinementError
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.refmap import REFINEMENT_MAP, save_refinement_map
-from camera_pose_ros.runtime.estimate import FloorSnapper, JumpGate
+from camera_pose_ros.runtime.estimate import (
+    FloorSnapper,
+    JumpGate,
+    PoseEstimate,
+    RegressorCheck,
+)
 from camera_pose_ros.runtime.localizer import Localizer, load_refiner
 from test.conftest import small_refinement_map, write_random_checkpoint
 
@@ -111,3 +118,44 @@ def test_jump_gate_follows_odometry():
     assert gate.accept(np.array([1.0, 0, 0]), np.array([1.1, 0, 0]))  # agrees
     assert not gate.accept(np.array([5.0, 0, 0]), np.array([1.2, 0, 0]))  # 4 m jump
     assert gate.accept(np.array([1.3, 0, 0]), np.array([1.2, 0, 0]))  # back on track
+
+
+def _pose(x: float, yaw_deg: float, pos_sd: float = 0.5, rot_sd_deg: float = 5.0
+          ) -> PoseEstimate:
+    q = Rotation.from_euler("z", yaw_deg, degrees=True).as_quat()  # xyzw
+    cov = np.diag([pos_sd**2] * 3 + [np.radians(rot_sd_deg) ** 2] * 3)
+    return PoseEstimate(np.array([x, 0.0, 1.5]), np.r_[q[3], q[:3]], cov)
+
+
+def test_regressor_check_widens_what_the_refined_poses_found_outside_the_claim():
+    check = RegressorCheck(memory=2)
+    t99 = chi2.ppf(0.99, 3)
+    assert check.confirmed
+    untouched = check.apply(_pose(0.0, 0.0)).covariance
+    np.testing.assert_allclose(untouched, _pose(0.0, 0.0).covariance)
+    # the map agrees within the claim: nothing changes
+    check.refined(_pose(0.0, 0.0), _pose(0.3, 4.0))
+    assert check.confirmed
+    # 3 m and 60 deg from a regressor that claimed 0.5 m and 5 deg: both blocks widened
+    # until the refined pose would have been inside the 99% ellipsoid
+    check.refined(_pose(0.0, 0.0), _pose(3.0, 60.0))
+    assert not check.confirmed
+    cov = check.apply(_pose(10.0, 90.0)).covariance
+    np.testing.assert_allclose(np.sqrt(cov[0, 0]), 3.0 / np.sqrt(t99))
+    np.testing.assert_allclose(np.degrees(np.sqrt(cov[5, 5])), 60.0 / np.sqrt(t99))
+    assert np.linalg.eigvalsh(cov).min() > 0
+    # a failed refinement: heading unknown, the position as the worst recent verdict
+    check.failed()
+    cov = check.apply(_pose(0.0, 0.0)).covariance
+    np.testing.assert_allclose(np.degrees(np.sqrt(np.diag(cov)[3:])), 180.0, rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(cov[0, 0]), 3.0 / np.sqrt(t99))
+    # two agreeing refinements later (memory 2) the regressor's own claim stands again
+    check.refined(_pose(0.0, 0.0), _pose(0.0, 0.0))
+    assert not check.confirmed
+    check.refined(_pose(0.0, 0.0), _pose(0.1, 1.0))
+    assert check.confirmed
+    # a singular claim is no claim: any difference widens it
+    flat = _pose(0.0, 0.0)
+    flat.covariance[:3, :3] = 0.0
+    check.refined(flat, _pose(0.2, 0.0))
+    assert not check.confirmed

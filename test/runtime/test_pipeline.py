@@ -7,9 +7,11 @@ every test knows which frame an output came from.
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy.stats import chi2
 
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import (
@@ -18,7 +20,7 @@ from camera_pose_ros.errors import (
     ImageDecodeError,
     InputDataError,
 )
-from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz, widen_rotation
+from camera_pose_ros.geometry import pose_matrix, rotmat_from_quat_wxyz
 from camera_pose_ros.io.coverage import MappedViews
 from camera_pose_ros.io.refmap import save_refinement_map
 from camera_pose_ros.ros.params import RELOCALIZATION_PARAMS
@@ -30,12 +32,16 @@ from camera_pose_ros.runtime.pipeline import (
     RelocalizationPipeline,
     load_localizer,
 )
+from camera_pose_ros.runtime.refine import RefineConfig
 from camera_pose_ros.runtime.relocalize import Outcome, VerifyThresholds
 from test.conftest import small_refinement_map, wait_for, write_random_checkpoint
 
 S = 1_000_000_000
 NOW_NS = 1_000 * S
 DEFAULTS = {spec.name: spec.default for spec in RELOCALIZATION_PARAMS}
+
+
+MAP = SimpleNamespace(config=RefineConfig())  # a refiner as the pipeline sees one
 
 
 class StubLocalizer:
@@ -48,6 +54,7 @@ class StubLocalizer:
         self.sigma, self.refiner = sigma, refiner
         self.nan = False
         self.refine_ok = True
+        self.refine_shift = 1.0  # metres the refined pose lies from the regressed one (y)
         self.cameras: list = []
 
     def localize(self, rgb: np.ndarray) -> PoseEstimate | None:
@@ -57,14 +64,10 @@ class StubLocalizer:
         return PoseEstimate(np.array([float(rgb[0, 0, 0]), 0.0, 0.0]),
                             np.array([1.0, 0.0, 0.0, 0.0]), cov, latency_s=0.01)
 
-    def widen_unconfirmed(self, est: PoseEstimate) -> PoseEstimate:
-        est.covariance = widen_rotation(est.covariance, np.pi)
-        return est
-
     def refine(self, rgb: np.ndarray, est: PoseEstimate, camera=None) -> PoseEstimate:
         self.cameras.append(camera)
         if self.refine_ok:
-            est.position = est.position + [0.0, 1.0, 0.0]
+            est.position = est.position + [0.0, self.refine_shift, 0.0]
             est.refined, est.inliers = True, 120
         else:
             est.refine_note = "8 inliers (< 30)"
@@ -85,7 +88,8 @@ class Recorder:
             self.poses.append({"stamp": stamp, "x": est.position.copy(), "verified": verified,
                                "edge": map_from_odom, "refined": refined,
                                "rot_sd_deg": float(np.degrees(np.sqrt(
-                                   np.linalg.eigvalsh(est.covariance[3:, 3:])[0])))})
+                                   np.linalg.eigvalsh(est.covariance[3:, 3:])[0]))),
+                               "pos_sd": float(np.sqrt(est.covariance[0, 0]))})
 
     def publish_initial_pose(self, stamp, est) -> None:
         with self.lock:
@@ -296,7 +300,7 @@ def test_relocalize_without_waiting_and_when_stopped(make):
 
 
 def test_refine_mode_refines_every_nth_frame_and_only_refined_poses_verify(make):
-    stub = StubLocalizer(refiner=object())
+    stub = StubLocalizer(refiner=MAP)
     pipe, rec = make(stub, mode=Mode.REFINE, refine_every_n=2)
     camera = PinholeCamera(64, 48, 60.0, 60.0, 32.0, 24.0)
     pipe.update_camera(lambda: camera)
@@ -312,29 +316,40 @@ def test_refine_mode_refines_every_nth_frame_and_only_refined_poses_verify(make)
     assert len(pipe.stats.refine_latency) == 2
 
 
-def test_after_a_failed_refinement_regressed_poses_claim_heading_unknown_until_one_works(make):
-    stub = StubLocalizer(refiner=object())
+def test_each_refinement_is_the_maps_verdict_on_the_regressed_poses_that_follow(make):
+    stub = StubLocalizer(refiner=MAP)
     stub.refine_ok = False
     pipe, rec = make(stub, mode=Mode.REFINE, refine_every_n=2)
     for v in range(1, 5):
         assert send(pipe, rec, frame(v))  # 2 and 4 fail to refine
-    stub.refine_ok = True
-    for v in range(5, 8):
-        assert send(pipe, rec, frame(v))  # 6 is refined
+    stub.refine_ok, stub.refine_shift = True, 0.0
+    for v in range(5, 12):
+        assert send(pipe, rec, frame(v))  # 6, 8, 10 refined where the regressor said
+    stub.refine_shift = 1.0
+    for v in range(12, 14):
+        assert send(pipe, rec, frame(v))  # 12 refined 1 m (10 sigma) from the regressor
     with rec.lock:
-        regressed = {p["stamp"]: p["rot_sd_deg"] for p in rec.poses if not p["refined"]}
-    assert pipe.stats.counts["refine_failed"] == 2 and pipe.stats.counts["refined"] == 1
-    # before any failure and after a success: the regressor's own 1 deg
-    for stamp in ("stamp-1", "stamp-2", "stamp-7"):
-        assert regressed[stamp] == pytest.approx(1.0), stamp
-    # while the map has not confirmed the last refined frame: heading unknown
-    for stamp in ("stamp-3", "stamp-4", "stamp-5", "stamp-6"):
-        assert regressed[stamp] > 179.9, stamp
-    assert not pipe.map_unconfirmed
+        regressed = {p["stamp"]: p for p in rec.poses if not p["refined"]}
+    assert pipe.stats.counts["refine_failed"] == 2 and pipe.stats.counts["refined"] == 4
+
+    def claims(v: int) -> tuple[float, float]:
+        p = regressed[f"stamp-{v}"]
+        return p["pos_sd"], p["rot_sd_deg"]
+
+    # before any verdict, and once the last three refinements agreed: the regressor's own
+    for v in (1, 2, 11, 12):
+        assert claims(v) == pytest.approx((0.1, 1.0)), v
+    # after a failure, while it is among the last three refinements: heading unknown
+    for v in (3, 4, 5, 6, 7, 8, 9, 10):
+        assert claims(v)[1] > 179.9 and claims(v)[0] == pytest.approx(0.1), v
+    # a refined pose 1 m from a regressed one that claimed 0.1 m: position widened until
+    # the 1 m would have been inside its 99% ellipsoid
+    assert claims(13)[0] == pytest.approx(1.0 / np.sqrt(chi2.ppf(0.99, 3)))
+    assert claims(13)[1] == pytest.approx(1.0)
 
 
 def test_an_open_request_refines_every_frame_until_one_is_refined(make):
-    stub = StubLocalizer(refiner=object())
+    stub = StubLocalizer(refiner=MAP)
     stub.refine_ok = False
     pipe, rec = make(stub, mode=Mode.REFINE, refine_on_request_only=True,
                      relocalize_timeout=30.0)
