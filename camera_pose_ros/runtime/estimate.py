@@ -107,22 +107,24 @@ class JumpGate:
 
 
 class RegressorCheck:
-    """Whether the SfM map currently confirms the regressor: the refined poses check the
+    """Whether the SfM map currently confirms the regressor: the refined poses test the
     regressed ones, and the regressed poses that follow are widened by the verdict.
 
     In refine mode the regressed pose of a frame goes out before (or instead of) its refined
     one. A regressor trained on the mapping walk can be far off the walk while claiming a
     small covariance, and its error is correlated from frame to frame. So every refinement
-    is also a test of the regressor: after a success, where the refined pose lies outside the
-    regressed covariance's ``level`` ellipsoid (position and rotation separately), that
-    block of the following regressed poses is scaled until it would have held the refined
-    pose; after a failure, their rotation claims ``failed_rotation_sigma_deg`` (180: heading
-    unknown; the map could not confirm it). The largest scale of the last ``memory``
-    refinements applies; a rotation never claims more than 180 deg.
+    also tests the regressor: after a success, where the refined pose lies outside the
+    regressed covariance's ``level`` ellipsoid (position and rotation separately: the
+    regressor is worse than it claims), that block of the following regressed poses is
+    scaled by the maximum-likelihood variance scale of the one difference seen
+    (``d^T C^-1 d / 3``); after a failure, their rotation claims
+    ``failed_rotation_sigma_deg`` (180: heading unknown; the map could not confirm it). The
+    largest scale among the last ``memory`` refinements applies; a rotation never claims
+    more than 180 deg.
     """
 
-    def __init__(self, failed_rotation_sigma_deg: float = 180.0, level: float = 0.99,
-                 memory: int = 3) -> None:
+    def __init__(self, failed_rotation_sigma_deg: float = 180.0, level: float = 0.95,
+                 memory: int = 5) -> None:
         self.failed_rotation_sigma = float(np.radians(failed_rotation_sigma_deg))
         self.threshold = float(chi2.ppf(level, 3))
         self.memory = max(1, int(memory))
@@ -145,7 +147,10 @@ class RegressorCheck:
                 m2 = float(d @ np.linalg.solve(block, d))
             except np.linalg.LinAlgError:
                 m2 = np.inf
-            scales.append(max(1.0, m2 / self.threshold) if np.isfinite(m2) else 1e6)
+            if not np.isfinite(m2):
+                scales.append(1e6)
+            else:
+                scales.append(max(1.0, m2 / 3.0) if m2 > self.threshold else 1.0)
         self._add((scales[0], scales[1], 0.0))
 
     def failed(self) -> None:

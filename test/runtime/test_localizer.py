@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
-from scipy.stats import chi2
 
 from camera_pose_ros.errors import ConfigError, RefinementError
 from camera_pose_ros.io.floorplan import FloorPlan
@@ -128,27 +127,26 @@ def _pose(x: float, yaw_deg: float, pos_sd: float = 0.5, rot_sd_deg: float = 5.0
 
 
 def test_regressor_check_widens_what_the_refined_poses_found_outside_the_claim():
-    check = RegressorCheck(memory=2)
-    t99 = chi2.ppf(0.99, 3)
+    check = RegressorCheck(memory=2)  # test at the 95% level
     assert check.confirmed
     untouched = check.apply(_pose(0.0, 0.0)).covariance
     np.testing.assert_allclose(untouched, _pose(0.0, 0.0).covariance)
-    # the map agrees within the claim: nothing changes
-    check.refined(_pose(0.0, 0.0), _pose(0.3, 4.0))
+    # the map agrees within the claim (inside the 95% ellipsoid): nothing changes
+    check.refined(_pose(0.0, 0.0), _pose(1.2, 12.0))
     assert check.confirmed
-    # 3 m and 60 deg from a regressor that claimed 0.5 m and 5 deg: both blocks widened
-    # until the refined pose would have been inside the 99% ellipsoid
+    # 3 m and 60 deg from a regressor that claimed 0.5 m and 5 deg: both blocks scaled by
+    # the maximum-likelihood variance scale of that one difference (d^2 / sigma^2 / 3)
     check.refined(_pose(0.0, 0.0), _pose(3.0, 60.0))
     assert not check.confirmed
     cov = check.apply(_pose(10.0, 90.0)).covariance
-    np.testing.assert_allclose(np.sqrt(cov[0, 0]), 3.0 / np.sqrt(t99))
-    np.testing.assert_allclose(np.degrees(np.sqrt(cov[5, 5])), 60.0 / np.sqrt(t99))
+    np.testing.assert_allclose(np.sqrt(cov[0, 0]), 3.0 / np.sqrt(3.0))
+    np.testing.assert_allclose(np.degrees(np.sqrt(cov[5, 5])), 60.0 / np.sqrt(3.0))
     assert np.linalg.eigvalsh(cov).min() > 0
     # a failed refinement: heading unknown, the position as the worst recent verdict
     check.failed()
     cov = check.apply(_pose(0.0, 0.0)).covariance
     np.testing.assert_allclose(np.degrees(np.sqrt(np.diag(cov)[3:])), 180.0, rtol=1e-6)
-    np.testing.assert_allclose(np.sqrt(cov[0, 0]), 3.0 / np.sqrt(t99))
+    np.testing.assert_allclose(np.sqrt(cov[0, 0]), 3.0 / np.sqrt(3.0))
     # two agreeing refinements later (memory 2) the regressor's own claim stands again
     check.refined(_pose(0.0, 0.0), _pose(0.0, 0.0))
     assert not check.confirmed
