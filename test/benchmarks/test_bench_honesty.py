@@ -6,11 +6,19 @@ sees exactly which ran.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
-from benchmarks.bench_honesty import STAGES, check_scenes, run_stages
+from benchmarks.bench_honesty import (
+    KEYS,
+    STAGES,
+    check_scenes,
+    markdown,
+    run_stages,
+    scene_results,
+)
 
 
 def _commands(root, log, tag: str = "") -> dict:
@@ -65,3 +73,30 @@ def test_unknown_scenes_are_refused_before_any_work():
     with pytest.raises(SystemExit, match="unknown scene"):
         check_scenes(["standard", "upside-down"])
     check_scenes(["standard"])
+
+
+def _metrics(median_m: float, outside: float, **extra) -> dict:
+    keys = dict.fromkeys(KEYS, 0.5)
+    return {**keys, "median_position_m": median_m, "outside_99_position": outside,
+            "outside_99_any": outside, **extra}
+
+
+def test_the_regressed_poses_as_published_in_refine_mode_get_their_own_row(tmp_path):
+    root = tmp_path / "offpath"
+    (root / "eval").mkdir(parents=True)
+    (root / "regress.metrics.json").write_text(json.dumps(_metrics(2.7, 0.37)))
+    (root / "refine.metrics.json").write_text(json.dumps(_metrics(
+        0.01, 0.0, refined_share=0.94,
+        regressed_as_published=_metrics(2.7, 0.02))))
+    (root / "eval" / "metrics.json").write_text(json.dumps(_metrics(1.4, 0.0)))
+    res = scene_results(root)
+    rows = res["query"]
+    assert list(rows) == ["regress", "refine", "refine: regressed as published"]
+    assert rows["refine: regressed as published"]["outside_99_any"] == 0.02
+    assert rows["refine: regressed as published"]["outside_99_position_over_nominal"] == (
+        pytest.approx(2.0))
+    table = markdown({"quick": True, "size": {"frames": 1, "query_frames": 1, "width": 1,
+                                              "height": 1}, "preset": "p",
+                      "scenes": {"offpath": res}})
+    line = next(x for x in table.splitlines() if "regressed as published" in x)
+    assert "| offpath | refine: regressed as published | 2.70 m" in line and "2% (2%" in line
