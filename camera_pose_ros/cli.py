@@ -22,6 +22,9 @@ from typing import Any
 from camera_pose_ros import __version__
 from camera_pose_ros.errors import CameraPoseError
 
+#: where ``synth --depth`` writes depth (io.bags.DEPTH_TOPICS[0]; not imported: fast --help)
+DEPTH_TOPIC = "/camera/depth/image_raw"
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("camera_pose_ros")
@@ -113,7 +116,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         control_points=args.control_points, control_point_noise=args.control_point_noise,
         bad_control_points=args.bad_control_points, storage=args.storage,
         distortion=tuple(args.distortion or ()), scenario=args.scenario,
-        progress=not args.quiet,
+        progress=not args.quiet, depth_topic=DEPTH_TOPIC if args.depth else None,
     )
 
 
@@ -124,7 +127,7 @@ def _cmd_dataset(args: argparse.Namespace) -> Path:
     return build_dataset(
         _source(args), args.out, control_points=args.control_points, floorplan=args.floorplan,
         test_poses=args.test_poses, ground_truth=args.ground_truth, overwrite=args.overwrite,
-        progress=not args.quiet, **cfg,
+        progress=not args.quiet, depth_topic=args.depth_topic, **cfg,
     )
 
 
@@ -261,7 +264,7 @@ def _cmd_refinement_map(args: argparse.Namespace) -> Path:
 def _cmd_scene_labels(args: argparse.Namespace) -> Path:
     from camera_pose_ros.dataset.scene_labels import build_scene_labels
 
-    return build_scene_labels(args.data, out=args.out)
+    return build_scene_labels(args.data, out=args.out, depth_topic=args.depth_topic)
 
 
 def _cmd_export(args: argparse.Namespace) -> Path:
@@ -321,7 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "lookalike: offpath in a building whose posters repeat; twin: "
                         "lookalike whose far corridor repeats the near one (SfM folds "
                         "without the robot's priors)")
+    p.add_argument("--depth", action="store_true",
+                   help=f"also write each mapping frame's exact depth, registered to the "
+                        f"colour camera, on {DEPTH_TOPIC} (16UC1 mm; dense labels for "
+                        "structure-aware models)")
     p.set_defaults(func=_cmd_synth)
+
+    def depth_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--depth-topic", default="auto",
+                       help="depth image topic registered to the colour camera, for dense "
+                            "scene labels (auto: a known depth topic when the bag has one; "
+                            "none: sparse SfM labels only)")
 
     def stage_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path,
@@ -370,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int)
     p.add_argument("--min-time-step", type=float)
     p.add_argument("--matcher", choices=("auto", "sequential", "exhaustive"))
+    depth_opt(p)
     stage_opts(p)
     p.set_defaults(func=_cmd_dataset)
 
@@ -478,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "coordinates and depths, for structure-aware models)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, help="default DATA/scene_labels.npz")
+    depth_opt(p)
     p.set_defaults(func=_cmd_scene_labels)
 
     p = sub.add_parser("calibrate",

@@ -157,7 +157,7 @@ def build_dataset(
     sfm: SfMConfig = SfMConfig(), align: AlignConfig = AlignConfig(),
     split: SplitConfig = SplitConfig(), test_poses: str | os.PathLike | None = None,
     ground_truth: str | os.PathLike | None = None, overwrite: bool = False,
-    progress: bool = True,
+    progress: bool = True, depth_topic: str | None = "auto",
 ) -> Path:
     """Run every dataset stage into ``out`` and return ``out/report.json``.
 
@@ -167,7 +167,8 @@ def build_dataset(
     Completed stages are skipped (frames, SfM steps) unless ``overwrite``; alignment,
     splits and the refinement map are cheap and always recomputed, so new control points
     take effect. A ``floorplan`` is saved into the dataset (``out/floorplan.yaml`` and its
-    ``.pgm``), where evaluation and the dashboard look for it.
+    ``.pgm``), where evaluation and the dashboard look for it. ``depth_topic``: depth images
+    for dense scene labels (see :func:`~camera_pose_ros.dataset.scene_labels.build_scene_labels`).
     """
     out = Path(out)
     # every input file is read before the first stage: a typo in the control points or a
@@ -199,7 +200,7 @@ def build_dataset(
         ("align", lambda: align_dataset(out, control_points, align)),
         ("split", lambda: split_dataset(out, split, test_poses=test_poses)),
         ("refinement map", lambda: build_refinement_map(out)),
-        ("scene labels", lambda: build_scene_labels(out)),
+        ("scene labels", lambda: build_scene_labels(out, depth_topic=depth_topic)),
     ]
     bar = tqdm(stages, desc="dataset", unit="stage", disable=not progress)
     for name, run in bar:

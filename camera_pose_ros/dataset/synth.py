@@ -32,7 +32,7 @@ from camera_pose_ros.dataset.synth_robot import RobotSpec, robot_messages
 from camera_pose_ros.errors import CameraModelError, ConfigError
 from camera_pose_ros.fileio import atomic_dir, write_text_atomic
 from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat
-from camera_pose_ros.io.bags import BagImageWriter
+from camera_pose_ros.io.bags import BagImageWriter, depth_image_message
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import PoseTable, format_stamp, write_poses
 
@@ -322,6 +322,16 @@ class Renderer:
         ``light`` multiplies the red, green and blue channels (other lighting: dimmer,
         warmer or colder than the mapping walk's).
         """
+        return self.render_with_depth(map_from_cam, noise_sigma=noise_sigma, rng=rng,
+                                      light=light)[0]
+
+    def render_with_depth(self, map_from_cam: np.ndarray, *, noise_sigma: float = 0.0,
+                          rng: np.random.Generator | None = None,
+                          light: tuple[float, float, float] = (1.0, 1.0, 1.0)
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """The RGB image (as :meth:`render`) and its exact depth: (H, W) float32 metres
+        along the optical axis (z in the camera frame) of the surface each pixel sees, as
+        a depth camera registered to this one would measure it without noise."""
         b = self.building
         cam = self.camera
         rot = map_from_cam[:3, :3].astype(np.float32)
@@ -382,7 +392,8 @@ class Renderer:
         if noise_sigma > 0:
             rng = rng or np.random.default_rng()
             img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise_sigma)
-        return np.clip(img, 0, 255).astype(np.uint8)
+        # the rays are (x, y, 1) in the camera frame: the hit distance t is the depth z
+        return np.clip(img, 0, 255).astype(np.uint8), t_img.astype(np.float32)
 
 
 def _loop_path(building: Building, offset: float,
@@ -510,6 +521,7 @@ def write_synthetic_building(
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
     distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
     robot: RobotSpec | None = RobotSpec(),
+    depth_topic: str | None = None,
 ) -> Path:
     """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
@@ -523,6 +535,8 @@ def write_synthetic_building(
     ``robot`` (None: none) adds the robot's own localization to the mapping bag: ``/tf``
     (``map -> odom -> base_link``), ``/tf_static`` (``base_link -> camera_optical_frame``)
     and ``/amcl_pose``, with the noise, drift and jumps of :mod:`.synth_robot`.
+    ``depth_topic`` (None: none) adds each mapping frame's exact depth, registered to the
+    colour camera, as a ``16UC1`` millimetre image on that topic (a depth camera's).
     Returns ``out``.
     """
     if scenario not in SCENARIOS:
@@ -563,9 +577,9 @@ def write_synthetic_building(
                  if robot is not None and name == "mapping" else [])
         with atomic_dir(out / name) as tmp:
             bag_dir = tmp / "bag"
+            frame_id = robot.camera_frame if robot else "camera_optical_frame"
             with BagImageWriter(bag_dir, image_topic=image_topic, storage=storage,
-                                frame_id=robot.camera_frame if robot else
-                                "camera_optical_frame") as writer:
+                                frame_id=frame_id) as writer:
                 k = 0
                 for stamp, pose in tqdm(list(zip(stamps, poses, strict=True)),
                                         desc=f"render {name}", disable=not progress,
@@ -575,8 +589,12 @@ def write_synthetic_building(
                         writer.write_message(topic, msgtype, t, msg, latched=latched)
                         k += 1
                     light = scene["light"] if name == "query" else (1.0, 1.0, 1.0)
-                    img = renderer.render(pose, noise_sigma=noise_sigma, rng=rng, light=light)
+                    img, depth = renderer.render_with_depth(pose, noise_sigma=noise_sigma,
+                                                            rng=rng, light=light)
                     writer.write(stamp, img, camera)
+                    if depth_topic and name == "mapping":
+                        writer.write_message(depth_topic, "sensor_msgs/msg/Image", stamp,
+                                             depth_image_message(stamp, frame_id, depth))
                 for topic, msgtype, t, msg, latched in extra[k:]:
                     writer.write_message(topic, msgtype, t, msg, latched=latched)
             for item in bag_dir.iterdir():

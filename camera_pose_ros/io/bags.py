@@ -38,6 +38,9 @@ __all__ = [
     "repair_hint",
     "list_topics",
     "iter_bag_images",
+    "iter_bag_depth",
+    "depth_image_message",
+    "DEPTH_TOPICS",
     "read_camera_info",
     "image_frame_id",
     "ros_header",
@@ -52,6 +55,10 @@ _CameraInfo = TYPESTORE.types["sensor_msgs/msg/CameraInfo"]
 _Header = TYPESTORE.types["std_msgs/msg/Header"]
 _Time = TYPESTORE.types["builtin_interfaces/msg/Time"]
 _RegionOfInterest = TYPESTORE.types["sensor_msgs/msg/RegionOfInterest"]
+#: depth topics registered to the colour image, looked for when none is named: the synthetic
+#: building's, and a RealSense's depth aligned to colour (``align_depth.enable``)
+DEPTH_TOPICS = ("/camera/depth/image_raw", "/camera/aligned_depth_to_color/image_raw",
+                "/camera/camera/aligned_depth_to_color/image_raw")
 
 
 @dataclass
@@ -262,6 +269,77 @@ def _first_decoded(path: str | os.PathLike, topic: str, what: str) -> Any | None
         return None
     finally:
         reader.close()
+
+
+def depth_image_message(stamp_ns: int, frame_id: str, depth_m: np.ndarray) -> Any:
+    """A ``sensor_msgs/Image`` of a depth map (metres) as REP 118's ``16UC1`` millimetres;
+    0 where there is no measurement (non-finite, non-positive or beyond 65.5 m)."""
+    d = np.asarray(depth_m, np.float64)
+    mm = np.where(np.isfinite(d) & (d > 0) & (d < 65.535), np.round(d * 1000.0), 0.0)
+    data = np.ascontiguousarray(mm.astype("<u2"))
+    h, w = data.shape
+    return _Image(header=_header(stamp_ns, frame_id), height=h, width=w, encoding="16UC1",
+                  is_bigendian=0, step=2 * w, data=np.frombuffer(data.tobytes(), np.uint8))
+
+
+def decode_depth(msg: Any) -> np.ndarray:
+    """(H, W) float32 metres of a depth ``sensor_msgs/Image`` (``16UC1``/``mono16``
+    millimetres or ``32FC1`` metres, REP 118); NaN where there is no measurement.
+
+    Raises:
+        ImageDecodeError: another encoding, or data that does not fit the size.
+    """
+    enc = str(msg.encoding).lower()
+    dtype = {"16uc1": "u2", "mono16": "u2", "32fc1": "f4"}.get(enc)
+    if dtype is None:
+        raise ImageDecodeError(f"depth encoding {msg.encoding!r} is not 16UC1, mono16 or "
+                               "32FC1")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    item = np.dtype(dtype).itemsize
+    raw = np.asarray(msg.data, np.uint8)
+    if h <= 0 or w <= 0 or step < w * item or raw.size < h * step:
+        raise ImageDecodeError(f"depth image of {raw.size} bytes does not fit {w}x{h} "
+                               f"(step {step})")
+    rows = raw[:h * step].reshape(h, step)[:, :w * item]
+    order = ">" if msg.is_bigendian else "<"
+    d = np.ascontiguousarray(rows).view(order + dtype).reshape(h, w).astype(np.float32)
+    if dtype == "u2":
+        d = d / np.float32(1000.0)
+    return np.where(np.isfinite(d) & (d > 0), d, np.float32(np.nan))
+
+
+def iter_bag_depth(path: str | os.PathLike, topic: str) -> Iterator[tuple[int, np.ndarray]]:
+    """``(stamp_ns, depth (H, W) float32 metres, NaN where unmeasured)`` of a depth image
+    topic in bag order; undecodable messages are skipped with a warning.
+
+    Raises:
+        BagError: missing or unreadable bag, or no such topic.
+    """
+    reader = open_bag(path)
+    skipped = 0
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            raise BagError(f"bag {path} has no depth topic '{topic}'")
+        if conns[0].msgtype != "sensor_msgs/msg/Image":
+            raise BagError(f"topic '{topic}' in {path} is {conns[0].msgtype}, not a "
+                           "sensor_msgs/Image depth image")
+        for conn, log_ns, raw in read_messages(reader, conns, path):
+            try:
+                msg: Any = reader.deserialize(raw, conn.msgtype)
+                depth = decode_depth(msg)
+            except Exception as exc:  # corrupt CDR or an undecodable image: skip it
+                skipped += 1
+                log.log(logging.WARNING if skipped <= _WARN_FIRST else logging.DEBUG,
+                        "skipping depth image at %.3f s on %s: %s", log_ns / 1e9, topic,
+                        _one_line(exc))
+                continue
+            yield _stamp_of(msg, log_ns), depth
+    finally:
+        reader.close()
+        if skipped:
+            log.warning("skipped %d undecodable depth image(s) on %s in %s", skipped, topic,
+                        path)
 
 
 def image_frame_id(path: str | os.PathLike, topic: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.dataset.scene_labels import build_scene_labels
-from camera_pose_ros.errors import FormatError, InputDataError
+from camera_pose_ros.errors import BagError, FormatError, InputDataError
 from camera_pose_ros.io.posecsv import read_poses
 from camera_pose_ros.io.scenelabels import SCENE_LABELS, load_scene_labels, save_scene_labels
 
@@ -93,3 +93,65 @@ def test_damaged_or_foreign_label_files_are_refused(sfm_building, tmp_path):
     np.savez(tmp_path / "other.npz", names=np.array(["a"]))
     with pytest.raises(FormatError, match="not a scene-label file"):
         load_scene_labels(tmp_path / "other.npz")
+
+
+def _fixture_renderer():
+    """The renderer of the ``sfm_building`` fixture's building and lens (see conftest)."""
+    from camera_pose_ros.dataset.synth import Building, BuildingSpec, Renderer
+    from test.conftest import LENS_DISTORTION
+
+    f = 0.82 * 320
+    camera = PinholeCamera(320, 240, f, f, 159.5, 119.5,
+                           tuple(float(v) for v in LENS_DISTORTION))
+    return Renderer(Building(BuildingSpec(scale=0.7, seed=1)), camera), camera
+
+
+def test_dense_labels_from_a_registered_depth_topic_lie_on_the_true_surfaces(
+        sfm_building, tmp_path):
+    from camera_pose_ros.geometry import rotmat_from_quat_wxyz
+    from camera_pose_ros.io.bags import BagImageWriter, depth_image_message
+
+    synth, data = sfm_building
+    renderer, camera = _fixture_renderer()
+    gt = read_poses(synth / "gt_mapping.csv")
+    bag = tmp_path / "depth_bag"
+    with BagImageWriter(bag) as writer:  # a depth camera beside the mapping walk's frames
+        for stamp, pos, q in zip(gt.stamps_ns, gt.positions_N3, gt.quats_wxyz_N4,
+                                 strict=True):
+            pose = np.eye(4)
+            pose[:3, :3], pose[:3, 3] = rotmat_from_quat_wxyz(q), pos
+            _, depth = renderer.render_with_depth(pose)
+            writer.write_message("/camera/depth/image_raw", "sensor_msgs/msg/Image",
+                                 int(stamp), depth_image_message(int(stamp), "cam", depth))
+    out = build_scene_labels(data, out=tmp_path / "labels.npz", depth_bag=bag)  # auto topic
+    labels, sparse = load_scene_labels(out), load_scene_labels(data)
+    assert labels.source == "sfm+depth" and sparse.source == "sfm"
+    assert list(labels.names) == list(sparse.names)
+    added = np.diff(labels.offsets) - np.diff(sparse.offsets)
+    assert np.all(added > 0.9 * (320 // 8) * (240 // 8))  # one per 8x8 cell, nearly all
+    # every dense label, seen from the frame's true pose through the true lens, has the
+    # depth the depth camera measured: the aligned pose and the SfM camera carry it there
+    gt_row = {int(s): i for i, s in enumerate(gt.stamps_ns)}
+    from camera_pose_ros.dataset.frames import read_frames_csv
+
+    names, stamps = read_frames_csv(data / "frames.csv")
+    stamp_of = dict(zip(names, stamps, strict=True))
+    errs = []
+    for i, name in enumerate(labels.names):
+        a = int(sparse.offsets[i + 1] - sparse.offsets[i])
+        uv, xyz, depth = (v[a:] for v in labels.frame(i))
+        k = gt_row[int(stamp_of[name])]
+        rot = rotmat_from_quat_wxyz(gt.quats_wxyz_N4[k])
+        p_cam = (xyz - gt.positions_N3[k]) @ rot
+        errs.append(np.abs(p_cam[:, 2] - depth))
+        xy = camera.distort_normalized(p_cam[:, :2] / p_cam[:, 2:3])
+        px = xy * [camera.fx, camera.fy] + [camera.cx, camera.cy]
+        errs.append(np.linalg.norm(px - uv, axis=1) * depth / camera.fx)  # metres sideways
+    err = np.concatenate(errs)
+    assert np.median(err) < 0.03 and np.percentile(err, 95) < 0.10
+    # a depth topic that is not there is an error when named, quietly skipped on auto
+    with pytest.raises(BagError, match="no depth topic"):
+        build_scene_labels(data, out=tmp_path / "x.npz", depth_bag=bag,
+                           depth_topic="/camera/other/depth")
+    build_scene_labels(data, out=tmp_path / "y.npz", depth_bag=synth / "mapping")
+    assert load_scene_labels(tmp_path / "y.npz").source == "sfm"

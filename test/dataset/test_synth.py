@@ -18,7 +18,12 @@ from camera_pose_ros.dataset.synth import (
 )
 from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.geometry import look_at_rotation, pose_matrix
-from camera_pose_ros.io.bags import iter_bag_images, list_topics, read_camera_info
+from camera_pose_ros.io.bags import (
+    iter_bag_depth,
+    iter_bag_images,
+    list_topics,
+    read_camera_info,
+)
 from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import read_poses
 
@@ -104,6 +109,38 @@ def test_renderer_sees_nearest_wall():
     assert img.shape == (48, 64, 3) and img.std() > 10
     # an identical pose renders the identical image (no hidden randomness)
     assert np.array_equal(img, r.render(pose))
+
+
+def test_renderer_depth_is_the_distance_to_the_surface_along_the_optical_axis(tmp_path):
+    b = Building(BuildingSpec(seed=1))
+    cam = PinholeCamera(64, 48, 50, 50, 31.5, 23.5, (-0.2, 0.05, 0.0, 0.0))
+    r = Renderer(b, cam)
+    rot = look_at_rotation([0.6, 0.8, -0.1])
+    pose = pose_matrix(rot, [3.0, 2.0, 1.5])
+    img, depth = r.render_with_depth(pose)
+    assert np.array_equal(img, r.render(pose)) and depth.shape == (48, 64)
+    # each pixel's ray, scaled by its depth, ends on the floor, the ceiling or a wall
+    u, v = np.meshgrid(np.arange(64.0), np.arange(48.0))
+    xy = cam.undistort_normalized(np.stack([(u - 31.5) / 50, (v - 23.5) / 50], -1))
+    p_cam = np.concatenate([xy, np.ones((48, 64, 1))], -1) * depth[..., None]
+    p = p_cam.reshape(-1, 3) @ rot.T + pose[:3, 3]
+    gap = np.minimum(np.abs(p[:, 2]), np.abs(p[:, 2] - b.height))
+    for wall in b.walls:
+        along = p[:, 1 - wall.axis]
+        on = (along >= wall.lo - 1e-3) & (along <= wall.hi + 1e-3)
+        gap = np.where(on, np.minimum(gap, np.abs(p[:, wall.axis] - wall.c)), gap)
+    assert gap.max() < 2e-3
+    # synth --depth: the mapping bag carries it as a 16UC1 image at each frame's stamp
+    write_synthetic_building(tmp_path / "s", seed=5, frames=10, query_frames=1, width=64,
+                             height=48, progress=False, depth_topic="/camera/depth/image_raw")
+    assert list_topics(tmp_path / "s" / "mapping")["/camera/depth/image_raw"] == (
+        "sensor_msgs/msg/Image")
+    assert "/camera/depth/image_raw" not in list_topics(tmp_path / "s" / "query")
+    frames = list(iter_bag_images(tmp_path / "s" / "mapping"))
+    depths = list(iter_bag_depth(tmp_path / "s" / "mapping", "/camera/depth/image_raw"))
+    assert [d[0] for d in depths] == [f.stamp_ns for f in frames]
+    assert all(d.shape == (48, 64) and np.isfinite(d).all() and d.min() > 0.05
+               for _, d in depths)
 
 
 def test_bad_options():

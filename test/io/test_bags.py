@@ -12,7 +12,13 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.dataset.frames import FrameSource
 from camera_pose_ros.errors import BagError, ImageDecodeError
-from camera_pose_ros.io.bags import TYPESTORE, BagImageWriter, iter_bag_images
+from camera_pose_ros.io.bags import (
+    TYPESTORE,
+    BagImageWriter,
+    depth_image_message,
+    iter_bag_depth,
+    iter_bag_images,
+)
 from test.conftest import textured
 
 CAM = PinholeCamera(64, 48, 50.0, 50.0, 31.5, 23.5)
@@ -83,3 +89,38 @@ def test_rectified_topic_takes_the_projection_without_distortion(tmp_path):
         with BagImageWriter(bag, image_topic=topic) as w:
             w.write(10**18, img, LENS)  # P is K here, D the lens's
         assert FrameSource(bag=bag, topic=topic).camera() == expected
+
+
+def test_depth_images_round_trip_and_bad_ones_are_skipped(tmp_path):
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.3, 12.0, (24, 32)).astype(np.float32)
+    depth[0, :4] = [0.0, np.nan, np.inf, 70.0]  # no measurement, or beyond 16UC1's range
+    img_t = TYPESTORE.types["sensor_msgs/msg/Image"]
+
+    def head(stamp: int):
+        return depth_image_message(stamp, "cam", depth).header
+
+    as_float = img_t(header=head(4), height=24, width=32, encoding="32FC1",
+                     is_bigendian=0, step=32 * 4,
+                     data=np.frombuffer(np.nan_to_num(depth, posinf=0.0).astype("<f4")
+                                        .tobytes(), np.uint8))
+    wrong = img_t(header=head(2), height=24, width=32, encoding="rgb8", is_bigendian=0,
+                  step=96, data=np.zeros(24 * 96, np.uint8))
+    short = img_t(header=head(3), height=24, width=32, encoding="16UC1", is_bigendian=0,
+                  step=64, data=np.zeros(100, np.uint8))
+    with BagImageWriter(tmp_path / "bag") as w:
+        for stamp, msg in ((1, depth_image_message(1, "cam", depth)), (2, wrong), (3, short),
+                           (4, as_float)):
+            w.write_message("/camera/depth/image_raw", "sensor_msgs/msg/Image", stamp, msg)
+    got = list(iter_bag_depth(tmp_path / "bag", "/camera/depth/image_raw"))
+    assert [s for s, _ in got] == [1, 4]  # the rgb8 and the truncated ones are skipped
+    valid = np.isfinite(depth) & (depth > 0) & (depth < 65.5)
+    for _, d in got:
+        assert d.shape == (24, 32) and d.dtype == np.float32
+        assert np.all(np.isnan(d[0, :3]))
+        np.testing.assert_allclose(d[valid], depth[valid], atol=5e-4)
+    assert np.isnan(got[0][1][0, 3]) and got[1][1][0, 3] == pytest.approx(70.0)
+    with pytest.raises(BagError, match="no depth topic"):
+        list(iter_bag_depth(tmp_path / "bag", "/other"))
+    with pytest.raises(BagError, match="not a sensor_msgs/Image"):
+        list(iter_bag_depth(tmp_path / "bag", "/camera/camera_info"))
