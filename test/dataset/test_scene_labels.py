@@ -68,6 +68,11 @@ def test_the_command_recomputes_labels_and_refuses_without_a_model(sfm_building,
     assert out.returncode == 0, out.stderr
     again = load_scene_labels(copy)
     assert np.array_equal(again.uv, load_scene_labels(data).uv)
+    out = subprocess.run([str(venv_bin / "camera-pose"), "scene-labels", "--data", str(copy),
+                          "--depth-topic", "/camera/nope"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "no depth topic '/camera/nope'" in out.stderr
     shutil.rmtree(copy / "sfm")
     out = subprocess.run([str(venv_bin / "camera-pose"), "scene-labels", "--data", str(copy)],
                          capture_output=True, text=True, timeout=300)
