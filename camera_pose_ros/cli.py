@@ -439,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or --resume, a folder holding a run is refused")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--seed", type=int)
-    p.add_argument("--pretrained", help="auto | none | path to torchvision weights")
+    p.add_argument("--pretrained",
+                   help="auto (cache, else download) | cache | none | path to torchvision "
+                        "weights")
     p.add_argument("--device", choices=device["choices"])
     p.set_defaults(func=_cmd_train)
 

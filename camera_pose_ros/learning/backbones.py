@@ -1,15 +1,19 @@
 """Backbone registry over torchvision: image (B, 3, H, W) -> feature vector (B, D).
 
-ImageNet weights load from the local torch hub cache (``$TORCH_HOME/hub/checkpoints``, where
-torchvision keeps what it has downloaded before) or from a given file. Nothing is downloaded:
-when no weights are found the backbone is randomly initialised, the log says so plainly, and
-the checkpoint records ``pretrained: false``.
+ImageNet weights (``pretrained``): ``auto`` takes them from the local torch hub cache
+(``$TORCH_HOME/hub/checkpoints``, where torchvision keeps what it has downloaded), else
+downloads them there as torchvision does (a progress bar, the file's hash checked, written
+atomically) and, when that fails (offline), says so in one warning and trains from random
+initialisation; ``cache`` never downloads; ``none`` is random; a path is a weights file. The
+checkpoint records ``pretrained`` and ``weights_source`` (the file, whether it was
+downloaded, or why there were no weights).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,8 @@ from torch import nn
 
 from camera_pose_ros.errors import CheckpointError, ConfigError
 
-__all__ = ["BACKBONES", "BackboneInfo", "build_backbone", "build_trunk", "cached_weights_path"]
+__all__ = ["BACKBONES", "BackboneInfo", "build_backbone", "build_trunk", "cached_weights_path",
+           "weights_url", "download_weights", "DOWNLOAD_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +64,47 @@ BACKBONES: dict[str, tuple[str, dict, Callable[[nn.Module], int]]] = {
 }
 
 
+#: seconds a download may wait for the server (connecting or between reads)
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+def weights_url(name: str) -> str:
+    """Where torchvision downloads the ImageNet weights of backbone ``name``."""
+    return str(torchvision.models.get_model_weights(BACKBONES[name][0]).DEFAULT.url)
+
+
 def cached_weights_path(name: str) -> Path | None:
     """The ImageNet weights file of ``name`` in the local torch hub cache, if present."""
-    builder = BACKBONES[name][0]
-    weights = torchvision.models.get_model_weights(builder).DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_url(name))
     return path if path.is_file() else None
+
+
+def download_weights(url: str, *, progress: bool = True,
+                     timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Download a weights file into the torch hub cache as torchvision does and return it.
+
+    The SHA-256 prefix in the file name (torchvision's ``name-<hash>.pth``) is checked; the
+    file appears only when complete (torch writes a temporary file and renames it).
+
+    Raises:
+        OSError: no connection, a timeout, an HTTP error, or a file whose hash is wrong
+            (``urllib``'s errors are OSErrors; torch's hash error is re-raised as one).
+    """
+    name = os.path.basename(url)
+    dest_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(name)
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # urllib under torch.hub takes no timeout of its own
+    try:
+        torch.hub.download_url_to_file(url, str(dest_dir / name),
+                                       hash_prefix=match.group(1) if match else None,
+                                       progress=progress)
+    except RuntimeError as exc:  # "invalid hash value"
+        raise OSError(str(exc)) from exc
+    finally:
+        socket.setdefaulttimeout(before)
+    return dest_dir / name
 
 
 def build_backbone(name: str, pretrained: str = "auto",
@@ -73,8 +113,9 @@ def build_backbone(name: str, pretrained: str = "auto",
 
     Args:
         name: a key of :data:`BACKBONES`.
-        pretrained: ``"auto"`` (ImageNet weights from the local cache when present, else
-            random), ``"none"`` (random), or a path to a torchvision state-dict file.
+        pretrained: ``"auto"`` (ImageNet weights from the local cache, else downloaded
+            there, else random with a warning), ``"cache"`` (the cache only), ``"none"``
+            (random), or a path to a torchvision state-dict file.
         pool_grid: the final pooling's output grid (rows, columns). (1, 1) is the usual
             global average; a grid keeps where things are in the image, which is much of
             what a pose regressor needs, above all when the backbone is not pretrained.
@@ -85,14 +126,28 @@ def build_backbone(name: str, pretrained: str = "auto",
     model = torchvision.models.get_model(builder, weights=None, **kwargs)
     source = "random initialisation"
     path: Path | None = None
-    if pretrained == "auto":
+    downloaded = ""
+    if pretrained in ("auto", "cache"):
         path = cached_weights_path(name)
-        if path is None:
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        if path is None and pretrained == "auto":
+            url = weights_url(name)
+            log.info("downloading the ImageNet weights of %s from %s into %s", name, url, hub)
+            try:
+                path, downloaded = download_weights(url), f" (downloaded from {url})"
+            except OSError as exc:
+                reason = " ".join(str(exc).split())[:200]
+                source = f"random initialisation (download failed: {reason})"
+                log.warning(
+                    "cannot download the ImageNet weights of %s (%s: offline?); training from "
+                    "random initialisation (put the file %s in %s, or pass one with "
+                    "`pretrained: /path/to/file.pth`)", name, reason, os.path.basename(url),
+                    hub)
+        elif path is None:
             log.warning(
                 "no ImageNet weights for %s in the local torch cache (%s); training from random "
-                "initialisation (put the torchvision weights file there, or pass one with "
-                "`pretrained: /path/to/file.pth`)", name,
-                Path(torch.hub.get_dir()) / "checkpoints")
+                "initialisation (`pretrained: auto` downloads them, or pass a file with "
+                "`pretrained: /path/to/file.pth`)", name, hub)
     elif pretrained not in ("none", ""):
         path = Path(pretrained)
         if not path.is_file():
@@ -105,8 +160,8 @@ def build_backbone(name: str, pretrained: str = "auto",
             raise CheckpointError(f"cannot load backbone weights {path}: {exc}") from exc
         if missing:
             raise CheckpointError(f"{path} lacks {len(missing)} tensors of {name} (wrong file?)")
-        source = str(path)
-        log.info("backbone %s: ImageNet weights from %s", name, path)
+        source = str(path) + downloaded
+        log.info("backbone %s: ImageNet weights from %s", name, source)
     width = strip(model)
     gh, gw = (int(v) for v in pool_grid)
     if (gh, gw) != (1, 1):
