@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pycolmap
 from scipy.spatial.transform import Rotation
@@ -62,6 +63,9 @@ class RefineConfig:
         max_view_angle_deg: a frame chosen by pose must look within this angle of the prior.
         max_features: SIFT features extracted from the query image.
         first_octave: SIFT's first octave (-1 upsamples the image: slower, more features).
+        max_image_size: SIFT sees the query image shrunk to at most this many pixels on its
+            longer side (0: as it comes); the keypoints are scaled back, so PnP and the
+            covariance use the full-size camera. SIFT's time grows with the pixel count.
         ratio: Lowe's ratio test threshold (best / second-best distinct 3D point).
         max_error_px: RANSAC inlier threshold on the reprojection error.
         min_inliers: fewer inliers than this is a failure.
@@ -95,6 +99,7 @@ class RefineConfig:
     max_view_angle_deg: float = 60.0
     max_features: int = 2048
     first_octave: int = 0
+    max_image_size: int = 0
     ratio: float = 0.85
     max_error_px: float = 6.0
     min_inliers: int = 30
@@ -130,6 +135,8 @@ class RefineConfig:
             raise ConfigError("refine gate_sigma and gate_min_m must be >= 0")
         if not 0.0 <= self.unrefined_rotation_sigma_deg <= 180.0:
             raise ConfigError("refine unrefined_rotation_sigma_deg must be in [0, 180]")
+        if self.max_image_size != 0 and self.max_image_size < 64:
+            raise ConfigError("refine max_image_size must be 0 (full size) or at least 64")
         if self.retrieval_rounds < 1:
             raise ConfigError("refine retrieval_rounds must be at least 1")
         if self.verify and self.k_verify < 1:
@@ -353,8 +360,15 @@ class Refiner:
         gray = np.ascontiguousarray(np.clip(
             image_rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
             + 0.5, 0, 255).astype(np.uint8))
+        shrink = (cfg.max_image_size / max(h, w)
+                  if 0 < cfg.max_image_size < max(h, w) else 1.0)
+        if shrink < 1.0:
+            gray = cv2.resize(gray, (max(1, round(w * shrink)), max(1, round(h * shrink))),
+                              interpolation=cv2.INTER_AREA)
         kps, descs = self._sift.extract_from_uint8_array(gray)
         keypoints = np.array([(k.x, k.y) for k in kps], dtype=float).reshape(-1, 2)
+        if shrink < 1.0:  # COLMAP keypoints: pixel corners at 0, so a plain scale
+            keypoints *= [w / gray.shape[1], h / gray.shape[0]]
         desc_q = np.asarray(descs.data, dtype=np.float32) / 512.0  # COLMAP's uint8 scale
         t1 = time.perf_counter()
         prior.stages_s["features"] = t1 - t0

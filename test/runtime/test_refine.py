@@ -104,6 +104,25 @@ def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query)
     assert np.median(r_err) < 1.0, r_err
 
 
+def test_sift_on_a_shrunk_query_keeps_full_size_keypoints(refinement_map, query):
+    rows, camera = query
+    full, small = Refiner(refinement_map), Refiner(refinement_map,
+                                                   RefineConfig(max_image_size=240))
+    t_err = []
+    for rgb, pos, q in rows:
+        prior_cov = np.diag([1.0, 1.0, 0.1, 0.05, 0.05, 0.05])
+        a = full.refine(rgb, pos + [0.3, -0.3, 0.0], q, prior_cov, camera)
+        b = small.refine(rgb, pos + [0.3, -0.3, 0.0], q, prior_cov, camera)
+        assert b.stages_s["features"] > 0
+        if b.success:  # the keypoints were scaled back: the same pose as at full size
+            t_err.append(position_errors(b.position[None], pos[None])[0])
+            if a.success:
+                assert position_errors(a.position[None], b.position[None])[0] < 0.1
+    assert len(t_err) >= len(rows) // 2 and np.median(t_err) < 0.05, t_err
+    with pytest.raises(ConfigError, match="max_image_size"):
+        RefineConfig(max_image_size=10)
+
+
 def test_refinement_models_the_lens_distortion(refinement_map, query):
     """The same query frames refined as if the lens were an ideal pinhole land decimetres off."""
     rows, camera = query
