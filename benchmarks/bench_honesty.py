@@ -148,9 +148,9 @@ def run_stages(root: Path, commands: dict[str, tuple[list, list]], from_stage: s
         forced = True  # everything after a re-run stage depends on it
         marker.unlink(missing_ok=True)
         for path in outputs:
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            else:
+            else:  # a file, or a link (to another run's folder: its target is kept)
                 path.unlink(missing_ok=True)
         if log is not None:
             log.append(name)

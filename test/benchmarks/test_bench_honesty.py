@@ -100,3 +100,17 @@ def test_the_regressed_poses_as_published_in_refine_mode_get_their_own_row(tmp_p
                       "scenes": {"offpath": res}})
     line = next(x for x in table.splitlines() if "regressed as published" in x)
     assert "| offpath | refine: regressed as published | 2.70 m" in line and "2% (2%" in line
+
+
+def test_a_rerun_stage_unlinks_a_linked_output_and_keeps_its_target(tmp_path):
+    root, log = tmp_path / "scene", tmp_path / "log"
+    root.mkdir()
+    elsewhere = tmp_path / "other_run"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("another run's output")
+    commands = _commands(root, log)
+    commands["synth"] = (commands["synth"][0], [root / "linked"])
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    run_stages(root, commands, None)
+    assert not (root / "linked").exists() and (elsewhere / "keep.txt").is_file()
+    assert _ran(log) == list(STAGES)
