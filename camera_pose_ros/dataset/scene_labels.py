@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,29 @@ def _depth_source(data: Path, depth_topic: str | None, depth_bag: str | os.PathL
     return Path(bag), depth_topic
 
 
-def _depth_by_frame(data: Path, bag: Path, topic: str, wanted: set[str],
-                    max_dt_s: float) -> dict[str, np.ndarray]:
-    """Image name -> depth (metres, NaN unmeasured) of the depth image nearest its stamp
-    (within ``max_dt_s``), for the frames in ``wanted``."""
+def _cell_centres(size: tuple[int, int], stride: int) -> np.ndarray:
+    """(N, 2) ROS pixels of the centres of the ``stride``-pixel cells of a (w, h) image."""
+    w, h = size
+    u, v = np.meshgrid(np.arange(stride / 2 - 0.5, w, stride),
+                       np.arange(stride / 2 - 0.5, h, stride))
+    return np.stack([u.ravel(), v.ravel()], 1)
+
+
+def _depth_at(depth: np.ndarray, uv: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N,) float32 depth at colour pixels ``uv`` of a (w, h) image, read from a registered
+    depth image of any size (nearest pixel; NaN: no measurement)."""
+    w, h = size
+    hd, wd = depth.shape
+    cols = np.clip(np.round((uv[:, 0] + 0.5) * wd / w - 0.5).astype(int), 0, wd - 1)
+    rows = np.clip(np.round((uv[:, 1] + 0.5) * hd / h - 0.5).astype(int), 0, hd - 1)
+    return depth[rows, cols].astype(np.float32)
+
+
+def _depth_by_frame(data: Path, bag: Path, topic: str, wanted: set[str], max_dt_s: float,
+                    sample: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """Image name -> ``sample(depth)`` of the depth image nearest its stamp (within
+    ``max_dt_s``), for the frames in ``wanted``. Only the samples are kept, never the
+    images: a long walk's depth would not fit in memory."""
     names, stamps = read_frames_csv(data / "frames.csv")
     stamp_of = {n: int(t) for n, t in zip(names, stamps, strict=True) if n in wanted}
     if not stamp_of:
@@ -77,24 +97,16 @@ def _depth_by_frame(data: Path, bag: Path, topic: str, wanted: set[str],
         for j in (i - 1, i):
             if 0 <= j < len(keys):
                 dt = abs(int(keys[j]) - stamp)
-                if dt <= limit and dt < best.get(order[j], (limit + 1, depth))[0]:
-                    best[order[j]] = (dt, depth)
-    return {n: d for n, (_, d) in best.items()}
+                if dt <= limit and dt < best.get(order[j], (limit + 1, None))[0]:
+                    best[order[j]] = (dt, sample(depth))
+    return {n: z for n, (_, z) in best.items()}
 
 
-def _dense_labels(depth: np.ndarray, camera: object, size: tuple[int, int],
-                  map_from_cam: np.ndarray, stride: int
+def _dense_labels(uv: np.ndarray, z: np.ndarray, camera: object, map_from_cam: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(uv ROS pixels, xyz map, depth) at the centres of ``stride``-pixel cells where the
-    depth image (registered to the colour camera, scaled to its size) has a measurement."""
-    w, h = size
-    u, v = np.meshgrid(np.arange(stride / 2 - 0.5, w, stride),
-                       np.arange(stride / 2 - 0.5, h, stride))
-    uv = np.stack([u.ravel(), v.ravel()], 1)
-    hd, wd = depth.shape
-    cols = np.clip(np.round((uv[:, 0] + 0.5) * wd / w - 0.5).astype(int), 0, wd - 1)
-    rows = np.clip(np.round((uv[:, 1] + 0.5) * hd / h - 0.5).astype(int), 0, hd - 1)
-    z = depth[rows, cols].astype(np.float64)
+    """(uv ROS pixels, xyz map, depth) of the pixels ``uv`` whose depth ``z`` was measured,
+    back-projected through the SfM ``camera`` (a pycolmap Camera) and the aligned pose."""
+    z = z.astype(np.float64)
     ok = np.isfinite(z) & (z > 0.05)
     uv, z = uv[ok], z[ok]
     xy = np.asarray(camera.cam_from_img(uv + 0.5), np.float64).reshape(-1, 2)  # type: ignore[attr-defined]
@@ -141,8 +153,10 @@ def build_scene_labels(data: str | os.PathLike, *, out: str | os.PathLike | None
     if depth_stride < 1:
         raise InputDataError(f"depth_stride must be at least 1, got {depth_stride}")
     where = _depth_source(data, depth_topic, depth_bag)
+    cells = _cell_centres(size, depth_stride)
     dense = (_depth_by_frame(data, where[0], where[1], {im.name for im in images},
-                             max_depth_dt) if where else {})
+                             max_depth_dt, lambda d: _depth_at(d, cells, size))
+             if where else {})
     names, offsets, uvs, xyzs, depths = [], [0], [], [], []
     dropped = n_dense = 0
     for im in images:
@@ -164,8 +178,8 @@ def build_scene_labels(data: str | os.PathLike, *, out: str | os.PathLike | None
         else:
             uv, xyz, z = np.zeros((0, 2)), np.zeros((0, 3)), np.zeros(0)
         if im.name in dense:
-            duv, dxyz, dz = _dense_labels(dense[im.name], rec.cameras[im.camera_id], size,
-                                          map_from_cam, depth_stride)
+            duv, dxyz, dz = _dense_labels(cells, dense[im.name], rec.cameras[im.camera_id],
+                                          map_from_cam)
             uv, xyz, z = np.r_[uv, duv], np.r_[xyz, dxyz], np.r_[z, dz]
             n_dense += len(dz)
         names.append(im.name)

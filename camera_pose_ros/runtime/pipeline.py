@@ -398,9 +398,10 @@ class RelocalizationPipeline:
             return self._drop("rejected_jump", "estimate rejected by the odometry jump gate")
         if est.snapped:
             self.stats.add("snapped")
-        regressed = replace(est)  # the regressor's own claim, for the map's verdict
+        regressed = None
         check = self.check
         if self.refining and check is not None:
+            regressed = replace(est)  # the regressor's own claim, for the map's verdict
             check.apply(est)
         self._publish(frame.stamp, est, odom)
         self.stats.add("published")
