@@ -194,17 +194,19 @@ def small_refinement_map(*, distortion: tuple[float, ...] = (), alignment_rms_m:
                          ) -> RefinementMap:
     """Three mapped frames, five points: enough to save and load, not to refine against."""
     from camera_pose_ros.camera import PinholeCamera
-    from camera_pose_ros.io.refmap import RefinementMap
+    from camera_pose_ros.io.refmap import RefinementMap, compact_descriptors
 
     rng = np.random.default_rng(0)
     poses = np.tile(np.eye(4), (3, 1, 1))
     poses[:, :3, 3] = rng.normal(size=(3, 3))
+    codes, mean, basis, scale = compact_descriptors(
+        np.arange(5), rng.integers(0, 255, (5, 128)).astype(np.uint8), 5)
     return RefinementMap(
         names=np.array(["a.png", "b.png", "c.png"]), map_from_cam=poses,
         camera=PinholeCamera(320, 240, 260.0, 261.0, 159.5, 119.5, distortion),
-        points=rng.normal(size=(5, 3)), offsets=np.array([0, 2, 3, 5]),
-        obs_point=np.array([0, 1, 2, 3, 4]),
-        obs_desc=rng.integers(0, 255, (5, 128)).astype(np.uint8),
+        points=rng.normal(size=(5, 3)).astype(np.float32), offsets=np.array([0, 2, 3, 5]),
+        frame_points=np.array([0, 1, 2, 3, 4], np.int32), desc_codes=codes, desc_mean=mean,
+        desc_basis=basis, desc_scale=scale,
         vocabulary=rng.normal(size=(4, 128)).astype(np.float32),
         idf=np.ones(4, np.float32), global_desc=np.eye(3, 4, dtype=np.float32),
         alignment_rms_m=alignment_rms_m)

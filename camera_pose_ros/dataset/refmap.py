@@ -17,7 +17,14 @@ import numpy as np
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import CameraModelError, FormatError, RefinementError
 from camera_pose_ros.geometry import Sim3, invert_pose
-from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap, save_refinement_map
+from camera_pose_ros.io.refmap import (
+    DESCRIPTOR_DIMS,
+    REFINEMENT_MAP,
+    RefinementMap,
+    check_descriptor_dims,
+    compact_descriptors,
+    save_refinement_map,
+)
 from camera_pose_ros.io.retrieval import (
     GLOBAL_DESCRIPTORS,
     RetrievalIndex,
@@ -33,14 +40,21 @@ log = logging.getLogger(__name__)
 
 
 def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | None = None,
-                         words: int = 256, seed: int = 0) -> Path:
+                         words: int = 256, seed: int = 0,
+                         descriptor_dims: int = DESCRIPTOR_DIMS) -> Path:
     """Write ``DATA/refinement_map.npz`` (or ``out``) from the SfM model and the alignment.
 
+    Every observation's descriptor is read from the database; each point keeps one
+    (:func:`~camera_pose_ros.io.refmap.compact_descriptors`, ``descriptor_dims`` PCA
+    components).
+
     Raises:
-        RefinementError: the SfM model, database, camera or alignment is missing.
+        RefinementError: the SfM model, database, camera or alignment is missing, or
+            ``descriptor_dims`` is not 1 to 128.
     """
     import pycolmap  # here, not at import: training processes need only the file name
 
+    check_descriptor_dims(descriptor_dims)
     data = Path(data)
     model_dir, db_path = data / "sfm" / "model", data / "sfm" / "database.db"
     for need, what in ((model_dir, "`camera-pose sfm`"), (db_path, "`camera-pose sfm`"),
@@ -81,15 +95,19 @@ def build_refinement_map(data: str | os.PathLike, *, out: str | os.PathLike | No
     finally:
         db.close()
     out = Path(out) if out is not None else data / REFINEMENT_MAP
+    frame_points = np.concatenate(obs_point)
+    codes, mean, basis, scale = compact_descriptors(frame_points, np.concatenate(obs_desc),
+                                                    len(points), descriptor_dims)
     save_refinement_map(out, RefinementMap(
         names=np.array([im.name for im in images]), map_from_cam=np.array(poses),
         camera=camera, points=points, offsets=np.array(offsets, dtype=np.int64),
-        obs_point=np.concatenate(obs_point), obs_desc=np.concatenate(obs_desc),
-        vocabulary=retrieval.vocabulary, idf=retrieval.idf,
+        frame_points=frame_points, desc_codes=codes, desc_mean=mean, desc_basis=basis,
+        desc_scale=scale, vocabulary=retrieval.vocabulary, idf=retrieval.idf,
         global_desc=retrieval.descriptors[[row_of[im.name] for im in images]],
         alignment_rms_m=float(alignment.get("rms_m", 0.0))))
-    log.info("refinement map: %d frames, %d points, %d observations -> %s", len(images),
-             len(points), offsets[-1], out)
+    log.info("refinement map: %d frames, %d points (%d components each), %d observations, "
+             "%.1f MB -> %s", len(images), len(points), codes.shape[1], offsets[-1],
+             out.stat().st_size / 1e6, out)
     return out
 
 

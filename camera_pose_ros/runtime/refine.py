@@ -5,8 +5,8 @@ Given an RGB image, its regressed pose and the camera intrinsics:
 1. pick mapped frames: the ``k_pose`` nearest the regressed pose that look the same way,
    plus the ``k_retrieval`` most similar by bag-of-words global descriptor (the regressor
    can be metres off in a new viewpoint; retrieval does not depend on it);
-2. extract SIFT from the image (pycolmap, CPU) and match it to those frames' observations
-   of 3D points (mutual nearest neighbour per 3D point, Lowe's ratio test);
+2. extract SIFT from the image (pycolmap, CPU) and match it to the descriptors of the 3D
+   points those frames observe (one per point: mutual nearest neighbour, Lowe's ratio test);
 3. solve the absolute pose with LO-RANSAC and refine it (pycolmap);
 4. verify it on the map's own evidence, not on the regressor: match again against the
    mapped frames nearest the *solution* and solve again; accept when both solutions agree,
@@ -266,31 +266,24 @@ class Refiner:
     def _match(self, desc_q: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query index, 3D point index) pairs passing the ratio test and mutual check.
 
-        The ratio test compares the best 3D point with the second-best *other* point (the
-        frames share points, whose observations look alike). Observations are sorted by
-        point, so each point's columns are one contiguous run of the similarity matrix.
+        Each point the frames observe has one descriptor, so the ratio test compares the
+        best point with the second-best point.
         """
-        point_idx, obs = self.map.observations(frames)
-        if len(obs) == 0 or len(desc_q) == 0:
+        point_idx, desc = self.map.observations(frames)
+        if len(point_idx) == 0 or len(desc_q) == 0:
             return np.zeros(0, int), np.zeros(0, int)
-        order = np.argsort(point_idx, kind="stable")
-        point_idx, obs = point_idx[order], obs[order]
-        run_start = np.searchsorted(point_idx, point_idx, "left")
-        run_len = np.searchsorted(point_idx, point_idx, "right") - run_start
-        sim = desc_q @ (obs.astype(np.float32) / 512.0).T  # about unit length: cosine
+        sim = desc_q @ desc.T  # unit vectors: cosine
         rows = np.arange(len(sim))
         best = np.argmax(sim, axis=1)
         best_s = sim[rows, best]
         mutual = best_s >= sim.max(axis=0)[best]  # each is its match's best query feature
-        lens = run_len[best]  # blank the best point's own columns, then take the maximum
-        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        sim[np.repeat(rows, lens), np.repeat(run_start[best], lens) + within] = -1.0
+        sim[rows, best] = -1.0
         second_s = sim.max(axis=1)
         d1 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * best_s))
         d2 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * second_s))
         q = np.flatnonzero(mutual & (d1 < self.config.ratio * d2))
         pts = point_idx[best[q]]
-        _, first = np.unique(pts, return_index=True)  # one query feature per 3D point
+        _, first = np.unique(pts, return_index=True)  # one query feature per 3D point (ties)
         return q[first], pts[first]
 
     def _solve(self, keypoints: np.ndarray, desc_q: np.ndarray, frames: np.ndarray,
@@ -304,7 +297,7 @@ class Refiner:
         est.ransac.max_error = cfg.max_error_px
         est.ransac.num_threads = cfg.num_threads
         est.ransac.random_seed = 0
-        pts2d, pts3d = keypoints[qi], self.map.points[pi]
+        pts2d, pts3d = keypoints[qi], np.asarray(self.map.points[pi], float)
         result = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, colmap_cam, est)
         if result is None:
             return f"absolute pose RANSAC found no pose from {len(qi)} matches"

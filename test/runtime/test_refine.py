@@ -72,7 +72,7 @@ def test_dataset_writes_a_refinement_map_in_the_map_frame(sfm_building, refineme
     assert sorted(poses.images) == [str(n) for n in m.names]
     order = np.argsort(poses.images)
     np.testing.assert_allclose(m.centres, poses.positions_N3[order], atol=1e-5)
-    assert len(m.obs_point) == m.offsets[-1] and m.obs_desc.shape == (len(m.obs_point), 128)
+    assert len(m.frame_points) == m.offsets[-1] and m.desc_codes.shape == (len(m.points), 64)
     # each frame's observed points lie in front of it, within the building
     for i in range(0, len(m), max(1, len(m) // 10)):
         pts, _ = m.observations(np.array([i]))
