@@ -73,7 +73,9 @@ def scenario_supported(scene: str) -> bool:
 
 def check_scenes(scenes: list[str]) -> None:
     """Refuse unknown scenes, and scenarios this checkout's ``synth`` cannot render, early."""
-    for s in (scene_seed(x)[0] for x in scenes):
+    for x in scenes:
+        scene_rooms(x)  # refuses a malformed +rooms suffix
+        s = scene_seed(x)[0]
         if s not in SCENES:
             raise SystemExit(f"unknown scene {s!r}; known: {', '.join(SCENES)}")
         if s != "standard" and not scenario_supported(s):
@@ -82,12 +84,29 @@ def check_scenes(scenes: list[str]) -> None:
 
 def scene_seed(scene: str) -> tuple[str, int]:
     """``offpath@1`` -> ("offpath", 1): a scenario and the seed of its building (default 0;
-    another seed is another building, with other textures: a scene nothing was tuned on)."""
-    name, _, seed = scene.partition("@")
+    another seed is another building, with other textures: a scene nothing was tuned on).
+    A ``+roomsN[xK]`` suffix (see :func:`scene_rooms`) is not part of either."""
+    name, _, seed = scene.partition("+")[0].partition("@")
     try:
         return name, int(seed or 0)
     except ValueError:
         raise SystemExit(f"scene {scene!r}: the seed after @ must be an integer") from None
+
+
+def scene_rooms(scene: str) -> tuple[int, int]:
+    """``offpath@1+rooms6x2`` -> (6, 2): ``synth --rooms 6 --room-designs 2`` (the corridor
+    with rooms instead of the loop; ``x2`` repeats two room designs); (0, 0) without it."""
+    _, plus, rooms = scene.partition("+")
+    if not plus:
+        return 0, 0
+    n, _, k = rooms.removeprefix("rooms").partition("x")
+    try:
+        if not rooms.startswith("rooms") or int(n) < 2 or int(k or 0) < 0:
+            raise ValueError
+        return int(n), int(k or 0)
+    except ValueError:
+        raise SystemExit(f"scene {scene!r}: the suffix must be +roomsN or +roomsNxK "
+                         "(N >= 2 rooms, K room designs)") from None
 
 
 def _cli(*args: str) -> list[str]:
@@ -100,12 +119,17 @@ def _commands(root: Path, scene: str, size: dict, device: str) -> dict[str, tupl
     name, seed = scene_seed(scene)
     scen = [] if name == "standard" else ["--scenario", name]  # standard: the default
     scen += ["--seed", str(seed)] if seed else []
+    rooms, designs = scene_rooms(scene)
+    frames, query_frames = size["frames"], size["query_frames"]
+    if rooms:  # the tour is about 21 m of walk per room: keep the loop's frames per metre
+        scen += ["--rooms", str(rooms), "--room-designs", str(designs)]
+        frames, query_frames = round(frames * rooms / 3.5), round(query_frames * rooms / 3.5)
     epochs = ["--epochs", str(size["epochs"])] if size["epochs"] else []
     query = ["--checkpoint", str(run / "model.pt"), "--bag", str(synth / "query"),
              "--ground-truth", str(synth / "gt_query.csv"), "--device", device]
     return {
-        "synth": (_cli("synth", "--out", str(synth), "--frames", str(size["frames"]),
-                       "--query-frames", str(size["query_frames"]), "--width",
+        "synth": (_cli("synth", "--out", str(synth), "--frames", str(frames),
+                       "--query-frames", str(query_frames), "--width",
                        str(size["width"]), "--height", str(size["height"]), "--scale",
                        str(size["scale"]), "--loops", str(size["loops"]), *scen), [synth]),
         "dataset": (_cli("dataset", "--bag", str(synth / "mapping"), "--control-points",

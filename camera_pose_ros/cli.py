@@ -117,6 +117,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         bad_control_points=args.bad_control_points, storage=args.storage,
         distortion=tuple(args.distortion or ()), scenario=args.scenario,
         progress=not args.quiet, depth_topic=DEPTH_TOPIC if args.depth else None,
+        rooms=args.rooms, room_designs=args.room_designs,
     )
 
 
@@ -324,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "lookalike: offpath in a building whose posters repeat; twin: "
                         "lookalike whose far corridor repeats the near one (SfM folds "
                         "without the robot's priors)")
+    p.add_argument("--rooms", type=int, default=0, metavar="N",
+                   help="0: the corridor loop; N >= 2: a corridor with N rooms (6x5 m at "
+                        "scale 1) on either side, the mapping walk touring every room, the "
+                        "query walk touring them backwards on other paths (--loops ignored)")
+    p.add_argument("--room-designs", type=int, default=0, metavar="K",
+                   help="with --rooms: repeat K room designs along each side of the "
+                        "corridor (rooms that look alike inside); 0: every room its own")
     p.add_argument("--depth", action="store_true",
                    help=f"also write each mapping frame's exact depth, registered to the "
                         f"colour camera, on {DEPTH_TOPIC} (16UC1 mm; dense labels for "
@@ -552,12 +560,17 @@ def _check_synth_args(args: argparse.Namespace) -> None:
     for key, low, high in (("frames", 10, 1_000_000), ("query_frames", 1, 1_000_000),
                            ("width", 64, 8192), ("height", 48, 8192), ("seed", 0, 2**32 - 1),
                            ("control_points", 3, args.frames),
-                           ("bad_control_points", 0, args.control_points)):
+                           ("bad_control_points", 0, args.control_points),
+                           ("rooms", 0, 64), ("room_designs", 0, 64)):
         check_range(f"--{key.replace('_', '-')}", getattr(args, key), low=low, high=high)
     check_range("--scale", args.scale, low=0, high=100, low_open=True)
     check_range("--rate", args.rate, low=0, high=1000, low_open=True)
     check_range("--loops", args.loops, low=0, high=1000, low_open=True)
     check_range("--control-point-noise", args.control_point_noise, low=0, high=100)
+    if args.rooms == 1:
+        from camera_pose_ros.errors import ConfigError
+
+        raise ConfigError("--rooms must be 0 (the corridor loop) or at least 2")
     if args.distortion is not None:
         if len(args.distortion) not in (4, 5):
             from camera_pose_ros.errors import ConfigError

@@ -41,7 +41,9 @@ __all__ = [
     "Building",
     "SCENARIOS",
     "Renderer",
+    "Room",
     "walk_trajectory",
+    "path_trajectory",
     "write_synthetic_building",
 ]
 
@@ -63,6 +65,12 @@ class BuildingSpec:
         twin_corridors: the walls along the far corridor repeat those along the near one,
             turned 180 degrees about the floor's centre, as a building's symmetric wings
             do: walking the far corridor looks like walking the near one.
+        rooms: 0 is the corridor loop around a central block (16 m x 10 m at scale 1);
+            N >= 2 is a straight corridor with N rooms (6 m x 5 m each at scale 1) on
+            either side, each entered through a door (:meth:`Building.room_tour`).
+        room_designs: with ``rooms``: 0 gives every room its own walls; K > 0 repeats K
+            designs along each side of the corridor (room slot ``j`` has the walls and the
+            door of slot ``j % K``), so that rooms look alike inside as real floors do.
     """
 
     scale: float = 1.0
@@ -71,6 +79,8 @@ class BuildingSpec:
     seed: int = 0
     lookalike_posters: int = 0
     twin_corridors: bool = False
+    rooms: int = 0
+    room_designs: int = 0
 
 
 @dataclass
@@ -84,6 +94,28 @@ class _Wall:
     atlas_u0: float
     atlas_v0: float
     brightness: float
+    #: walls with the same design key carry the same texture (rooms that look alike)
+    design: tuple | None = None
+    #: a partition between rooms (drawn in the floor plan; the loop's are block faces)
+    partition: bool = False
+
+
+@dataclass(frozen=True)
+class Room:
+    """One room of the ``rooms`` layout: its floor rectangle and its door in the corridor
+    wall (``door`` x range; ``side`` -1 south of the corridor, +1 north)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    door: tuple[float, float]
+    side: int
+
+
+#: half the thickness of the walls between rooms (the corridor loop's walls are faces of
+#: its blocks)
+_HALF_WALL = 0.06
 
 
 class Building:
@@ -92,18 +124,27 @@ class Building:
     def __init__(self, spec: BuildingSpec = BuildingSpec()) -> None:
         if spec.scale <= 0.3 or spec.scale > 10:
             raise ConfigError(f"building scale must be in (0.3, 10], got {spec.scale}")
+        if spec.rooms == 1 or not 0 <= spec.rooms <= 64 or spec.room_designs < 0:
+            raise ConfigError(f"rooms must be 0 (the corridor loop) or 2 to 64 and "
+                              f"room_designs >= 0, got {spec.rooms} and {spec.room_designs}")
         self.spec = spec
         s = spec.scale
-        self.width, self.depth, self.height = 16.0 * s, 10.0 * s, spec.wall_height
-        #: boxes that block walking and sight: (xmin, ymin, xmax, ymax)
-        self.blocks = [
-            (4.0 * s, 3.5 * s, 12.0 * s, 6.5 * s),  # central block of rooms
-            (0.6 * s, 5.7 * s, 1.2 * s, 6.3 * s),  # pillar in the left corridor
-            (14.8 * s, 3.7 * s, 15.4 * s, 4.3 * s),  # pillar in the right corridor
-        ]
-        #: rectangles of floor that are not walkable but do not block sight (a low planter)
-        self.no_walk = [(7.0 * s, 0.2 * s, 9.0 * s, 0.8 * s)]
+        self.height = spec.wall_height
+        #: the rooms of the ``rooms`` layout (none in the corridor loop)
+        self.rooms: list[Room] = []
         self._rng = np.random.default_rng(spec.seed)
+        if spec.rooms:
+            self._layout_rooms()
+        else:
+            self.width, self.depth = 16.0 * s, 10.0 * s
+            #: boxes that block walking and sight: (xmin, ymin, xmax, ymax)
+            self.blocks = [
+                (4.0 * s, 3.5 * s, 12.0 * s, 6.5 * s),  # central block of rooms
+                (0.6 * s, 5.7 * s, 1.2 * s, 6.3 * s),  # pillar in the left corridor
+                (14.8 * s, 3.7 * s, 15.4 * s, 4.3 * s),  # pillar in the right corridor
+            ]
+            #: rectangles of floor that are not walkable but do not block sight (a planter)
+            self.no_walk = [(7.0 * s, 0.2 * s, 9.0 * s, 0.8 * s)]
         self._poster_pool = [
             self._rng.integers(0, 256, size=(int(self._rng.integers(6, 12)),
                                              int(self._rng.integers(6, 12)), 3)).astype(np.uint8)
@@ -113,7 +154,52 @@ class Building:
         self._build_atlas()
 
     # -- geometry -------------------------------------------------------------------------
+    def _layout_rooms(self) -> None:
+        """A corridor along x with rooms on both sides; walls 12 cm thick, doors 1.3 m."""
+        s, spec = self.spec.scale, self.spec
+        rw, rd, cw, door_w = 6.0 * s, 5.0 * s, 2.6 * s, 1.3 * s
+        slots = (spec.rooms + 1) // 2
+        self.width, self.depth = slots * rw, 2 * rd + cw
+        self.corridor = (rd, rd + cw)
+        self.blocks, self.no_walk = [], []
+        h = _HALF_WALL
+        door_of = {d: float(self._rng.uniform(0.7 * s, rw - door_w - 0.7 * s))
+                   for d in range(slots)}
+        faces: list[tuple[int, float, float, float, tuple | None, bool]] = []
+        for j in range(slots):
+            x0, x1 = j * rw, (j + 1) * rw
+            design = j % spec.room_designs if spec.room_designs else j
+            for side, y_wall, y_back in ((-1, rd, 0.0), (1, rd + cw, self.depth)):
+                room = 2 * j + (side > 0)
+                key = (design, side)
+                dx0 = x0 + door_of[design]
+                y_in, y_out = y_wall + side * h, y_wall - side * h  # room / corridor face
+                ylo, yhi = sorted((y_back, y_in))
+                jlo, jhi = sorted((y_in, y_out))
+                faces += [(1, y_back, x0, x1, (*key, "back"), False),
+                          (0, x0 + (h if j else 0.0), ylo, yhi, (*key, "west"), j > 0),
+                          (0, x1 - (h if j < slots - 1 else 0.0), ylo, yhi, (*key, "east"),
+                           j < slots - 1)]
+                if room >= spec.rooms:  # an odd count: this slot is closed storage
+                    self.blocks.append((x0, ylo, x1, yhi))
+                    faces += [(1, y_out, x0, x1, None, True)]
+                    continue
+                self.rooms.append(Room(x0, ylo, x1, yhi, (dx0, dx0 + door_w), side))
+                faces += [(1, y_in, x0, dx0, (*key, "front-left"), True),
+                          (1, y_in, dx0 + door_w, x1, (*key, "front-right"), True),
+                          (1, y_out, x0, dx0, None, True),
+                          (1, y_out, dx0 + door_w, x1, None, True),
+                          (0, dx0, jlo, jhi, None, True),  # the door's jambs
+                          (0, dx0 + door_w, jlo, jhi, None, True)]
+        faces += [(0, 0.0, rd - h, rd + cw + h, None, False),  # the corridor's ends
+                  (0, self.width, rd - h, rd + cw + h, None, False)]
+        self.walls = [_Wall(a, c, lo, hi, 0.0, 0.0, float(self._rng.uniform(0.8, 1.1)),
+                            design, partition)
+                      for a, c, lo, hi, design, partition in faces]
+
     def _build_walls(self) -> None:
+        if self.spec.rooms:
+            return  # _layout_rooms made them
         w, d = self.width, self.depth
         faces = [(0, 0.0, 0.0, d), (0, w, 0.0, d), (1, 0.0, 0.0, w), (1, d, 0.0, w)]
         for x0, y0, x1, y1 in self.blocks:
@@ -237,9 +323,25 @@ class Building:
         self.floor_ppm = float(floor_ppm)
         if self.spec.twin_corridors:
             self._twin_corridor_walls(atlas, h_wall)
+        self._alike_room_walls(atlas, h_wall)
         self.atlas = atlas
         # pre-blurred copy for distant surfaces (texture minified more than ~1.5x)
         self.atlas_far = cv2.GaussianBlur(atlas, (0, 0), 1.6)
+
+    def _alike_room_walls(self, atlas: np.ndarray, h_wall: int) -> None:
+        """Give every wall the texture (and brightness) of the first wall of its design."""
+        ppm = self.spec.texels_per_metre
+        first: dict[tuple, _Wall] = {}
+        for wall in self.walls:
+            if wall.design is None:
+                continue
+            src = first.setdefault(wall.design, wall)
+            if src is wall:
+                continue
+            w_px = int(np.ceil(min(wall.hi - wall.lo, src.hi - src.lo) * ppm)) + 2
+            u, v = int(wall.atlas_u0), int(wall.atlas_v0)
+            su, sv = int(src.atlas_u0), int(src.atlas_v0)
+            atlas[v:v + h_wall, u:u + w_px] = atlas[sv:sv + h_wall, su:su + w_px]
 
     def _twin_corridor_walls(self, atlas: np.ndarray, h_wall: int) -> None:
         """Give each wall along x (y = c) whose 180-degree turn about the floor's centre is
@@ -256,6 +358,50 @@ class Building:
             tu, tv = int(twin.atlas_u0), int(twin.atlas_v0)
             # texel 1 + k of the twin is texel w_px - 1 - k of the wall (column 0 is padding)
             atlas[tv:tv + h_wall, tu:tu + w_px] = atlas[v:v + h_wall, u + 1:u + w_px + 1][:, ::-1]
+
+    # -- walks ----------------------------------------------------------------------------
+    def room_tour(self, *, inset: float = 1.2, lane: float = 0.0, reverse: bool = False,
+                  spacing: float = 0.02) -> np.ndarray:
+        """A walk through every room of the ``rooms`` layout, resampled every ``spacing`` m.
+
+        Along the corridor (``lane`` metres north of its centre line), through each room's
+        door, once round the room ``inset`` metres from its walls, out again; at the far
+        end the walk turns and comes back along the corridor on the other side of the
+        centre line. ``reverse`` walks it backwards. Corners are rounded (Chaikin).
+
+        Raises:
+            ConfigError: the building has no rooms.
+        """
+        if not self.rooms:
+            raise ConfigError("room_tour needs a building with rooms (BuildingSpec.rooms)")
+        s = self.spec.scale
+        yc = sum(self.corridor) / 2
+        pts = [(0.9 * s, yc + lane)]
+        for room in sorted(self.rooms, key=lambda r: (r.x0, r.side)):
+            xd = sum(room.door) / 2
+            y_wall = self.corridor[0] if room.side < 0 else self.corridor[1]
+            y_front = y_wall + room.side * inset  # the room-loop's edge nearest the door
+            y_far = (room.y0 + inset) if room.side < 0 else (room.y1 - inset)
+            xa, xb = room.x0 + inset, room.x1 - inset
+            xs = min(max(xd, xa), xb)
+            loop = [(xs, y_front), (xb, y_front), (xb, y_far), (xa, y_far), (xa, y_front),
+                    (xs, y_front)]
+            inside = (xd, y_wall + room.side * 0.6)
+            outside = (xd, y_wall - room.side * 0.5)
+            pts += [(xd, yc + lane), outside, inside, *loop, inside, outside, (xd, yc + lane)]
+        far = self.width - 0.9 * s
+        pts += [(far, yc + lane), (far, yc - 0.5 * s), (0.9 * s, yc - 0.5 * s)]
+        path = np.array(pts, float)
+        if reverse:
+            path = path[::-1]
+        for _ in range(3):  # Chaikin: cut each corner a quarter of each side
+            q, r = 0.75 * path[:-1] + 0.25 * path[1:], 0.25 * path[:-1] + 0.75 * path[1:]
+            path = np.concatenate([path[:1], np.stack([q, r], 1).reshape(-1, 2), path[-1:]])
+        seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        s_new = np.arange(0.0, cum[-1], spacing)
+        return np.stack([np.interp(s_new, cum, path[:, 0]), np.interp(s_new, cum, path[:, 1])],
+                        axis=1)
 
     # -- floor plan -----------------------------------------------------------------------
     def floor_plan(self, resolution: float = 0.05, margin: float = 1.0) -> FloorPlan:
@@ -279,6 +425,12 @@ class Building:
         occ[outer_wall] = 100
         for x0, y0, x1, y1 in self.blocks + self.no_walk:
             occ[(gx >= x0) & (gx <= x1) & (gy >= y0) & (gy <= y1)] = 100
+        g = (gx, gy)
+        for wall in self.walls:
+            if wall.partition:  # 12 cm walls, and 3 cm either side (the cell size)
+                near = np.abs(g[wall.axis] - wall.c) <= 0.03 + resolution / 2
+                along = g[1 - wall.axis]
+                occ[near & (along >= wall.lo) & (along <= wall.hi)] = 100
         return FloorPlan(occ, resolution, origin)
 
 
@@ -300,18 +452,27 @@ class Renderer:
         ).reshape(3, -1).astype(np.float32)
 
     def _visible_walls(self, map_from_cam: np.ndarray) -> list[int]:
-        """Walls not entirely behind the camera (a cheap, conservative cull)."""
-        b = self.building
+        """Walls not entirely behind the camera nor entirely beside one edge of the image
+        (a cheap, conservative cull: a quarter of the image's margin for distortion)."""
+        b, cam = self.building, self.camera
         cam_from_map = np.linalg.inv(map_from_cam)
+        mu, mv = 0.25 * cam.width, 0.25 * cam.height
         keep = []
         for i, w in enumerate(b.walls):
             corners = np.zeros((4, 3))
             corners[:, w.axis] = w.c
             corners[:, 1 - w.axis] = [w.lo, w.hi, w.lo, w.hi]
             corners[:, 2] = [0.0, 0.0, b.height, b.height]
-            z_cam = corners @ cam_from_map[2, :3] + cam_from_map[2, 3]
-            if (z_cam > 1e-3).any():
-                keep.append(i)
+            p = corners @ cam_from_map[:3, :3].T + cam_from_map[:3, 3]
+            if not (p[:, 2] > 1e-3).any():
+                continue
+            if (p[:, 2] > 1e-3).all():
+                u = cam.fx * p[:, 0] / p[:, 2] + cam.cx
+                v = cam.fy * p[:, 1] / p[:, 2] + cam.cy
+                if ((u < -mu).all() or (u > cam.width + mu).all() or (v < -mv).all()
+                        or (v > cam.height + mv).all()):
+                    continue
+            keep.append(i)
         return keep
 
     def render(self, map_from_cam: np.ndarray, *, noise_sigma: float = 0.0,
@@ -426,6 +587,29 @@ def _loop_path(building: Building, offset: float,
     return path, s_new
 
 
+def _head_pose(pos2: np.ndarray, travel_yaw: float, f: float, *, height: float,
+               yaw_amplitude_deg: float, pitch_amplitude_deg: float, phase: float,
+               yaw_offset_deg: float, yaw_cycles: float, height_amplitude: float
+               ) -> np.ndarray:
+    """``map_from_cam`` of a hand-held or head camera at ``pos2`` travelling along
+    ``travel_yaw``, ``f`` loops (of about 40 m) into the walk: the yaw swings
+    ``yaw_cycles`` times per loop, pitch and height sway, footsteps bob."""
+    swing = np.sin(2 * np.pi * (f * yaw_cycles + phase))
+    # turned away: to one side for a while, then to the other (never straight ahead)
+    side = float(np.clip(3.0 * np.sin(2 * np.pi * (f * 1.5 + phase)), -1.0, 1.0))
+    yaw = (travel_yaw + np.radians(yaw_offset_deg) * side
+           + np.radians(yaw_amplitude_deg) * swing)
+    pitch = np.radians(pitch_amplitude_deg) * np.sin(2 * np.pi * (f * 3.0 + phase + 0.3))
+    forward = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch),
+                        np.sin(pitch)])
+    z = height + 0.03 * np.sin(2 * np.pi * f * 40)  # footsteps
+    z += height_amplitude * np.sin(2 * np.pi * (f * 2.0 + phase))
+    pose = np.eye(4)
+    pose[:3, :3] = look_at_rotation(forward)
+    pose[:3, 3] = [pos2[0], pos2[1], z]
+    return pose
+
+
 def walk_trajectory(
     building: Building, n_frames: int, *, loops: float = 2.0, offsets: tuple[float, ...] = (0.0,),
     height: float = 1.5, yaw_amplitude_deg: float = 18.0, pitch_amplitude_deg: float = 5.0,
@@ -443,6 +627,10 @@ def walk_trajectory(
     """
     if n_frames < 1:
         raise ConfigError(f"need at least 1 frame, got {n_frames}")
+    head = dict(height=height, yaw_amplitude_deg=yaw_amplitude_deg,
+                pitch_amplitude_deg=pitch_amplitude_deg, phase=phase,
+                yaw_offset_deg=yaw_offset_deg, yaw_cycles=yaw_cycles,
+                height_amplitude=height_amplitude)
     poses = []
     paths = [_loop_path(building, off * building.spec.scale) for off in offsets]
     for i in range(n_frames):
@@ -462,20 +650,32 @@ def walk_trajectory(
         step = 0.8 / (len(this) * 0.02)  # look 0.8 m ahead: smooth heading
         look = u - step if reverse else u + step
         ahead = (1 - w) * at(this, look) + w * at(nxt, look) - pos2
-        yaw = np.arctan2(ahead[1], ahead[0])
-        swing = np.sin(2 * np.pi * (f * yaw_cycles + phase))
-        # turned away: to one side for a while, then to the other (never straight ahead)
-        side = float(np.clip(3.0 * np.sin(2 * np.pi * (f * 1.5 + phase)), -1.0, 1.0))
-        yaw += np.radians(yaw_offset_deg) * side + np.radians(yaw_amplitude_deg) * swing
-        pitch = np.radians(pitch_amplitude_deg) * np.sin(2 * np.pi * (f * 3.0 + phase + 0.3))
-        forward = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch),
-                            np.sin(pitch)])
-        z = height + 0.03 * np.sin(2 * np.pi * f * 40)  # footsteps
-        z += height_amplitude * np.sin(2 * np.pi * (f * 2.0 + phase))
-        pose = np.eye(4)
-        pose[:3, :3] = look_at_rotation(forward)
-        pose[:3, 3] = [pos2[0], pos2[1], z]
-        poses.append(pose)
+        poses.append(_head_pose(pos2, float(np.arctan2(ahead[1], ahead[0])), f, **head))
+    return poses
+
+
+def path_trajectory(path: np.ndarray, n_frames: int, *, height: float = 1.5,
+                    yaw_amplitude_deg: float = 18.0, pitch_amplitude_deg: float = 5.0,
+                    phase: float = 0.0, yaw_offset_deg: float = 0.0, yaw_cycles: float = 5.0,
+                    height_amplitude: float = 0.0) -> list[np.ndarray]:
+    """``map_from_cam`` poses of ``n_frames`` evenly spaced along ``path`` ((M, 2) points
+    every 2 cm, e.g. :meth:`Building.room_tour`), the head moving as in
+    :func:`walk_trajectory` (its swings counted per 40 m, the corridor loop's length)."""
+    if n_frames < 1:
+        raise ConfigError(f"need at least 1 frame, got {n_frames}")
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    poses = []
+    for i in range(n_frames):
+        k = min(int(round(i * (len(path) - 1) / max(1, n_frames - 1))), len(path) - 1)
+        j = min(int(np.searchsorted(cum, cum[k] + 0.8)), len(path) - 1)  # 0.8 m ahead
+        ahead = path[j] - path[k] if j > k else path[k] - path[max(0, k - 1)]
+        poses.append(_head_pose(path[k], float(np.arctan2(ahead[1], ahead[0])),
+                                cum[k] / 40.0, height=height,
+                                yaw_amplitude_deg=yaw_amplitude_deg,
+                                pitch_amplitude_deg=pitch_amplitude_deg, phase=phase,
+                                yaw_offset_deg=yaw_offset_deg, yaw_cycles=yaw_cycles,
+                                height_amplitude=height_amplitude))
     return poses
 
 
@@ -521,7 +721,7 @@ def write_synthetic_building(
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
     distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
     robot: RobotSpec | None = RobotSpec(),
-    depth_topic: str | None = None,
+    depth_topic: str | None = None, rooms: int = 0, room_designs: int = 0,
 ) -> Path:
     """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
@@ -537,6 +737,11 @@ def write_synthetic_building(
     and ``/amcl_pose``, with the noise, drift and jumps of :mod:`.synth_robot`.
     ``depth_topic`` (None: none) adds each mapping frame's exact depth, registered to the
     colour camera, as a ``16UC1`` millimetre image on that topic (a depth camera's).
+    ``rooms`` (N >= 2) renders a corridor with N rooms instead of the loop
+    (:class:`BuildingSpec`; ``room_designs`` repeats room designs): the mapping walk tours
+    every room (``loops`` is ignored), the query walk tours them backwards on other paths
+    (1.7 m from the room walls instead of 1.2 m, 0.4 m off the corridor's centre line),
+    with the scenario's head motion and light.
     Returns ``out``.
     """
     if scenario not in SCENARIOS:
@@ -549,7 +754,8 @@ def write_synthetic_building(
     if control_points < 3 or control_points > frames:
         raise ConfigError(f"control_points must be in [3, frames], got {control_points}")
     rng = np.random.default_rng(seed)
-    building = Building(BuildingSpec(scale=scale, seed=seed, **scene["building"]))
+    building = Building(BuildingSpec(scale=scale, seed=seed, rooms=rooms,
+                                     room_designs=room_designs, **scene["building"]))
     f = 0.82 * width
     try:
         camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5,
@@ -559,9 +765,16 @@ def write_synthetic_building(
     renderer = Renderer(building, camera)
     # mapping: two loops on either side of the corridor centre; query: one loop on a path
     # never walked while mapping (the scenario says which)
-    mapping = walk_trajectory(building, frames, loops=loops, offsets=(0.35, -0.35))
-    query = walk_trajectory(building, query_frames, loops=1.0, phase=0.37,
-                            start_fraction=0.05, **scene["query"])
+    if rooms:
+        head = {k: v for k, v in scene["query"].items() if k != "offsets"}
+        mapping = path_trajectory(building.room_tour(inset=1.2 * scale), frames)
+        query = path_trajectory(building.room_tour(inset=1.7 * scale, lane=0.4 * scale,
+                                                   reverse=True), query_frames, phase=0.37,
+                                **head)
+    else:
+        mapping = walk_trajectory(building, frames, loops=loops, offsets=(0.35, -0.35))
+        query = walk_trajectory(building, query_frames, loops=1.0, phase=0.37,
+                                start_fraction=0.05, **scene["query"])
     t0_ns = 1_700_000_000_000_000_000 + seed * 1_000_000_000
     period_ns = int(round(1e9 / rate_hz))
     out = Path(out)
