@@ -583,7 +583,9 @@ def test_truncated_jpegs_in_an_image_folder_are_skipped_and_counted(tmp_path, ca
 
 @pytest.mark.parametrize("option, value", [("--rate", "0"), ("--scale", "nan"),
                                            ("--loops", "-1"), ("--control-point-noise", "inf"),
-                                           ("--seed", "-3"), ("--bad-control-points", "9")])
+                                           ("--seed", "-3"), ("--bad-control-points", "9"),
+                                           ("--rooms", "1"), ("--rooms", "65"),
+                                           ("--room-designs", "-1")])
 def test_synth_option_ranges(option, value, capsys, tmp_path):
     out = tmp_path / "synth"
     rc, err = run_cli(capsys, "synth", "--out", out, "--frames", "10", "--query-frames", "1",

@@ -437,9 +437,13 @@ class Building:
 class Renderer:
     """Ray-casting renderer of a :class:`Building` for a pinhole camera (with distortion)."""
 
-    def __init__(self, building: Building, camera: PinholeCamera) -> None:
+    def __init__(self, building: Building, camera: PinholeCamera, *, cull: bool = True
+                 ) -> None:
+        """``cull``: skip walls behind the camera or beside the image (False: test every
+        wall for every pixel; the same image, slower)."""
         self.building = building
         self.camera = camera
+        self.cull = cull
         u, v = np.meshgrid(np.arange(camera.width, dtype=np.float32),
                            np.arange(camera.height, dtype=np.float32))
         # ray directions in the camera optical frame, one per pixel centre, as contiguous
@@ -455,6 +459,8 @@ class Renderer:
         """Walls not entirely behind the camera nor entirely beside one edge of the image
         (a cheap, conservative cull: a quarter of the image's margin for distortion)."""
         b, cam = self.building, self.camera
+        if not self.cull:
+            return list(range(len(b.walls)))
         cam_from_map = np.linalg.inv(map_from_cam)
         mu, mv = 0.25 * cam.width, 0.25 * cam.height
         keep = []

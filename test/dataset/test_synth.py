@@ -13,6 +13,7 @@ from camera_pose_ros.dataset.synth import (
     Building,
     BuildingSpec,
     Renderer,
+    path_trajectory,
     walk_trajectory,
     write_synthetic_building,
 )
@@ -223,3 +224,72 @@ def test_twin_corridors_look_alike_from_the_turned_place():
     lookalike = walls_differ(BuildingSpec(seed=4, lookalike_posters=3))
     assert twin < 1.0 and lookalike > 30.0
     assert SCENARIOS["twin"]["building"]["twin_corridors"]
+
+
+def _view(building: Building, camera: PinholeCamera, x: float, y: float, yaw: float
+          ) -> np.ndarray:
+    forward = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    pose = pose_matrix(look_at_rotation(forward), np.array([x, y, 1.5]))
+    return Renderer(building, camera).render(pose).astype(float)
+
+
+def test_rooms_layout_has_doors_walls_and_a_tour_through_every_room():
+    b = Building(BuildingSpec(seed=2, rooms=3))
+    assert len(b.rooms) == 3 and b.width == 12.0 and len(b.blocks) == 1  # one closed slot
+    plan = b.floor_plan()
+    y_south, y_north = b.corridor
+    for room in b.rooms:
+        y_wall = y_south if room.side < 0 else y_north
+        door_x = sum(room.door) / 2
+        assert plan.is_walkable(np.array([[door_x, y_wall]])).all()  # the doorway
+        beside = np.array([[room.door[0] - 0.4, y_wall], [room.door[1] + 0.4, y_wall]])
+        assert not plan.is_walkable(beside).any()  # the wall either side of it
+    assert not plan.is_walkable(np.array([[6.0, 2.5], [9.0, 10.0]])).any()  # partition, block
+    mapping = b.room_tour(inset=1.2)
+    query = b.room_tour(inset=1.7, lane=0.4, reverse=True)
+    for tour in (mapping, query):
+        assert plan.is_walkable(tour).all()
+        for room in b.rooms:  # goes round inside every room
+            inside = ((tour[:, 0] > room.x0 + 1) & (tour[:, 0] < room.x1 - 1)
+                      & (tour[:, 1] > room.y0 + 1) & (tour[:, 1] < room.y1 - 1))
+            assert inside.sum() * 0.02 > 8.0
+    # the query tour walks other lines than the mapping tour inside the rooms
+    in_rooms = np.abs(query[:, 1] - sum(b.corridor) / 2) > 2.0
+    gap = np.min(np.linalg.norm(query[in_rooms][::5, None] - mapping[None, ::5], axis=2), 1)
+    assert np.median(gap) > 0.3
+    poses = path_trajectory(mapping, 50)
+    assert len(poses) == 50 and np.allclose(poses[0][:2, 3], mapping[0])
+    with pytest.raises(ConfigError, match="rooms"):
+        Building(BuildingSpec(rooms=1))
+    with pytest.raises(ConfigError, match="rooms"):
+        Building(BuildingSpec(seed=2)).room_tour()
+
+
+def test_rooms_of_one_design_look_alike_inside_and_others_do_not():
+    """Seen from the same place in each, two rooms of one design show the same walls (up to
+    the 6 cm by which an outer wall and a partition's face differ); rooms of their own
+    design do not."""
+    camera = PinholeCamera(160, 120, 131.0, 131.0, 79.5, 59.5)
+
+    def rooms_differ(designs: int) -> float:
+        b = Building(BuildingSpec(seed=4, rooms=4, room_designs=designs))
+        south = sorted((r for r in b.rooms if r.side < 0), key=lambda r: r.x0)
+        views = [_view(b, camera, r.x0 + 3.0, 3.0, -np.pi / 2 + 0.4) for r in south]
+        return float(np.abs(views[0] - views[1])[20:90].mean())  # walls, not floor/ceiling
+
+    assert rooms_differ(1) < 8.0 and rooms_differ(0) > 30.0
+
+
+def test_culling_walls_beside_the_image_changes_no_pixel():
+    b = Building(BuildingSpec(seed=5, rooms=4))
+    camera = PinholeCamera(96, 72, 60.0, 60.0, 47.5, 35.5, (-0.25, 0.06, 0.0, 0.0))
+    rng = np.random.default_rng(0)
+    tour = b.room_tour()
+    poses = [pose_matrix(look_at_rotation([np.cos(a), np.sin(a), rng.uniform(-0.3, 0.3)]),
+                         np.array([*tour[i], 1.5]))
+             for i, a in zip(rng.integers(0, len(tour), 12), rng.uniform(0, 2 * np.pi, 12),
+                             strict=True)]
+    culled = Renderer(b, camera)
+    every = Renderer(b, camera, cull=False)
+    for pose in poses:
+        assert np.array_equal(culled.render_with_depth(pose)[1], every.render_with_depth(pose)[1])
