@@ -13,6 +13,7 @@ ground truth moved by 1 m and 10 degrees (the regressor's typical error on a new
 
     python -m benchmarks.bench_refine --data DATA --bag QUERY_BAG [--gt gt_query.csv]
                                       [--checkpoint RUN/model.pt] [--frames 100]
+                                      [--refine-config refine.yaml]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from benchmarks.bench_node import _tiny_checkpoint
 from benchmarks.common import write_results
+from camera_pose_ros.config import load_yaml
 from camera_pose_ros.geometry import quat_wxyz_from_rotmat, rotmat_from_quat_wxyz
 from camera_pose_ros.io.bags import (
     camera_info_topic_for,
@@ -122,8 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gt", type=Path, help="ground-truth pose CSV of the query bag")
     p.add_argument("--checkpoint", type=Path, help="trained model.pt (default: untrained)")
     p.add_argument("--frames", type=int)
+    p.add_argument("--refine-config", type=Path, help="RefineConfig YAML (default: defaults)")
     args = p.parse_args(argv)
-    res = run(args.data, args.bag, args.gt, args.checkpoint, args.frames)
+    config = (RefineConfig.from_dict(load_yaml(args.refine_config)) if args.refine_config
+              else RefineConfig())
+    res = run(args.data, args.bag, args.gt, args.checkpoint, args.frames, config=config)
     print(json.dumps(res, indent=2))
     print(f"written {write_results('refine', res)}")
     return res

@@ -366,8 +366,8 @@ class Building:
 
         Along the corridor (``lane`` metres north of its centre line), through each room's
         door, once round the room ``inset`` metres from its walls, out again; at the far
-        end the walk turns and comes back along the corridor on the other side of the
-        centre line. ``reverse`` walks it backwards. Corners are rounded (Chaikin).
+        end the walk turns on a half circle and comes back along the corridor on the other
+        side of the centre line. ``reverse`` walks it backwards. Corners are rounded (Chaikin).
 
         Raises:
             ConfigError: the building has no rooms.
@@ -389,8 +389,14 @@ class Building:
             inside = (xd, y_wall + room.side * 0.6)
             outside = (xd, y_wall - room.side * 0.5)
             pts += [(xd, yc + lane), outside, inside, *loop, inside, outside, (xd, yc + lane)]
-        far = self.width - 0.9 * s
-        pts += [(far, yc + lane), (far, yc - 0.5 * s), (0.9 * s, yc - 0.5 * s)]
+        # turn back on a half circle at the far end (a U-turn on the spot would turn the
+        # camera too fast for consecutive frames to overlap), then walk back along the
+        # corridor looking the other way
+        r = min(0.9 * s, (self.corridor[1] - self.corridor[0]) / 2 - 0.35)
+        xe = self.width - 0.9 * s - r
+        turn = np.linspace(np.pi / 2, -np.pi / 2, 9)
+        pts += [*zip(xe + r * np.cos(turn), yc + r * np.sin(turn), strict=True),
+                (0.9 * s, yc - r)]
         path = np.array(pts, float)
         if reverse:
             path = path[::-1]
