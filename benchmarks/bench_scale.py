@@ -11,13 +11,18 @@ child processes whose peak resident memory the kernel reports (``wait4``):
 4. a localizer process (``benchmarks.bench_refine`` with an untrained network in the
    PoseNet preset's shape, priors 1 m / 10 deg off the truth): per-frame forward pass and
    refinement p50, refined share, refined median error, and its peak resident memory (the
-   node holds the same: network, memory-mapped map, SIFT extractor).
+   node holds the same: network, memory-mapped map, SIFT extractor);
+5. with ``--compare-mappers``: the mapping step alone, incremental (COLMAP) and global
+   (GLOMAP), each from the same features and matches (``camera-pose sfm --mapper`` on a
+   copy of the dataset's SfM folder): wall time, peak memory, registered frames, and the
+   median distance of the camera path from the truth after a similarity fit.
 
 Ratios in the same run: refinement p50 over forward p50, and each size's figures over the
 smallest size's. Curves against keyframes are drawn in ``results/DATE-HOST-scale.png``.
 Stages are cached in ``--work DIR`` (a size's figures in ``rooms-N/figures.json``).
 
     python -m benchmarks.bench_scale [--rooms 2,4] [--work DIR] [--query-frames 40]
+                                     [--compare-mappers]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,11 +64,57 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "camera_pose_ros.cli", "-q", *args]
 
 
-def measure(root: Path, rooms: int, query_frames: int, seed: int = 0) -> dict:
+def compare_mappers(root: Path) -> dict:
+    """Map ``root/data``'s matches again with each mapper (copies; see the module doc)."""
+    import numpy as np
+
+    from camera_pose_ros.dataset.frames import read_frames_csv
+    from camera_pose_ros.dataset.sfm import load_sfm_model
+    from camera_pose_ros.geometry import umeyama_sim3
+    from camera_pose_ros.io.posecsv import read_poses
+    from camera_pose_ros.metrics import match_by_stamp
+
+    data, out = root / "data", {}
+    names, stamps = read_frames_csv(data / "frames.csv")
+    row = {n: i for i, n in enumerate(names)}
+    gt = read_poses(root / "synth" / "gt_mapping.csv")
+    for mapper in ("incremental", "global"):
+        copy = root / f"mapper-{mapper}"
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir()
+        for item in data.iterdir():
+            if item.name == "sfm":
+                shutil.copytree(item, copy / "sfm", ignore=shutil.ignore_patterns(
+                    "model", "models", ".mapping.done", "summary.json"))
+            elif item.name == "images":
+                (copy / "images").symlink_to(item.resolve())
+            elif item.is_file():
+                shutil.copy2(item, copy / item.name)
+        wall, peak = run_child(_cli("sfm", "--data", str(copy), "--mapper", mapper),
+                               root / f"mapper-{mapper}.log")
+        model = load_sfm_model(copy)
+        fi, gi = match_by_stamp(stamps[[row[n] for n in model.names]] / 1e9, gt.stamps,
+                                max_dt=1e-3)
+        centres = model.sfm_from_cam[fi, :3, 3]
+        fit = umeyama_sim3(centres, gt.positions_N3[gi])
+        err = np.linalg.norm(fit.apply(centres) - gt.positions_N3[gi], axis=1)
+        out[mapper] = {"mapping_s": wall, "peak_mb": peak, "registered": len(model.names),
+                       "frames": len(names), "path_median_m": float(np.median(err)),
+                       "path_p90_m": float(np.percentile(err, 90))}
+        shutil.rmtree(copy)
+    return out
+
+
+def measure(root: Path, rooms: int, query_frames: int, seed: int = 0,
+            mappers: bool = False) -> dict:
     """The figures of one size (cached in ``root/figures.json``)."""
     cached = root / "figures.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        fig = json.loads(cached.read_text())
+        if mappers and "mappers" not in fig:
+            fig["mappers"] = compare_mappers(root)
+            cached.write_text(json.dumps(fig, indent=2))
+        return fig
     root.mkdir(parents=True, exist_ok=True)
     synth, data = root / "synth", root / "data"
     frames = round(FRAMES_PER_ROOM * rooms)
@@ -96,6 +148,8 @@ def measure(root: Path, rooms: int, query_frames: int, seed: int = 0) -> dict:
     fig["refined_share"] = res["refined_share"]
     fig["refined_median_m"] = res.get("refine_errors", {}).get("median_position_m")
     fig["ratio_refine_over_forward"] = res["ratio_refine_over_forward"]
+    if mappers:
+        fig["mappers"] = compare_mappers(root)
     cached.write_text(json.dumps(fig, indent=2))
     return fig
 
@@ -142,6 +196,15 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['localizer_peak_mb']:.0f} | {r['forward_ms_p50']:.0f} "
             f"| {r['refine_ms_p50']:.0f} | {r['ratio_refine_over_forward']:.2f} "
             f"| {r['refined_share']:.0%} | {'-' if med is None else f'{100 * med:.1f}'} |")
+    compared = [r for r in rows if r.get("mappers")]
+    if compared:
+        lines += ["", "| rooms | mapper | mapping s | peak MB | registered | path median cm "
+                  "| path p90 cm |", "|" + "---|" * 7]
+        for r in compared:
+            for name, m in r["mappers"].items():
+                lines.append(f"| {r['rooms']} | {name} | {m['mapping_s']:.0f} "
+                             f"| {m['peak_mb']:.0f} | {m['registered']}/{m['frames']} "
+                             f"| {100 * m['path_median_m']:.1f} | {100 * m['path_p90_m']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,6 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rooms", default="2,4", help="comma-separated room counts (>= 2)")
     p.add_argument("--work", type=Path, help="cache folder (default: a temporary one)")
     p.add_argument("--query-frames", type=int, default=40)
+    p.add_argument("--compare-mappers", action="store_true",
+                   help="also map each size's matches with the incremental and the global "
+                        "mapper (the mapping step alone)")
     args = p.parse_args(argv)
     try:
         sizes = sorted({int(x) for x in args.rooms.split(",")})
@@ -160,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--rooms: every size needs at least 2 rooms")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        rows = [measure(work / f"rooms-{n}", n, args.query_frames) for n in sizes]
+        rows = [measure(work / f"rooms-{n}", n, args.query_frames,
+                        mappers=args.compare_mappers) for n in sizes]
     base = rows[0]
     for r in rows:
         r["ratio_to_smallest"] = {k: r[k] / base[k] for k in (

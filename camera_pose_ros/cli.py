@@ -85,6 +85,8 @@ def _dataset_configs(args: argparse.Namespace) -> dict:
         frames["min_time_step"] = args.min_time_step
     if getattr(args, "matcher", None):
         sfm["matcher"] = args.matcher
+    if getattr(args, "mapper", None):
+        sfm["mapper"] = args.mapper
     refs = dict(raw.get("references") or {})
     for key in ("reference", "map_frame", "odom_frame", "base_frame", "camera_frame",
                 "pose_topic", "base_to_camera", "tf_max_gap"):
@@ -391,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int)
     p.add_argument("--min-time-step", type=float)
     p.add_argument("--matcher", choices=("auto", "sequential", "exhaustive"))
+    p.add_argument("--mapper", choices=("incremental", "global"),
+                   help="SfM mapping: incremental (COLMAP, default) or global (GLOMAP)")
     depth_opt(p)
     stage_opts(p)
     p.set_defaults(func=_cmd_dataset)
@@ -409,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sfm", help="stage 2: pycolmap reconstruction of DATA/images")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--matcher", choices=("auto", "sequential", "exhaustive"))
+    p.add_argument("--mapper", choices=("incremental", "global"),
+                   help="incremental (COLMAP, default) or global (GLOMAP); a changed mapper "
+                        "maps again from the matches already made")
     stage_opts(p)
     p.set_defaults(func=_cmd_sfm)
 

@@ -1,4 +1,4 @@
-"""Stage 2: structure from motion with pycolmap (SIFT, matching, incremental mapping).
+"""Stage 2: structure from motion with pycolmap (SIFT, matching, incremental or global mapping).
 
 Steps, each skipped when already done (the stage is resumable):
 
@@ -15,7 +15,9 @@ Steps, each skipped when already done (the stage is resumable):
    pairs before they are matched, every other verified pair (long sequential gaps,
    exhaustive matching) after. Look-alike places (repeated posters, doors, symmetric
    wings) then cannot join distant parts of the walk into one folded model.
-3. ``mapping``: incremental mapping; the largest model is kept in ``sfm/model/``.
+3. ``mapping``: incremental mapping (COLMAP), or global mapping (GLOMAP) with
+   ``mapper: global``; the largest model is kept in ``sfm/model/``. A changed mapper maps
+   again from the same matches.
 
 ``sfm/summary.json`` reports registered/total frames, the reprojection error, the intrinsics
 used and where they came from, and the pairs dropped by the priors. The per-image global
@@ -96,6 +98,10 @@ class SfMConfig:
             by about 1 m: with both frames of a pair moved, 3 m apart turns the direction by
             at most 42 degrees).
         min_registered_ratio: fewer registered frames than this share is an error.
+        mapper: ``incremental`` (COLMAP's: registers frame by frame from a start pair,
+            bundle-adjusting as the model grows) or ``global`` (GLOMAP's, in pycolmap:
+            rotation averaging and global positioning of every frame at once, then one
+            bundle adjustment; faster on large maps).
         num_threads: -1 uses every core.
         seed: random seed of the mapper.
     """
@@ -117,12 +123,15 @@ class SfMConfig:
     prior_max_direction_deg: float = 60.0
     prior_min_baseline: float = 3.0
     min_registered_ratio: float = 0.8
+    mapper: str = "incremental"
     num_threads: int = -1
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.matcher not in ("auto", "sequential", "exhaustive"):
             raise ConfigError(f"matcher must be auto, sequential or exhaustive: {self.matcher}")
+        if self.mapper not in ("incremental", "global"):
+            raise ConfigError(f"mapper must be incremental or global: {self.mapper}")
         if not 0 < self.min_registered_ratio <= 1:
             raise ConfigError("min_registered_ratio must be in (0, 1]")
         if not 0 < self.max_num_features <= self.max_num_features_cap:
@@ -518,7 +527,9 @@ def _initial_pair(db_path: Path, cfg: SfMConfig) -> tuple[int, int] | None:
     return best
 
 
-def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: bool) -> dict:
+def _incremental(data: Path, sfm: Path, cfg: SfMConfig, known_camera: bool, out: Path
+                 ) -> tuple[dict, tuple[int, int] | None]:
+    """COLMAP's incremental mapping into ``out``: the models and the start pair chosen."""
     opts = pycolmap.IncrementalPipelineOptions()
     opts.num_threads = cfg.num_threads
     opts.random_seed = cfg.seed
@@ -540,17 +551,37 @@ def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: boo
         # every further model would start from the same pair again (50 copies of the first,
         # each mapped anew, where frames stay unregistered): one model
         opts.multiple_models = False
+    recs = pycolmap.incremental_mapping(sfm / "database.db", data / "images", out, opts)
+    if init is not None and not recs:  # the chosen start failed: let COLMAP choose
+        opts.init_image_id1 = opts.init_image_id2 = -1
+        opts.mapper = pycolmap.IncrementalPipelineOptions().mapper
+        opts.multiple_models = True
+        recs = pycolmap.incremental_mapping(sfm / "database.db", data / "images", out, opts)
+    return recs, init
+
+
+def _global(data: Path, sfm: Path, cfg: SfMConfig, known_camera: bool, out: Path) -> dict:
+    """GLOMAP's global mapping into ``out``: the models."""
+    opts = pycolmap.GlobalPipelineOptions()
+    opts.num_threads = cfg.num_threads
+    opts.random_seed = cfg.seed
+    opts.min_model_size = 5
+    if known_camera:
+        ba = opts.mapper.bundle_adjustment
+        ba.refine_focal_length = ba.refine_principal_point = ba.refine_extra_params = False
+    return pycolmap.global_mapping(sfm / "database.db", data / "images", out, opts)
+
+
+def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: bool) -> dict:
+    init = None
     with atomic_dir(sfm / "models") as tmp:
         try:
-            recs = pycolmap.incremental_mapping(sfm / "database.db", data / "images", tmp, opts)
-            if init is not None and not recs:  # the chosen start failed: let COLMAP choose
-                opts.init_image_id1 = opts.init_image_id2 = -1
-                opts.mapper = pycolmap.IncrementalPipelineOptions().mapper
-                opts.multiple_models = True
-                recs = pycolmap.incremental_mapping(sfm / "database.db", data / "images", tmp,
-                                                    opts)
+            if cfg.mapper == "global":
+                recs = _global(data, sfm, cfg, known_camera, tmp)
+            else:
+                recs, init = _incremental(data, sfm, cfg, known_camera, tmp)
         except Exception as exc:  # pycolmap raises RuntimeError/ValueError from C++
-            raise SfMError(f"incremental mapping failed: {exc}") from exc
+            raise SfMError(f"{cfg.mapper} mapping failed: {exc}") from exc
         if not recs:
             raise SfMError(
                 f"SfM registered no frames of {n_frames}: the images share too few features "
@@ -570,6 +601,7 @@ def _map(data: Path, sfm: Path, n_frames: int, cfg: SfMConfig, known_camera: boo
         camera = None
     summary = {
         "camera": camera,
+        "mapper": cfg.mapper,
         "initial_pair": list(init) if init is not None else None,
         "frames": n_frames,
         "registered": registered,
@@ -592,6 +624,14 @@ def _write_refined_camera(data: Path, meta: dict, refined: dict) -> None:
     write_json_atomic(data / "camera.json", {**refined, "source": EXIF_SOURCE,
                                              "exif": meta.get("exif", ""), "prior": prior,
                                              "refined_by": "sfm"})
+
+
+def _mapper_changed(marker: Path, mapper: str) -> bool:
+    """Whether the mapping marked done used another mapper (older markers: incremental)."""
+    try:
+        return (json.loads(marker.read_text()) or {}).get("mapper", "incremental") != mapper
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def _priors_changed(marker: Path, priors: FramePriors | None) -> bool:
@@ -638,8 +678,11 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
         steps["mapping"].unlink(missing_ok=True)
         log.info("sfm: matching")
         _mark(steps["matches"], _match(sfm, names, config, priors))
+    if _done(steps["mapping"]) and _mapper_changed(steps["mapping"], config.mapper):
+        log.info("sfm: the mapper changed to %s: mapping again", config.mapper)
+        steps["mapping"].unlink()
     if not _done(steps["mapping"]):
-        log.info("sfm: incremental mapping")
+        log.info("sfm: %s mapping", config.mapper)
         meta = _camera_meta(data)
         summary = _map(data, sfm, len(names), config, meta is not None and not _is_prior(meta))
         summary.update(json.loads(steps["features"].read_text()))
@@ -647,7 +690,7 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
         if meta is not None and _is_prior(meta) and summary["camera"] is not None:
             _write_refined_camera(data, meta, summary["camera"])
         write_json_atomic(summary_path, summary)
-        _mark(steps["mapping"])
+        _mark(steps["mapping"], {"mapper": config.mapper})
     summary = json.loads(summary_path.read_text())
     if summary["registered_ratio"] < config.min_registered_ratio:
         checked = summary.get("priors") or {}

@@ -22,7 +22,7 @@ from camera_pose_ros.dataset.sfm import (
 )
 from camera_pose_ros.dataset.synth import write_synthetic_building
 from camera_pose_ros.errors import ConfigError
-from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat
+from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat, umeyama_sim3
 from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.metrics import match_by_stamp
 
@@ -224,3 +224,35 @@ def test_an_exif_focal_length_is_a_prior_the_mapping_refines(tmp_path):
     assert cam["prior"]["fx"] == prior_fx and cam["refined_by"] == "sfm"
     assert cam["fx"] == summary["camera"]["fx"]
     assert abs(cam["fx"] - true_fx) < 0.3 * abs(prior_fx - true_fx)
+
+
+@pytest.mark.slow
+def test_the_global_mapper_maps_the_same_walk_from_the_same_matches(sfm_building, tmp_path):
+    """``mapper: global`` (GLOMAP) maps the test building again from the incremental run's
+    features and matches: every frame registered, the camera path within centimetres of the
+    truth after a similarity alignment, as the incremental model is."""
+    synth, built = sfm_building
+    data = tmp_path / "data"
+    shutil.copytree(built, data)
+    names, stamps = read_frames_csv(data / "frames.csv")
+    gt = read_poses(synth / "gt_mapping.csv")
+
+    def path_error_m(folder) -> tuple[int, float]:
+        model = load_sfm_model(folder)
+        row = {name: i for i, name in enumerate(names)}
+        fi, gi = match_by_stamp(stamps[[row[n] for n in model.names]] / 1e9, gt.stamps,
+                                max_dt=1e-3)
+        centres = model.sfm_from_cam[fi, :3, 3]
+        sim = umeyama_sim3(centres, gt.positions_N3[gi])
+        return len(model.names), float(np.median(np.linalg.norm(
+            sim.apply(centres) - gt.positions_N3[gi], axis=1)))
+
+    registered_inc, err_inc = path_error_m(data)
+    with pytest.raises(ConfigError, match="mapper"):
+        SfMConfig(mapper="magic")
+    run_sfm(data, SfMConfig(mapper="global"))
+    summary = json.loads((data / "sfm" / "summary.json").read_text())
+    assert summary["mapper"] == "global" and summary["registered_ratio"] >= 0.95
+    registered, err = path_error_m(data)
+    assert registered >= 0.95 * registered_inc
+    assert err < 0.05 and err_inc < 0.05, (err, err_inc)
