@@ -401,8 +401,10 @@ class Building:
         if reverse:
             path = path[::-1]
         for _ in range(3):  # Chaikin: cut each corner a quarter of each side
-            q, r = 0.75 * path[:-1] + 0.25 * path[1:], 0.25 * path[:-1] + 0.75 * path[1:]
-            path = np.concatenate([path[:1], np.stack([q, r], 1).reshape(-1, 2), path[-1:]])
+            near = 0.75 * path[:-1] + 0.25 * path[1:]
+            far_ = 0.25 * path[:-1] + 0.75 * path[1:]
+            path = np.concatenate([path[:1], np.stack([near, far_], 1).reshape(-1, 2),
+                                   path[-1:]])
         seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
         cum = np.concatenate([[0.0], np.cumsum(seg)])
         s_new = np.arange(0.0, cum[-1], spacing)
