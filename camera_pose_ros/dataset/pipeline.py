@@ -188,6 +188,8 @@ def build_dataset(
             read_poses(pose_file)
     plan = FloorPlan.load(floorplan) if floorplan is not None else None
     out.mkdir(parents=True, exist_ok=True)
+    if plan is not None:  # before the SfM: its pair checks use the walls
+        floorplan = plan.save(out / "floorplan.yaml")
     timings: dict[str, float] = {}
     stages = [
         # a control point's frame is kept even where the walk paused (duplicates)
@@ -208,6 +210,4 @@ def build_dataset(
         t0 = time.perf_counter()
         run()
         timings[name] = time.perf_counter() - t0
-    if plan is not None:
-        floorplan = plan.save(out / "floorplan.yaml")
     return write_report(out, floorplan=floorplan, timings=timings, ground_truth=ground_truth)

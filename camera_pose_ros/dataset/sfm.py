@@ -55,7 +55,7 @@ from camera_pose_ros.io.retrieval import (
 from camera_pose_ros.metrics import match_by_stamp
 
 __all__ = ["SfMConfig", "SfMModel", "FramePriors", "PRIORS_CSV", "run_sfm", "load_sfm_model",
-           "load_frame_priors", "check_pairs", "global_descriptors"]
+           "load_frame_priors", "with_floorplan_views", "check_pairs", "global_descriptors"]
 
 #: rough map-frame camera poses of the frames (a pose CSV), from the robot's localization
 PRIORS_CSV = "priors.csv"
@@ -97,6 +97,11 @@ class SfMConfig:
             at least ``prior_min_baseline`` metres apart (an AMCL correction moves a pose
             by about 1 m: with both frames of a pair moved, 3 m apart turns the direction by
             at most 42 degrees).
+        use_floorplan: with priors and ``DATA/floorplan.yaml``, also drop a pair (outside
+            the sequential chain) whose two cameras, at their prior poses, see no common
+            floor in the plan: walls between them (look-alike rooms side by side).
+        floorplan_min_shared: ... that is, whose rays reach fewer than this many common
+            25 cm cells of the plan.
         min_registered_ratio: fewer registered frames than this share is an error.
         mapper: ``incremental`` (COLMAP's: registers frame by frame from a start pair,
             bundle-adjusting as the model grows) or ``global`` (GLOMAP's, in pycolmap:
@@ -122,6 +127,8 @@ class SfMConfig:
     prior_max_rotation_deg: float = 30.0
     prior_max_direction_deg: float = 60.0
     prior_min_baseline: float = 3.0
+    use_floorplan: bool = True
+    floorplan_min_shared: int = 4
     min_registered_ratio: float = 0.8
     mapper: str = "incremental"
     num_threads: int = -1
@@ -171,13 +178,17 @@ class FramePriors:
         names: every frame of ``frames.csv``, in order.
         centres_N3: camera centres in the map frame, metres (NaN: no prior).
         map_from_cam_N33: camera rotations (optical frame) in the map frame (NaN: no prior).
-        digest: a hash of the priors file (a changed file redoes the matching).
+        digest: a hash of the priors file (a changed file redoes the matching), and of the
+            floor plan when ``views`` come from one.
+        views: per frame, the 25 cm cells of the floor plan its camera sees from its prior
+            pose (:func:`with_floorplan_views`; None: no plan, or no prior).
     """
 
     names: list[str]
     centres_N3: np.ndarray
     map_from_cam_N33: np.ndarray
     digest: str = ""
+    views: list[np.ndarray | None] | None = None
 
     @property
     def known(self) -> np.ndarray:
@@ -235,6 +246,53 @@ def load_frame_priors(data: str | os.PathLike, *, max_dt: float = 0.02,
                        hashlib.sha256(path.read_bytes()).hexdigest()[:16])
 
 
+#: floor-plan cells per side of the blocks views are compared in (5 x 5 cm: 25 cm)
+_VIEW_BLOCK = 5
+#: margin added to the camera's horizontal field of view (prior heading error, pitch, roll)
+_VIEW_MARGIN_DEG = 20.0
+
+
+def with_floorplan_views(data: str | os.PathLike, priors: FramePriors,
+                         max_range: float = 15.0) -> FramePriors:
+    """``priors`` with the floor-plan cells each camera sees from its prior pose, when
+    ``DATA/floorplan.yaml`` exists (else unchanged).
+
+    The field of view is the camera's (``DATA/camera.json``; 90 deg without it) plus 20 deg.
+    """
+    from camera_pose_ros.geometry import quat_wxyz_from_rotmat
+    from camera_pose_ros.io.coverage import CoverageMap
+    from camera_pose_ros.io.floorplan import FloorPlan
+
+    data = Path(data)
+    plan_path = data / "floorplan.yaml"
+    if not plan_path.is_file():
+        return priors
+    plan = FloorPlan.load(plan_path)
+    hfov = np.radians(90.0)
+    try:
+        cam = json.loads((data / "camera.json").read_text())
+        hfov = 2 * np.arctan2(cam["width"] / 2, cam["fx"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    cover = CoverageMap(plan, hfov_rad=float(min(2 * np.pi, hfov + np.radians(
+        _VIEW_MARGIN_DEG))), max_range=max_range)
+    known = priors.known
+    quats = np.full((len(priors.names), 4), np.nan)
+    quats[known] = [quat_wxyz_from_rotmat(r) for r in priors.map_from_cam_N33[known]]
+    views = cover.view_cells(priors.centres_N3, quats, cell=_VIEW_BLOCK)
+    digest = hashlib.sha256((priors.digest + str(plan.resolution) + str(plan.origin)).encode()
+                            + plan.occupancy.tobytes()).hexdigest()[:16]
+    log.info("sfm: image pairs are also checked against the walls of %s", plan_path)
+    return FramePriors(priors.names, priors.centres_N3, priors.map_from_cam_N33, digest, views)
+
+
+def _covisible(a: np.ndarray | None, b: np.ndarray | None, min_shared: int) -> bool:
+    """Whether two views' floor-plan cells meet (True when either is unknown)."""
+    if a is None or b is None:
+        return True
+    return len(np.intersect1d(a, b, assume_unique=True)) >= min_shared
+
+
 def _angle_deg(cos: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
@@ -250,6 +308,8 @@ def check_pairs(pairs: list[tuple[str, str]], priors: FramePriors, config: SfMCo
     - ``unchecked``: a frame has no prior (no loop closure without evidence);
     - ``far``: the prior camera centres lie over ``prior_max_distance`` apart;
     - ``facing``: the prior viewing directions differ by over ``prior_max_angle_deg``;
+    - ``walls``: the cameras see no common floor in the plan (``priors.views``: fewer than
+      ``floorplan_min_shared`` common cells);
     - ``rotation``: its verified relative pose (``cam2_from_cam1``: rotation 3x3 and
       translation of camera 2 from camera 1, COLMAP's two-view geometry; None where there
       is none) turns by over ``prior_max_rotation_deg`` more or less than the priors do;
@@ -276,6 +336,9 @@ def check_pairs(pairs: list[tuple[str, str]], priors: FramePriors, config: SfMCo
             reasons[k] = "far"
         elif not chain and _angle_deg(ra[:, 2] @ rb[:, 2]) > config.prior_max_angle_deg:
             reasons[k] = "facing"
+        elif not chain and priors.views is not None and not _covisible(
+                priors.views[ia], priors.views[ib], config.floorplan_min_shared):
+            reasons[k] = "walls"
         elif (pose := None if cam2_from_cam1 is None else cam2_from_cam1[k]) is not None:
             rot_sfm, t_sfm = pose
             rot_prior = rb.T @ ra
@@ -671,6 +734,8 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
         log.info("sfm: extracting SIFT features from %d frames", len(names))
         _mark(steps["features"], _extract(data, sfm, names, config))
     priors = load_frame_priors(data) if config.use_priors else None
+    if priors is not None and config.use_floorplan:
+        priors = with_floorplan_views(data, priors)
     if _done(steps["matches"]) and _priors_changed(steps["matches"], priors):
         log.info("sfm: %s changed since the matching: matching again", data / PRIORS_CSV)
         steps["matches"].unlink()

@@ -124,10 +124,14 @@ class CoverageMap:
             i = j
         self.poses += len(pos)
 
-    def _cast(self, pos_N3: np.ndarray, fwd_N3: np.ndarray) -> None:
+    def _march(self, pos_N3: np.ndarray, fwd_N3: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """March every ray of the views: the headings (n,), and per ray sample its grid
+        row and column and whether the ray reaches it (up to and including the first wall
+        or unknown cell), each (n * rays, steps)."""
         h, w = self.shape
         res = self.plan.resolution
-        n, r = len(pos_N3), self.rays
+        r = self.rays
         heading = np.arctan2(fwd_N3[:, 1], fwd_N3[:, 0])
         ang = (heading[:, None] + self._offsets[None]).reshape(-1)  # (n*r,)
         # sample positions in cell units along each ray: (n*r, steps)
@@ -142,6 +146,31 @@ class CoverageMap:
         stop[:, 0] = ~inside[:, 0]  # a camera standing on a wall cell still looks out
         first = np.where(stop.any(1), stop.argmax(1), stop.shape[1])
         mark = (np.arange(stop.shape[1])[None, :] <= first[:, None]) & inside
+        return heading, row, col, mark
+
+    def view_cells(self, positions_N3: np.ndarray, quats_wxyz_N4: np.ndarray, *,
+                   cell: int = 1) -> list[np.ndarray | None]:
+        """Per view, the sorted flat indices of the grid cells its rays reach (None for a
+        non-finite pose); ``cell`` > 1 reports blocks of ``cell`` x ``cell`` cells (a
+        coarser grid: smaller sets). The views are not added to the map.
+
+        Two views whose sets do not meet cannot see the same surface (walls between them).
+        """
+        pos = np.asarray(positions_N3, float).reshape(-1, 3)
+        quats = np.asarray(quats_wxyz_N4, float).reshape(-1, 4)
+        ok = (np.isfinite(pos).all(1) & np.isfinite(quats).all(1)
+              & (np.linalg.norm(quats, axis=1) > 1e-9))
+        out: list[np.ndarray | None] = [None] * len(pos)
+        width = -(-self.shape[1] // cell)
+        for i in np.flatnonzero(ok):
+            _, row, col, mark = self._march(pos[i:i + 1], optical_axes(quats[i:i + 1]))
+            out[i] = np.unique((row[mark] // cell) * width + col[mark] // cell)
+        return out
+
+    def _cast(self, pos_N3: np.ndarray, fwd_N3: np.ndarray) -> None:
+        h, w = self.shape
+        n, r = len(pos_N3), self.rays
+        heading, row, col, mark = self._march(pos_N3, fwd_N3)
         if not mark.any():
             return
         cam = np.broadcast_to((np.arange(n * r) // r)[:, None], mark.shape)[mark]
