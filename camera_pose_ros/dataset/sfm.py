@@ -101,7 +101,7 @@ class SfMConfig:
             the sequential chain) whose two cameras, at their prior poses, see no common
             floor in the plan: walls between them (look-alike rooms side by side).
         floorplan_min_shared: ... that is, whose rays reach fewer than this many common
-            25 cm cells of the plan.
+            floor cells of the plan on a 25 cm lattice.
         min_registered_ratio: fewer registered frames than this share is an error.
         mapper: ``incremental`` (COLMAP's: registers frame by frame from a start pair,
             bundle-adjusting as the model grows) or ``global`` (GLOMAP's, in pycolmap:
@@ -180,8 +180,8 @@ class FramePriors:
         map_from_cam_N33: camera rotations (optical frame) in the map frame (NaN: no prior).
         digest: a hash of the priors file (a changed file redoes the matching), and of the
             floor plan when ``views`` come from one.
-        views: per frame, the 25 cm cells of the floor plan its camera sees from its prior
-            pose (:func:`with_floorplan_views`; None: no plan, or no prior).
+        views: per frame, the floor it sees from its prior pose (cells of the plan on a 25 cm
+            lattice) (:func:`with_floorplan_views`; None: no plan, or no prior).
     """
 
     names: list[str]
@@ -246,8 +246,6 @@ def load_frame_priors(data: str | os.PathLike, *, max_dt: float = 0.02,
                        hashlib.sha256(path.read_bytes()).hexdigest()[:16])
 
 
-#: floor-plan cells per side of the blocks views are compared in (5 x 5 cm: 25 cm)
-_VIEW_BLOCK = 5
 #: margin added to the camera's horizontal field of view (prior heading error, pitch, roll)
 _VIEW_MARGIN_DEG = 20.0
 
@@ -279,7 +277,8 @@ def with_floorplan_views(data: str | os.PathLike, priors: FramePriors,
     known = priors.known
     quats = np.full((len(priors.names), 4), np.nan)
     quats[known] = [quat_wxyz_from_rotmat(r) for r in priors.map_from_cam_N33[known]]
-    views = cover.view_cells(priors.centres_N3, quats, cell=_VIEW_BLOCK)
+    views = cover.view_cells(priors.centres_N3, quats,
+                             lattice=max(1, round(0.25 / plan.resolution)))
     digest = hashlib.sha256((priors.digest + str(plan.resolution) + str(plan.origin)).encode()
                             + plan.occupancy.tobytes()).hexdigest()[:16]
     log.info("sfm: image pairs are also checked against the walls of %s", plan_path)
@@ -309,7 +308,7 @@ def check_pairs(pairs: list[tuple[str, str]], priors: FramePriors, config: SfMCo
     - ``far``: the prior camera centres lie over ``prior_max_distance`` apart;
     - ``facing``: the prior viewing directions differ by over ``prior_max_angle_deg``;
     - ``walls``: the cameras see no common floor in the plan (``priors.views``: fewer than
-      ``floorplan_min_shared`` common cells);
+      ``floorplan_min_shared`` common lattice cells);
     - ``rotation``: its verified relative pose (``cam2_from_cam1``: rotation 3x3 and
       translation of camera 2 from camera 1, COLMAP's two-view geometry; None where there
       is none) turns by over ``prior_max_rotation_deg`` more or less than the priors do;

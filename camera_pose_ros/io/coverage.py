@@ -149,22 +149,27 @@ class CoverageMap:
         return heading, row, col, mark
 
     def view_cells(self, positions_N3: np.ndarray, quats_wxyz_N4: np.ndarray, *,
-                   cell: int = 1) -> list[np.ndarray | None]:
-        """Per view, the sorted flat indices of the grid cells its rays reach (None for a
-        non-finite pose); ``cell`` > 1 reports blocks of ``cell`` x ``cell`` cells (a
-        coarser grid: smaller sets). The views are not added to the map.
+                   lattice: int = 1) -> list[np.ndarray | None]:
+        """Per view, the sorted flat indices of the free cells (floor) its rays reach (None
+        for a non-finite pose); ``lattice`` > 1 keeps only the cells whose row and column
+        are multiples of it (a sparser sample of the same floor: smaller sets). The views
+        are not added to the map.
 
-        Two views whose sets do not meet cannot see the same surface (walls between them).
+        Two views whose sets do not meet see no common floor: walls lie between them (a
+        wall's two faces are no common floor, whichever side each view stands on).
         """
         pos = np.asarray(positions_N3, float).reshape(-1, 3)
         quats = np.asarray(quats_wxyz_N4, float).reshape(-1, 4)
         ok = (np.isfinite(pos).all(1) & np.isfinite(quats).all(1)
               & (np.linalg.norm(quats, axis=1) > 1e-9))
         out: list[np.ndarray | None] = [None] * len(pos)
-        width = -(-self.shape[1] // cell)
+        free = self.free.ravel()
         for i in np.flatnonzero(ok):
             _, row, col, mark = self._march(pos[i:i + 1], optical_axes(quats[i:i + 1]))
-            out[i] = np.unique((row[mark] // cell) * width + col[mark] // cell)
+            row, col = row[mark], col[mark]
+            keep = (row % lattice == 0) & (col % lattice == 0)
+            cells = np.unique(row[keep] * self.shape[1] + col[keep])
+            out[i] = cells[free[cells]]
         return out
 
     def _cast(self, pos_N3: np.ndarray, fwd_N3: np.ndarray) -> None:

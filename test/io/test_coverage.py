@@ -57,6 +57,24 @@ def test_coverage_stops_at_walls_and_names_the_room_nobody_looked_into():
     assert 0.3 < cov["walkable_seen"] < 0.5
 
 
+def test_view_cells_meet_only_for_views_of_the_same_room():
+    plan = two_rooms()
+    cover = CoverageMap(plan, hfov_rad=math.radians(90), max_range=8.0)
+    # west room looking east at the wall, east room looking west at it (back to back), a
+    # second west view looking north-east, and a non-finite pose
+    pos = np.array([[2.0, 2.0, 1.5], [6.0, 2.0, 1.5], [1.0, 1.0, 1.5], [np.nan, 0.0, 1.5]])
+    cells = cover.view_cells(pos, looking((1, 0), (-1, 0), (1, 1), (1, 0)))
+    west, east, west2, none = cells
+    assert none is None and cover.poses == 0  # the views are not added to the map
+    assert len(np.intersect1d(west, west2)) > 20
+    assert len(np.intersect1d(west, east)) == 0  # both see the wall, no common floor
+    assert np.all(plan.occupancy.ravel()[west] == 0) and np.all(np.diff(west) > 0)
+    sparse = cover.view_cells(pos[:3], looking((1, 0), (-1, 0), (1, 1)), lattice=5)
+    assert len(sparse[0]) < len(west) / 10 and np.all(sparse[0] % 5 == 0)
+    assert len(np.intersect1d(sparse[0], sparse[2])) > 0
+    assert len(np.intersect1d(sparse[0], sparse[1])) == 0
+
+
 def test_a_room_the_walk_never_saw_is_the_largest_gap_and_a_seen_one_is_none():
     plan = two_rooms()
     # a walk around the west room, looking outwards, then inwards
