@@ -19,10 +19,12 @@ from camera_pose_ros.dataset.sfm import (
     load_frame_priors,
     load_sfm_model,
     run_sfm,
+    with_floorplan_views,
 )
 from camera_pose_ros.dataset.synth import write_synthetic_building
 from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.geometry import look_at_rotation, quat_wxyz_from_rotmat, umeyama_sim3
+from camera_pose_ros.io.floorplan import FloorPlan
 from camera_pose_ros.io.posecsv import PoseTable, read_poses, write_poses
 from camera_pose_ros.metrics import match_by_stamp
 
@@ -133,6 +135,29 @@ def test_a_one_metre_localization_jump_does_not_drop_a_true_pair():
     priors.centres_N3[0] += [0.0, -1.0, 0.0]  # and frame 0 a metre to the other
     priors.map_from_cam_N33[8] = _facing(3.0)  # and turned it by 3 degrees
     assert check_pairs([(n[0], n[8])], priors, SfMConfig(), cam2_from_cam1=[truth]) == [""]
+
+
+def test_pairs_with_a_wall_between_them_are_dropped_when_the_dataset_has_a_floor_plan(tmp_path):
+    """Look-alike rooms side by side: cameras 3 m apart looking the same way, close enough
+    and turned alike enough for the prior checks, but a wall between them: no common floor."""
+    occ = np.zeros((40, 80), np.int8)  # 4 x 8 m at 10 cm, a wall at x = 4 m
+    occ[[0, -1], :] = 100
+    occ[:, [0, -1, 40]] = 100
+    n = 20
+    centres = np.array([[2.5 + 3.0 * (i >= 10), 0.5 + 0.1 * (i % 10), 1.5] for i in range(n)])
+    priors = FramePriors([f"{i:06d}.jpg" for i in range(n)], centres,
+                         np.array([_facing(80.0)] * n))
+    names = priors.names
+    pairs = [(names[0], names[10]), (names[0], names[9]), (names[5], names[10]),
+             (names[10], names[19])]
+    assert check_pairs(pairs, priors, SfMConfig()) == ["", "", "", ""]  # no plan
+    assert with_floorplan_views(tmp_path, priors) is priors  # the dataset has none
+    FloorPlan(occ, 0.1, (0.0, 0.0)).save(tmp_path / "floorplan.yaml")
+    walled = with_floorplan_views(tmp_path, priors)
+    assert walled.digest != priors.digest  # another plan matches again
+    # across the wall: dropped; the same room: kept; the sequential chain: kept
+    assert check_pairs(pairs, walled, SfMConfig()) == ["walls", "", "", ""]
+    assert check_pairs(pairs, walled, SfMConfig(sequential_overlap=10)) == ["", "", "", ""]
 
 
 @pytest.mark.parametrize("key", ["prior_max_distance", "prior_max_angle_deg",
