@@ -75,6 +75,15 @@ class RefineConfig:
         verify: match again against the ``k_verify`` mapped frames nearest the solution and
             solve again; the two solutions must agree within ``verify_max_m`` and
             ``verify_max_deg``.
+        lookalike_check: after the checks above, look for the inliers' twins: map points over
+            ``lookalike_radius_m`` away whose descriptors are nearly the same (repeated
+            rooms, posters). When at least ``lookalike_ratio`` of the inliers have one and
+            the image's keypoints put on the twins give a pose of their own, over
+            ``lookalike_radius_m`` away with at least ``lookalike_ratio`` times the inliers,
+            the image is ambiguous (each place passes the verification on its own): a
+            failure, not a guess.
+        lookalike_radius_m: see ``lookalike_check``.
+        lookalike_ratio: see ``lookalike_check``.
         gate_sigma: 0 (default): the regressed pose only picks candidate frames. Above 0 the
             refined position must also lie within this many standard deviations of the
             regressed one (its covariance's largest axis) ...
@@ -109,6 +118,9 @@ class RefineConfig:
     k_verify: int = 4
     verify_max_m: float = 0.15
     verify_max_deg: float = 2.0
+    lookalike_check: bool = True
+    lookalike_radius_m: float = 2.0
+    lookalike_ratio: float = 0.5
     gate_sigma: float = 0.0
     gate_min_m: float = 2.0
     cov_floor_m: float = 0.01
@@ -141,6 +153,9 @@ class RefineConfig:
             raise ConfigError("refine retrieval_rounds must be at least 1")
         if self.verify and self.k_verify < 1:
             raise ConfigError("refine k_verify must be at least 1 when verify is on")
+        if not self.lookalike_radius_m > 0 or not 0.0 < self.lookalike_ratio <= 1.0:
+            raise ConfigError("refine lookalike_radius_m must be > 0 and lookalike_ratio in "
+                              "(0, 1]")
 
     @classmethod
     def from_dict(cls, data: dict) -> RefineConfig:
@@ -208,6 +223,14 @@ def find_refinement_map(checkpoint: str | os.PathLike, provenance: dict | None =
                           "--map DATA, or build it with `camera-pose refinement-map`")
 
 
+#: map points decoded at once by the look-alike check
+_TWIN_CHUNK = 32768
+#: inliers whose twins are looked for at most
+_TWIN_SAMPLE = 120
+#: a map point whose descriptor is this close (cosine) to an inlier's is its twin
+_TWIN_COSINE = 0.9
+
+
 @dataclass
 class _Solution:
     """One absolute-pose solution and its inliers."""
@@ -217,6 +240,7 @@ class _Solution:
     points2d: np.ndarray
     points3d: np.ndarray
     matches: int
+    point_ids: np.ndarray  # the inliers' indices into the map's points
 
     @property
     def inliers(self) -> int:
@@ -236,6 +260,7 @@ class Refiner:
         options.sift.first_octave = config.first_octave
         self._sift = pycolmap.FeatureExtractor.create(options, device=pycolmap.Device.cpu)
         self._names = [str(n) for n in refinement_map.names]
+        self._desc_norms: np.ndarray | None = None
         self._index = {n: i for i, n in enumerate(self._names)}
 
     def select_frames(self, position: np.ndarray, rot_map_cam: np.ndarray,
@@ -286,6 +311,23 @@ class Refiner:
         _, first = np.unique(pts, return_index=True)  # one query feature per 3D point (ties)
         return q[first], pts[first]
 
+    def _pnp(self, pts2d: np.ndarray, pts3d: np.ndarray, colmap_cam: pycolmap.Camera
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """LO-RANSAC absolute pose and its refinement: ``map_from_cam`` rotation, camera
+        centre and inlier mask, or None."""
+        est = pycolmap.AbsolutePoseEstimationOptions()
+        est.ransac.max_error = self.config.max_error_px
+        est.ransac.num_threads = self.config.num_threads
+        est.ransac.random_seed = 0
+        result = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, colmap_cam, est)
+        if result is None:
+            return None
+        cam_from_map = np.eye(4)
+        cam_from_map[:3, :] = result["cam_from_world"].matrix()
+        rot_map_cam = cam_from_map[:3, :3].T
+        return rot_map_cam, -rot_map_cam @ cam_from_map[:3, 3], np.asarray(
+            result["inlier_mask"], bool)
+
     def _solve(self, keypoints: np.ndarray, desc_q: np.ndarray, frames: np.ndarray,
                colmap_cam: pycolmap.Camera) -> _Solution | str:
         """Match against ``frames`` and solve the absolute pose; a reason string on failure."""
@@ -293,20 +335,12 @@ class Refiner:
         qi, pi = self._match(desc_q, frames)
         if len(qi) < cfg.min_inliers:
             return f"{len(qi)} matches to the map (< {cfg.min_inliers})"
-        est = pycolmap.AbsolutePoseEstimationOptions()
-        est.ransac.max_error = cfg.max_error_px
-        est.ransac.num_threads = cfg.num_threads
-        est.ransac.random_seed = 0
         pts2d, pts3d = keypoints[qi], np.asarray(self.map.points[pi], float)
-        result = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, colmap_cam, est)
-        if result is None:
+        pose = self._pnp(pts2d, pts3d, colmap_cam)
+        if pose is None:
             return f"absolute pose RANSAC found no pose from {len(qi)} matches"
-        mask = np.asarray(result["inlier_mask"], bool)
-        cam_from_map = np.eye(4)
-        cam_from_map[:3, :] = result["cam_from_world"].matrix()
-        rot_map_cam = cam_from_map[:3, :3].T
-        centre = -rot_map_cam @ cam_from_map[:3, 3]
-        sol = _Solution(rot_map_cam, centre, pts2d[mask], pts3d[mask], len(qi))
+        rot_map_cam, centre, mask = pose
+        sol = _Solution(rot_map_cam, centre, pts2d[mask], pts3d[mask], len(qi), pi[mask])
         if sol.inliers < cfg.min_inliers:
             return f"{sol.inliers} inliers (< {cfg.min_inliers})"
         if sol.inliers < cfg.min_inlier_ratio * len(qi):
@@ -314,6 +348,61 @@ class Refiner:
         if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(rot_map_cam))):
             return "absolute pose is not finite"
         return sol
+
+    def _twins(self, point_ids: np.ndarray) -> np.ndarray:
+        """Per point, the map point elsewhere (over ``lookalike_radius_m`` away) whose
+        descriptor is nearly the same (cosine >= 0.9), or -1: repeated texture.
+
+        Computed in the map's PCA code space (decoding every point would cost P x 128
+        floats): ``d_j = basis @ (codes_j * scale) + mean``, so
+        ``q . d_j = (q @ basis * scale) . codes_j + q . mean``, over ``|d_j|`` (cached).
+        """
+        m = self.map
+        if self._desc_norms is None:
+            norms = np.empty(len(m.points), np.float32)
+            for s in range(0, len(norms), _TWIN_CHUNK):
+                codes = np.asarray(m.desc_codes[s:s + _TWIN_CHUNK], np.float32)
+                norms[s:s + _TWIN_CHUNK] = np.linalg.norm(
+                    (codes * m.desc_scale) @ m.desc_basis.T + m.desc_mean, axis=1)
+            self._desc_norms = np.maximum(norms, 1e-9)
+        q = m.descriptors(point_ids)
+        q_proj, q_mean = (q @ m.desc_basis) * m.desc_scale, q @ m.desc_mean
+        where = np.asarray(m.points[point_ids], np.float32)
+        best = np.full(len(q), _TWIN_COSINE, np.float32)
+        twin = np.full(len(q), -1, np.int64)
+        radius2 = np.float32(self.config.lookalike_radius_m) ** 2
+        for s in range(0, len(m.points), _TWIN_CHUNK):
+            codes = np.asarray(m.desc_codes[s:s + _TWIN_CHUNK], np.float32)
+            sim = (q_proj @ codes.T + q_mean[:, None]) / self._desc_norms[s:s + len(codes)]
+            i, j = np.nonzero(sim >= best[:, None])  # few: the point, its neighbours, twins
+            far = np.square(where[i] - np.asarray(m.points[s + j], np.float32)).sum(1) > radius2
+            i, j = i[far], j[far]
+            for a, b in zip(i[np.argsort(sim[i, j])], j[np.argsort(sim[i, j])], strict=True):
+                best[a], twin[a] = sim[a, b], s + b  # ascending: the best is written last
+        return twin
+
+    def _lookalike(self, sol: _Solution, colmap_cam: pycolmap.Camera) -> str:
+        """Why the image is ambiguous ('' when it is not): the inliers' points have twins
+        elsewhere in the map (repeated rooms) that give a pose of their own (see
+        ``lookalike_check``)."""
+        cfg = self.config
+        # a sample of the inliers tells as well as all of them, at a fraction of the cost
+        pick = np.unique(np.linspace(0, sol.inliers - 1, min(sol.inliers, _TWIN_SAMPLE)
+                                     ).astype(int))
+        twin = self._twins(sol.point_ids[pick])
+        ok = twin >= 0
+        if ok.sum() < max(cfg.min_inliers, cfg.lookalike_ratio * len(pick)):
+            return ""
+        alt = self._pnp(sol.points2d[pick][ok], np.asarray(self.map.points[twin[ok]], float),
+                        colmap_cam)
+        if alt is None:
+            return ""
+        _, centre, mask = alt
+        away = float(np.linalg.norm(centre - sol.centre))
+        if away > cfg.lookalike_radius_m and mask.sum() >= cfg.lookalike_ratio * len(pick):
+            return (f"ambiguous: a look-alike place {away:.1f} m away fits too "
+                    f"({int(mask.sum())} of {len(pick)} sampled inliers' twins)")
+        return ""
 
     def refine(self, image_rgb: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray,
                covariance: np.ndarray, camera: PinholeCamera | None = None,
@@ -417,6 +506,12 @@ class Refiner:
         spread = len(cells) / 16.0
         if spread < cfg.min_spread:
             return fail(f"inliers cover {spread:.0%} of the image (< {cfg.min_spread:.0%})")
+        if cfg.lookalike_check:
+            t3 = time.perf_counter()
+            elsewhere = self._lookalike(sol, colmap_cam)
+            prior.stages_s["lookalike"] = time.perf_counter() - t3
+            if elsewhere:
+                return fail(elsewhere)
         if cfg.gate_sigma > 0:
             pos_sd = np.sqrt(max(np.linalg.eigvalsh(prior.covariance[:3, :3]).max(), 0.0))
             gate = max(cfg.gate_min_m, cfg.gate_sigma * pos_sd)
