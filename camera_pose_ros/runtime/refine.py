@@ -226,7 +226,7 @@ def find_refinement_map(checkpoint: str | os.PathLike, provenance: dict | None =
 #: map points decoded at once by the look-alike check
 _TWIN_CHUNK = 32768
 #: inliers whose twins are looked for at most
-_TWIN_SAMPLE = 120
+_TWIN_SAMPLE = 60
 #: a map point whose descriptor is this close (cosine) to an inlier's is its twin
 _TWIN_COSINE = 0.9
 

@@ -104,6 +104,46 @@ def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query)
     assert np.median(r_err) < 1.0, r_err
 
 
+def _with_a_copy(m, shift: np.ndarray):
+    """The map and a copy of it moved by ``shift``: a look-alike building next door."""
+    moved = np.array(m.map_from_cam)
+    moved[:, :3, 3] += shift
+    n_points = len(m.points)
+    return replace(
+        m, names=np.concatenate([m.names, [f"copy-{n}" for n in m.names]]),
+        map_from_cam=np.concatenate([m.map_from_cam, moved]),
+        points=np.concatenate([m.points, np.asarray(m.points) + shift.astype(np.float32)]),
+        offsets=np.concatenate([m.offsets, m.offsets[1:] + m.offsets[-1]]),
+        frame_points=np.concatenate([m.frame_points, np.asarray(m.frame_points) + n_points]),
+        desc_codes=np.concatenate([m.desc_codes, m.desc_codes]),
+        global_desc=np.concatenate([m.global_desc, m.global_desc]))
+
+
+def test_an_image_that_fits_a_look_alike_place_as_well_is_not_refined(refinement_map, query):
+    """With an exact copy of the map 12 m away (look-alike rooms), each query image fits
+    both places and passes the verification in either: refinement refuses to guess, and
+    says why. Without the copy it refines, and the check finds no twin."""
+    rows, camera = query
+    copy = _with_a_copy(refinement_map, np.array([12.0, 0.0, 0.0]))
+    # matched only against the frames around the prior (no retrieval, which would also
+    # pick the copy's frames and lose the matches to the ratio test): the check's case
+    near_prior = RefineConfig(k_retrieval=0, retrieval_rounds=1)
+    doubled, single = Refiner(copy, near_prior), Refiner(refinement_map, near_prior)
+    prior_cov = np.diag([1.0, 1.0, 0.1, 0.05, 0.05, 0.05])
+    for rgb, pos, q in rows:
+        one = single.refine(rgb, pos + [0.3, -0.3, 0.0], q, prior_cov, camera)
+        both = doubled.refine(rgb, pos + [0.3, -0.3, 0.0], q, prior_cov, camera)
+        assert one.success and "lookalike" in one.stages_s, one.reason  # checked, no twin
+        assert not both.success and "ambiguous: a look-alike place 12.0 m away" in both.reason
+        # with retrieval too it never refines either
+        assert not Refiner(copy).refine(rgb, pos, q, prior_cov, camera).success
+    off = Refiner(copy, replace(near_prior, lookalike_check=False))
+    rgb, pos, q = rows[0]
+    assert off.refine(rgb, pos, q, prior_cov, camera).success  # the check is what refuses
+    with pytest.raises(ConfigError, match="lookalike"):
+        RefineConfig(lookalike_ratio=0.0)
+
+
 def test_sift_on_a_shrunk_query_keeps_full_size_keypoints(refinement_map, query):
     rows, camera = query
     full, small = Refiner(refinement_map), Refiner(refinement_map,
