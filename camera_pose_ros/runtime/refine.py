@@ -377,8 +377,9 @@ class Refiner:
             i, j = np.nonzero(sim >= best[:, None])  # few: the point, its neighbours, twins
             far = np.square(where[i] - np.asarray(m.points[s + j], np.float32)).sum(1) > radius2
             i, j = i[far], j[far]
-            for a, b in zip(i[np.argsort(sim[i, j])], j[np.argsort(sim[i, j])], strict=True):
-                best[a], twin[a] = sim[a, b], s + b  # ascending: the best is written last
+            order = np.argsort(sim[i, j])  # ascending: each point's best is written last
+            for a, b in zip(i[order], j[order], strict=True):
+                best[a], twin[a] = sim[a, b], s + b
         return twin
 
     def _lookalike(self, sol: _Solution, colmap_cam: pycolmap.Camera) -> str:
