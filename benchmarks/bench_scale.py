@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -42,23 +41,32 @@ from benchmarks.common import RESULTS, write_results
 FRAMES_PER_ROOM = 300 / 3.5  # the demo loop's frames per metre, at about 21 m per room
 
 
+#: runs argv[2:] and writes its peak resident memory (kB) to argv[1]: a child's own peak
+#: (a process forked from this one would start with this process's high-water mark)
+_LAUNCH = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); "
+           "_, st, ru = os.wait4(p.pid, 0); open(sys.argv[1], 'w').write(str(ru.ru_maxrss)); "
+           "sys.exit(os.waitstatus_to_exitcode(st))")
+
+
 def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
     """Run ``cmd`` (output to ``log``); its wall seconds and peak resident memory (MB).
+
+    A small launcher process starts it, so the figure is the command's own (a process
+    forked from a large one, pytest say, inherits that one's high-water mark).
 
     Raises:
         SystemExit: the command failed (the log's tail says why).
     """
     t0 = time.perf_counter()
+    peak = log.with_suffix(".peak")
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(peak), *cmd], stdout=out,
+                              stderr=subprocess.STDOUT, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = log.read_text()[-2000:]
         raise SystemExit(f"{' '.join(cmd[:5])} ... failed ({proc.returncode}):\n{tail}")
-    return wall, usage.ru_maxrss / 1024.0  # Linux: kilobytes
-
+    return wall, int(peak.read_text()) / 1024.0  # Linux: kilobytes
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "camera_pose_ros.cli", "-q", *args]
