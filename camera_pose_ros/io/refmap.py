@@ -98,11 +98,24 @@ class RefinementMap:
                  for i in np.asarray(frames, int)]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        """(n, 128) float32 descriptors, not normalised, of int8 PCA ``codes``."""
+        return (np.asarray(codes, np.float32) * self.desc_scale) @ self.desc_basis.T \
+            + self.desc_mean
+
     def descriptors(self, points: np.ndarray) -> np.ndarray:
         """(n, 128) float32 unit-length descriptors of ``points`` (decoded from the codes)."""
-        codes = np.asarray(self.desc_codes[np.asarray(points, int)], np.float32)
-        desc = (codes * self.desc_scale) @ self.desc_basis.T + self.desc_mean
+        desc = self._decode(self.desc_codes[np.asarray(points, int)])
         return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-9)
+
+    def descriptor_norms(self, chunk: int = 32768) -> np.ndarray:
+        """(P,) float32 lengths of every point's decoded descriptor (at least 1e-9), decoded
+        ``chunk`` points at a time."""
+        norms = np.empty(len(self.points), np.float32)
+        for s in range(0, len(norms), chunk):
+            norms[s:s + chunk] = np.linalg.norm(self._decode(self.desc_codes[s:s + chunk]),
+                                                axis=1)
+        return np.maximum(norms, 1e-9)
 
     def observations(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices (n,) and unit descriptors (n, 128) of the points ``frames`` observe."""

@@ -359,12 +359,7 @@ class Refiner:
         """
         m = self.map
         if self._desc_norms is None:
-            norms = np.empty(len(m.points), np.float32)
-            for s in range(0, len(norms), _TWIN_CHUNK):
-                codes = np.asarray(m.desc_codes[s:s + _TWIN_CHUNK], np.float32)
-                norms[s:s + _TWIN_CHUNK] = np.linalg.norm(
-                    (codes * m.desc_scale) @ m.desc_basis.T + m.desc_mean, axis=1)
-            self._desc_norms = np.maximum(norms, 1e-9)
+            self._desc_norms = m.descriptor_norms(_TWIN_CHUNK)
         q = m.descriptors(point_ids)
         q_proj, q_mean = (q @ m.desc_basis) * m.desc_scale, q @ m.desc_mean
         where = np.asarray(m.points[point_ids], np.float32)
