@@ -119,7 +119,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         bad_control_points=args.bad_control_points, storage=args.storage,
         distortion=tuple(args.distortion or ()), scenario=args.scenario,
         progress=not args.quiet, depth_topic=DEPTH_TOPIC if args.depth else None,
-        rooms=args.rooms, room_designs=args.room_designs,
+        rooms=args.rooms, room_designs=args.room_designs, floors=args.floors,
     )
 
 
@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--room-designs", type=int, default=0, metavar="K",
                    help="with --rooms: repeat K room designs along each side of the "
                         "corridor (rooms that look alike inside); 0: every room its own")
+    p.add_argument("--floors", type=int, default=1, metavar="F",
+                   help="F >= 2: F floors, each in OUT/floor_<f>/ with its own look, layout "
+                        "and walks, and OUT/floors.yaml listing them (map one dataset per "
+                        "floor; the node's floors_file)")
     p.add_argument("--depth", action="store_true",
                    help=f"also write each mapping frame's exact depth, registered to the "
                         f"colour camera, on {DEPTH_TOPIC} (16UC1 mm; dense labels for "
@@ -568,7 +572,7 @@ def _check_synth_args(args: argparse.Namespace) -> None:
                            ("width", 64, 8192), ("height", 48, 8192), ("seed", 0, 2**32 - 1),
                            ("control_points", 3, args.frames),
                            ("bad_control_points", 0, args.control_points),
-                           ("rooms", 0, 64), ("room_designs", 0, 64)):
+                           ("rooms", 0, 64), ("room_designs", 0, 64), ("floors", 1, 16)):
         check_range(f"--{key.replace('_', '-')}", getattr(args, key), low=low, high=high)
     check_range("--scale", args.scale, low=0, high=100, low_open=True)
     check_range("--rate", args.rate, low=0, high=1000, low_open=True)

@@ -735,7 +735,8 @@ def write_synthetic_building(
     noise_sigma: float = 2.0, storage: str = "mcap", image_topic: str = "/camera/image_raw",
     distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
     robot: RobotSpec | None = RobotSpec(),
-    depth_topic: str | None = None, rooms: int = 0, room_designs: int = 0,
+    depth_topic: str | None = None, rooms: int = 0, room_designs: int = 0, floors: int = 1,
+    start_s: float = 0.0,
 ) -> Path:
     """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
@@ -756,8 +757,25 @@ def write_synthetic_building(
     every room (``loops`` is ignored), the query walk tours them backwards on other paths
     (1.7 m from the room walls instead of 1.2 m, 0.4 m off the corridor's centre line),
     with the scenario's head motion and light.
+    ``floors`` (F >= 2) writes F such floors instead, each in ``floor_<f>/`` with its own
+    look and layout (seed ``seed + 101 f``: other textures, other doors) and its own walks,
+    stamped one after the other, plus :data:`~camera_pose_ros.io.floors.FLOORS_FILE` (ids,
+    elevations 3.2 m apart, floor plans). The floors are not joined: no stairs or lift are
+    rendered (a lift ride is a cut between the floors' walks). ``start_s`` delays every
+    stamp.
     Returns ``out``.
     """
+    if floors > 1:
+        return _write_floors(out, floors, seed=seed, frames=frames, query_frames=query_frames,
+                             width=width, height=height, rate_hz=rate_hz, scale=scale,
+                             loops=loops, control_points=control_points,
+                             control_point_noise=control_point_noise,
+                             bad_control_points=bad_control_points, noise_sigma=noise_sigma,
+                             storage=storage, image_topic=image_topic, distortion=distortion,
+                             scenario=scenario, progress=progress, robot=robot,
+                             depth_topic=depth_topic, rooms=rooms, room_designs=room_designs)
+    if floors < 1 or floors > 16:
+        raise ConfigError(f"floors must be in [1, 16], got {floors}")
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     scene = SCENARIOS[scenario]
@@ -789,7 +807,7 @@ def write_synthetic_building(
         mapping = walk_trajectory(building, frames, loops=loops, offsets=(0.35, -0.35))
         query = walk_trajectory(building, query_frames, loops=1.0, phase=0.37,
                                 start_fraction=0.05, **scene["query"])
-    t0_ns = 1_700_000_000_000_000_000 + seed * 1_000_000_000
+    t0_ns = 1_700_000_000_000_000_000 + seed * 1_000_000_000 + int(start_s * 1e9)
     period_ns = int(round(1e9 / rate_hz))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -845,4 +863,32 @@ def write_synthetic_building(
     write_text_atomic(out / "control_points.csv", buf.getvalue())
     building.floor_plan().save(out / "floorplan.yaml")
     log.info("synthetic building written to %s", out)
+    return out
+
+
+#: storey height of ``synth --floors`` (the floors' elevations are this far apart)
+FLOOR_HEIGHT_M = 3.2
+#: floor f of ``synth --floors`` is drawn with seed ``seed + FLOOR_SEED_STEP * f``
+FLOOR_SEED_STEP = 101
+
+
+def _write_floors(out: str | os.PathLike, floors: int, *, seed: int, frames: int,
+                  query_frames: int, rate_hz: float, **kwargs: object) -> Path:
+    """``write_synthetic_building`` for each of ``floors`` floors, and the floors file."""
+    from camera_pose_ros.io.floors import FLOORS_FILE, FloorSpec, write_floors
+
+    if floors > 16:
+        raise ConfigError(f"floors must be in [1, 16], got {floors}")
+    out = Path(out)
+    specs = []
+    for f in range(floors):
+        where = write_synthetic_building(  # each floor's walks after the previous floor's
+            out / f"floor_{f}", seed=seed + FLOOR_SEED_STEP * f, frames=frames,
+            query_frames=query_frames, rate_hz=rate_hz,
+            start_s=f * (frames + query_frames + 200) / rate_hz,
+            **kwargs)  # type: ignore[arg-type]
+        specs.append(FloorSpec(str(f), round(FLOOR_HEIGHT_M * f, 3), f"map_{f}",
+                               floorplan_yaml=str(where / "floorplan.yaml")))
+    write_floors(out / FLOORS_FILE, specs)
+    log.info("%d floors written to %s", floors, out)
     return out

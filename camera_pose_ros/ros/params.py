@@ -87,6 +87,13 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("rectified_images", "auto", "whether the images are rectified (camera = "
               "camera_info's P, no distortion) or raw (K and D); auto: rectified when the image "
               "topic is image_rect*", ("auto", "true", "false")),
+    ParamSpec("floors_file", "", "several floors: YAML listing each floor's id, elevation, "
+              "frame and model (see camera_pose_ros/io/floors.py; \"\" = one map, model_path)"),
+    ParamSpec("floor", "", "with floors_file: the floor to start on (\"\" = recognise it from "
+              "the images; refine mode); ~/set_floor changes it at run time"),
+    ParamSpec("floor_recheck_after", 5, "with floors_file: recognise the floor again after this "
+              "many failed refinements in a row (a lift or stairs; 0 = never)",
+              min_value=0, max_value=10000),
     ParamSpec("autostart", True, "configure and activate without a lifecycle manager"),
 )
 

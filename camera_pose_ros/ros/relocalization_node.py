@@ -27,7 +27,7 @@ from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
@@ -43,6 +43,7 @@ from camera_pose_ros.runtime.pipeline import (
     Frame,
     PipelineSettings,
     RelocalizationPipeline,
+    load_floor_set,
     load_localizer,
 )
 
@@ -92,7 +93,12 @@ class RelocalizationNode(LifecycleNode):
             cfg = {spec.name: self.get_parameter(spec.name).value
                    for spec in RELOCALIZATION_PARAMS}
             settings = PipelineSettings.from_params(cfg)
-            localizer, plan, refinement_map = load_localizer(cfg)
+            floors = load_floor_set(cfg) if cfg["floors_file"] else None
+            if floors is not None:
+                localizer, plan = floors.localizer, None
+                refinement_map = f"one per floor ({', '.join(floors.specs)})"
+            else:
+                localizer, plan, refinement_map = load_localizer(cfg)
         except Exception as exc:  # rclpy would swallow it without a word
             named = isinstance(exc, (CameraPoseError, ValueError))
             self.get_logger().error("configure failed: " + (
@@ -106,14 +112,15 @@ class RelocalizationNode(LifecycleNode):
                 ("tf", TFMessage, "/tf"), ("diag", DiagnosticArray, "/diagnostics"),
                 ("initial", PoseWithCovarianceStamped, "/initialpose"),
                 ("refined", PoseWithCovarianceStamped, "~/pose_refined"),
-                ("verified", PoseWithCovarianceStamped, "~/pose_verified")):
-            self._pubs[key] = self.create_lifecycle_publisher(
-                typ, topic, TF_QOS if key == "tf" else RELIABLE_10)
+                ("verified", PoseWithCovarianceStamped, "~/pose_verified"),
+                ("floor", String, "~/floor"), ("tf_static", TFMessage, "/tf_static")):
+            self._pubs[key] = self.create_lifecycle_publisher(typ, topic, {
+                "tf": TF_QOS, "floor": LATCHED, "tf_static": LATCHED}.get(key, RELIABLE_10))
         self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
                                             callback_group=ReentrantCallbackGroup())
         self.pipeline = RelocalizationPipeline(
             localizer, settings, self, logger=self.get_logger(), stats=self.stats,
-            now_ns=lambda: self.get_clock().now().nanoseconds)
+            now_ns=lambda: self.get_clock().now().nanoseconds, floors=floors)
         self.get_logger().info(
             f"configured: {localizer.model_name} on {localizer.device}, map frame "
             f"'{cfg['map_frame']}', floor plan {'yes' if plan else 'no'}, refinement map "
@@ -145,7 +152,9 @@ class RelocalizationNode(LifecycleNode):
                  "; the previous map (if any) stays in use", LATCHED),
                 (Bool, "tracking_lost", self._on_tracking_lost, "rejected_other", "", 10),
                 (CameraInfo, "camera_info", self._on_camera_info, "rejected_camera_info", "",
-                 qos_profile_sensor_data))]
+                 qos_profile_sensor_data),
+                (String, "~/set_floor", self._on_set_floor, "rejected_other",
+                 "; the floor stays", 10))]
         self._timers = [self.create_timer(period, g(cb, name, "rejected_other"),
                                           callback_group=other)
                         for period, cb, name in (
@@ -153,6 +162,7 @@ class RelocalizationNode(LifecycleNode):
              self._publish_diagnostics, "diagnostics"),
             (0.2, self.pipeline.session.expire, "relocalization"))]
         self.pipeline.start()
+        self._announce_floors()
         self.get_logger().info(f"active: listening on {image.topic_name}")
         return ret
 
@@ -200,12 +210,37 @@ class RelocalizationNode(LifecycleNode):
         self._stop()
         super().destroy_node()
 
+    def _announce_floors(self) -> None:
+        """With floors: each floor's frame on /tf_static (``map_frame -> frame_id``, raised
+        by its elevation) and the current floor on ``~/floor``."""
+        floors = self.pipeline.floors if self.pipeline is not None else None
+        if floors is None:
+            return
+        stamp, parent = self.get_clock().now().to_msg(), str(self._cfg["map_frame"])
+        self._pubs["tf_static"].publish(TFMessage(transforms=[
+            conv.transform_stamped(stamp, parent, spec.frame_id, np.array([0, 0, spec.elevation]),
+                                   np.array([1.0, 0, 0, 0]))
+            for spec in floors.specs.values() if spec.frame_id != parent]))
+        self.floor_changed(floors.current)
+
+    def _frame(self, est: PoseEstimate) -> str:
+        """The map frame an estimate is in (its floor's, with floors)."""
+        floors = self.pipeline.floors if self.pipeline is not None else None
+        return (floors.frame_id(est.floor) if floors is not None and est.floor
+                else str(self._cfg["map_frame"]))
+
     # -- outputs (the pipeline's Outputs) ---------------------------------------------------
+    def floor_changed(self, floor: str | None) -> None:
+        """``~/floor`` (latched; "" while unknown); ``~/path`` starts again."""
+        with self._publish_lock:
+            self._path.clear()
+            self._pubs["floor"].publish(String(data=floor or ""))
+
     def publish_pose(self, stamp: object, est: PoseEstimate, *, verified: bool,
                      map_from_odom: np.ndarray | None, refined: bool = False) -> None:
         """``~/pose_refined`` (when refined), ``~/pose``, ``~/pose_with_covariance``,
         ``~/pose_verified`` (when verified), ``~/path`` (throttled) and TF."""
-        cfg, frame, pubs = self._cfg, str(self._cfg["map_frame"]), self._pubs
+        cfg, frame, pubs = self._cfg, self._frame(est), self._pubs
         ps = conv.pose_stamped(stamp, frame, est.position, est.quat_wxyz)
         cov = conv.pose_with_covariance(stamp, frame, est.position, est.quat_wxyz,
                                         est.covariance)
@@ -233,7 +268,7 @@ class RelocalizationNode(LifecycleNode):
     def publish_initial_pose(self, stamp: object, est: PoseEstimate) -> None:
         """``/initialpose``: the verified estimate that ended a relocalization request."""
         self._pubs["initial"].publish(conv.pose_with_covariance(
-            stamp, str(self._cfg["map_frame"]), est.position, est.quat_wxyz, est.covariance))
+            stamp, self._frame(est), est.position, est.quat_wxyz, est.covariance))
 
     # -- inputs ---------------------------------------------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -248,7 +283,8 @@ class RelocalizationNode(LifecycleNode):
                                        conv.pose_to_matrix(msg.pose.pose))
 
     def _on_map(self, msg: OccupancyGrid) -> None:
-        localizer, info = self.localizer, msg.info
+        pipeline, info = self.pipeline, msg.info
+        localizer = pipeline.localizer if pipeline is not None else None  # the floor's
         if localizer is None or not self._cfg["snap_to_floorplan"]:
             return
         localizer.set_floorplan(FloorPlan.from_grid(
@@ -260,6 +296,11 @@ class RelocalizationNode(LifecycleNode):
         if self.pipeline is not None:
             self.pipeline.update_camera(functools.partial(conv.camera_from_info, msg,
                                                           self._rectified))
+
+    def _on_set_floor(self, msg: String) -> None:
+        if (pipeline := self.pipeline) is not None:
+            floor = msg.data.strip()
+            pipeline.set_floor(None if floor in ("", "auto") else floor, "set on ~/set_floor")
 
     def _on_tracking_lost(self, msg: Bool) -> None:
         if msg.data and (pipeline := self.pipeline) is not None:

@@ -34,6 +34,8 @@ class PoseEstimate:
         snapped: moved onto the walkable floor.
         refined: geometric refinement against the SfM map succeeded (``refine_note`` says
             why not when it was tried and failed).
+        inliers: the refinement's inliers.
+        floor: the floor whose map frame the pose is in ("": the only map).
     """
 
     position: np.ndarray
@@ -44,6 +46,7 @@ class PoseEstimate:
     refined: bool = False
     refine_note: str = ""
     inliers: int = 0
+    floor: str = ""
 
 
 class FloorSnapper:

@@ -50,12 +50,13 @@ from camera_pose_ros.runtime.relocalize import (
 from camera_pose_ros.runtime.workers import LatestJobWorker, RefineJob, RefineScheduler
 
 if TYPE_CHECKING:
+    from camera_pose_ros.runtime.floors import FloorSet
     from camera_pose_ros.runtime.localizer import Localizer
 
 WARN_PERIOD_S = 5.0  # a throttled log line repeats at most this often per key
 
-__all__ = ["Mode", "PipelineSettings", "load_localizer", "Frame", "Logger", "Outputs",
-           "RelocalizationPipeline"]
+__all__ = ["Mode", "PipelineSettings", "load_localizer", "load_floor_set", "Frame", "Logger",
+           "Outputs", "RelocalizationPipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,38 @@ def load_localizer(params: Mapping[str, Any]) -> tuple[Localizer, FloorPlan | No
     return localizer, plan, where
 
 
+def load_floor_set(params: Mapping[str, Any]) -> FloorSet:
+    """The floors of ``floors_file`` (:mod:`camera_pose_ros.io.floors`), each floor's
+    localizer loaded as :func:`load_localizer` loads one (the floor's ``model_path``,
+    ``refinement_map`` and ``floorplan_yaml`` in place of the parameters of those names),
+    starting on ``floor`` ("": recognise it).
+
+    Raises:
+        ConfigError: an unreadable floors file, a floor without a model, an unknown
+            ``floor``, or automatic recognition (``floor`` "") outside refine mode.
+        CameraPoseError: what loading a floor's localizer raises (the floor is named).
+    """
+    from camera_pose_ros.io.floors import load_floors
+    from camera_pose_ros.runtime.floors import FloorSet
+
+    specs = load_floors(str(params["floors_file"]), str(params["map_frame"]))
+    start = str(params["floor"]) or None
+    if start is None and params["mode"] != Mode.REFINE.value:
+        raise ConfigError("floor recognition needs mode refine (a refinement map per floor): "
+                          "set mode:=refine, or give the floor with the floor parameter")
+    floors = []
+    for spec in specs:
+        if not spec.model_path:
+            raise ConfigError(f"floor {spec.id} of {params['floors_file']} has no model_path")
+        sub = {**params, "model_path": spec.model_path, "refinement_map": spec.refinement_map,
+               "floorplan_yaml": spec.floorplan_yaml}
+        try:
+            floors.append((spec, load_localizer(sub)[0]))
+        except CameraPoseError as exc:
+            raise type(exc)(f"floor {spec.id}: {exc}") from exc
+    return FloorSet(floors, current=start, recheck_after=int(params["floor_recheck_after"]))
+
+
 @dataclass(frozen=True)
 class Frame:
     """One image as it arrived.
@@ -185,6 +218,9 @@ class Outputs(Protocol):
     def publish_initial_pose(self, stamp: object, est: PoseEstimate) -> None:
         """The verified estimate that ended a relocalization request (/initialpose)."""
 
+    def floor_changed(self, floor: str | None) -> None:
+        """The current floor changed (None: unknown); only with several floors."""
+
 
 class RelocalizationPipeline:
     """Frames -> estimates (and refined estimates) -> :class:`Outputs`, on worker threads.
@@ -197,13 +233,18 @@ class RelocalizationPipeline:
         stats: the counters to update (a new one when None).
         now_ns: the clock image stamps are compared with (the node's, maybe simulated).
         clock: monotonic seconds (arrival times, relocalization deadlines).
+        floors: several floors (:func:`load_floor_set`): ``localizer`` follows the current
+            one; while none is known frames go to the refinement worker to recognise it and
+            nothing is published.
     """
 
     def __init__(self, localizer: Localizer, settings: PipelineSettings, outputs: Outputs, *,
                  logger: Logger = log, stats: NodeStats | None = None,
                  now_ns: Callable[[], int] = time.time_ns,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.localizer = localizer
+                 clock: Callable[[], float] = time.monotonic,
+                 floors: FloorSet | None = None) -> None:
+        self.floors = floors
+        self.localizer = floors.localizer if floors is not None else localizer
         self.settings = settings
         self.outputs = outputs
         self.logger = logger
@@ -315,10 +356,31 @@ class RelocalizationPipeline:
 
     def diagnostics(self) -> DiagnosticsSnapshot:
         """The status now (see :func:`.diagnostics_snapshot`)."""
-        return diagnostics_snapshot(self.stats, now=self._clock(),
+        snap = diagnostics_snapshot(self.stats, now=self._clock(),
                                     model=self.localizer.model_name,
                                     device=self.localizer.device,
                                     views=self.localizer.views)
+        if self.floors is not None:
+            snap.values["floor"] = self.floors.current or "unknown"
+        return snap
+
+    def set_floor(self, floor: str | None, why: str = "set") -> None:
+        """Make ``floor`` current (None or "": unknown, recognise it from the next frames).
+
+        Raises:
+            ConfigError: no floors were given, or ``floor`` is not one of them.
+        """
+        floors = self.floors
+        if floors is None:
+            raise ConfigError("this node has one map: give floors_file to use floors")
+        if not floors.select(floor):
+            return
+        self.localizer = floors.localizer
+        if self.check is not None:  # the new floor's regressor is another regressor
+            self.check = RegressorCheck(float(np.degrees(self.check.failed_rotation_sigma)))
+        self.stats.add("floor_changes")
+        self._log(logging.INFO, f"floor {why}: {floors.current or 'unknown (recognising)'}")
+        self.outputs.floor_changed(floors.current)
 
     def update_camera(self, make: Callable[[], PinholeCamera]) -> None:
         """Take the camera ``make`` returns for refinement; when it raises CameraModelError,
@@ -388,9 +450,19 @@ class RelocalizationPipeline:
             rgb = frame.decode()
         except ImageDecodeError as exc:
             return self._drop("rejected_bad_input", f"bad image: {exc}")
+        floors, refiner = self.floors, self._refiner
+        if floors is not None and floors.current is None:  # recognise it; publish nothing
+            if refiner is not None:
+                refiner.submit_if_idle(RefineJob(
+                    frame.stamp, rgb, None, self.odometry.nearest(
+                        frame.stamp_ns, self.settings.max_odom_age), self.session.is_open))
+            return self._drop("dropped_no_floor", "the floor is not known yet: recognising "
+                              "it from the images (nothing is published until then)")
         est = self.localizer.localize(rgb)
         if est is None:
             return self._drop("rejected_nan", "non-finite prediction; nothing published")
+        if floors is not None:
+            est.floor = floors.current or ""
         self.stats.inference_took(est.latency_s)
         odom = self.odometry.nearest(frame.stamp_ns, self.settings.max_odom_age)
         if self.gate is not None and not self.gate.accept(
@@ -414,10 +486,16 @@ class RelocalizationPipeline:
         return None
 
     def _refine(self, job: RefineJob) -> None:
-        est = job.estimate
+        est, floors = job.estimate, self.floors
+        if floors is not None and (est is None or floors.lost):
+            return self._recognise(job, floors)
+        if est is None:
+            return None
         t0 = time.perf_counter()
         self.localizer.refine(job.rgb, est, self.camera)
         self.stats.refinement_took(time.perf_counter() - t0)
+        if floors is not None:
+            floors.refined(est.refined)
         check = self.check
         if check is not None and job.regressed is not None:
             if est.refined:
@@ -432,6 +510,33 @@ class RelocalizationPipeline:
             self._log(logging.WARNING, f"refinement failed: {est.refine_note}", "refine_failed")
         if job.requested:
             self.session.offer(est, job.stamp)
+        return None
+
+    def _recognise(self, job: RefineJob, floors: FloorSet) -> None:
+        """Recognise the floor from the image; on success switch to it and publish the pose
+        refined there (it also answers an open request)."""
+        verdict = floors.recognise(job.rgb, self.camera)
+        self.stats.refinement_took(verdict.seconds)
+        check = self.check if job.regressed is not None else None
+        if verdict.floor is None or verdict.estimate is None:
+            self.stats.add("floor_unrecognised")
+            self._log(logging.WARNING, f"floor not recognised: {verdict.reason}", "no_floor")
+            if check is not None:  # the map did not confirm the regressor either
+                check.failed()
+            if job.requested:
+                self.session.note(f"floor not recognised: {verdict.reason}")
+            return
+        if verdict.floor != floors.current:
+            self.set_floor(verdict.floor, f"recognised ({verdict.inliers[verdict.floor]} "
+                                          "inliers)")
+        else:
+            floors.refined(True)
+            if check is not None and job.regressed is not None:
+                check.refined(job.regressed, verdict.estimate)
+        self.stats.add("refined")
+        self._publish(job.stamp, verdict.estimate, job.odom_from_base, refined=True)
+        if job.requested:
+            self.session.offer(verdict.estimate, job.stamp)
 
     def _publish(self, stamp: object, est: PoseEstimate, odom: np.ndarray | None,
                  refined: bool = False) -> None:

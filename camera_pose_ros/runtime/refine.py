@@ -41,8 +41,8 @@ from camera_pose_ros.geometry import (
 from camera_pose_ros.io.refmap import REFINEMENT_MAP, RefinementMap
 from camera_pose_ros.io.retrieval import bow_descriptor
 
-__all__ = ["RefineConfig", "RefineOutcome", "Refiner", "pose_covariance_from_inliers",
-           "find_refinement_map"]
+__all__ = ["RefineConfig", "RefineOutcome", "Refiner", "QueryFeatures",
+           "pose_covariance_from_inliers", "find_refinement_map"]
 
 #: the refiner's name of :func:`~camera_pose_ros.geometry.pose_covariance_from_reprojection`
 pose_covariance_from_inliers = pose_covariance_from_reprojection
@@ -231,6 +231,21 @@ _TWIN_SAMPLE = 60
 _TWIN_COSINE = 0.9
 
 
+@dataclass(frozen=True)
+class QueryFeatures:
+    """A query image's SIFT features (:meth:`Refiner.extract`).
+
+    Attributes:
+        keypoints: (N, 2) pixel coordinates in the full-size image.
+        descriptors: (N, 128) float32, unit length.
+        seconds: what extracting them took.
+    """
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    seconds: float
+
+
 @dataclass
 class _Solution:
     """One absolute-pose solution and its inliers."""
@@ -400,9 +415,37 @@ class Refiner:
                     f"({int(mask.sum())} of {len(pick)} sampled inliers' twins)")
         return ""
 
+    @property
+    def feature_settings(self) -> tuple[int, int, int]:
+        """What :meth:`extract` depends on: SIFT's feature budget, first octave and the
+        image size it runs at."""
+        cfg = self.config
+        return cfg.max_features, cfg.first_octave, cfg.max_image_size
+
+    def extract(self, image_rgb: np.ndarray) -> QueryFeatures:
+        """The image's SIFT keypoints (full-size pixels) and unit descriptors."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        h, w = image_rgb.shape[:2]
+        gray = np.ascontiguousarray(np.clip(
+            image_rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            + 0.5, 0, 255).astype(np.uint8))
+        shrink = (cfg.max_image_size / max(h, w)
+                  if 0 < cfg.max_image_size < max(h, w) else 1.0)
+        if shrink < 1.0:
+            gray = cv2.resize(gray, (max(1, round(w * shrink)), max(1, round(h * shrink))),
+                              interpolation=cv2.INTER_AREA)
+        kps, descs = self._sift.extract_from_uint8_array(gray)
+        keypoints = np.array([(k.x, k.y) for k in kps], dtype=float).reshape(-1, 2)
+        if shrink < 1.0:  # COLMAP keypoints: pixel corners at 0, so a plain scale
+            keypoints *= [w / gray.shape[1], h / gray.shape[0]]
+        desc_q = np.asarray(descs.data, dtype=np.float32) / 512.0  # COLMAP's uint8 scale
+        return QueryFeatures(keypoints, desc_q, time.perf_counter() - t0)
+
     def refine(self, image_rgb: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray,
                covariance: np.ndarray, camera: PinholeCamera | None = None,
-               exclude: tuple[str, ...] = ()) -> RefineOutcome:
+               exclude: tuple[str, ...] = (), features: QueryFeatures | None = None
+               ) -> RefineOutcome:
         """Refine one regressed pose; the prior comes back, with the reason, on failure
         (its covariance's rotation widened to ``unrefined_rotation_sigma_deg``: the map did
         not confirm it).
@@ -416,6 +459,11 @@ class Refiner:
                 the image size.
             exclude: names of mapped frames not to match against (evaluation of frames
                 that are themselves in the map).
+            features: the image's features from :meth:`extract` (of this refiner or one
+                with the same :attr:`feature_settings`), to share them between maps.
+
+        A non-finite prior (no regressor, or the floor not known) leaves the frames to
+        retrieval alone and turns the gate off.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -435,29 +483,20 @@ class Refiner:
                     prior.covariance, np.radians(cfg.unrefined_rotation_sigma_deg))
             return prior
 
-        gray = np.ascontiguousarray(np.clip(
-            image_rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            + 0.5, 0, 255).astype(np.uint8))
-        shrink = (cfg.max_image_size / max(h, w)
-                  if 0 < cfg.max_image_size < max(h, w) else 1.0)
-        if shrink < 1.0:
-            gray = cv2.resize(gray, (max(1, round(w * shrink)), max(1, round(h * shrink))),
-                              interpolation=cv2.INTER_AREA)
-        kps, descs = self._sift.extract_from_uint8_array(gray)
-        keypoints = np.array([(k.x, k.y) for k in kps], dtype=float).reshape(-1, 2)
-        if shrink < 1.0:  # COLMAP keypoints: pixel corners at 0, so a plain scale
-            keypoints *= [w / gray.shape[1], h / gray.shape[0]]
-        desc_q = np.asarray(descs.data, dtype=np.float32) / 512.0  # COLMAP's uint8 scale
+        feats = features if features is not None else self.extract(image_rgb)
+        keypoints, desc_q = feats.keypoints, feats.descriptors
         t1 = time.perf_counter()
-        prior.stages_s["features"] = t1 - t0
+        prior.stages_s["features"] = feats.seconds
         if len(desc_q) < cfg.min_inliers:
             return fail(f"only {len(desc_q)} SIFT features in the image")
         rot = rotmat_from_quat_wxyz(prior.quat_wxyz)
-        if not (np.all(np.isfinite(rot)) and np.all(np.isfinite(prior.position))):
-            rot, prior.position = np.eye(3), np.zeros(3)  # retrieval alone picks the frames
+        blind = not (np.all(np.isfinite(rot)) and np.all(np.isfinite(prior.position)))
+        if blind:  # no prior: retrieval alone picks the frames, and nothing gates on it
+            rot, prior.position = np.eye(3), np.zeros(3)
         gdesc = bow_descriptor(desc_q, self.map.vocabulary, self.map.idf)
         excluded = frozenset(self._index[n] for n in exclude if n in self._index)
-        frames = self.select_frames(prior.position, rot, gdesc, excluded)
+        frames = self.select_frames(prior.position, rot, gdesc, excluded,
+                                    k_pose=0 if blind else None)
         prior.frames = [self._names[i] for i in frames]
         params = np.array(camera.colmap_params())
         colmap_cam = pycolmap.Camera(model=camera.colmap_model(), width=w, height=h,
@@ -508,7 +547,7 @@ class Refiner:
             prior.stages_s["lookalike"] = time.perf_counter() - t3
             if elsewhere:
                 return fail(elsewhere)
-        if cfg.gate_sigma > 0:
+        if cfg.gate_sigma > 0 and not blind:
             pos_sd = np.sqrt(max(np.linalg.eigvalsh(prior.covariance[:3, :3]).max(), 0.0))
             gate = max(cfg.gate_min_m, cfg.gate_sigma * pos_sd)
             jump = float(np.linalg.norm(sol.centre - prior.position))

@@ -136,7 +136,8 @@ class RefineJob:
     Attributes:
         stamp: the image's stamp, as the caller gave it (carried to the outputs).
         rgb: the decoded image, (H, W, 3) uint8.
-        estimate: its regressed pose (refined in place).
+        estimate: its regressed pose (refined in place); None when the floor is not known
+            (the worker recognises it, :class:`~camera_pose_ros.runtime.floors.FloorSet`).
         odom_from_base: odometry at the image's stamp (4x4), or None.
         requested: a relocalization request was open when the frame was taken.
         regressed: the pose as the regressor gave it (before any widening), for the map's
@@ -145,7 +146,7 @@ class RefineJob:
 
     stamp: object
     rgb: np.ndarray
-    estimate: PoseEstimate
+    estimate: PoseEstimate | None
     odom_from_base: np.ndarray | None
     requested: bool
     regressed: PoseEstimate | None = None
