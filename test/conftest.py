@@ -190,6 +190,33 @@ def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     return synth, data
 
 
+@pytest.fixture(scope="session")
+def floors_building(sfm_building, venv_bin) -> tuple[Path, list[Path]]:
+    """Two floors (``synth --floors 2`` with :func:`sfm_building`'s options, so floor 0 is
+    that building) and a dataset per floor (floor 0's is :func:`sfm_building`'s).
+
+    Returns ``(synth, [data_0, data_1])``: the floors' folder (``floors.yaml``,
+    ``floor_<f>/``) and each floor's dataset.
+    """
+    synth0, data0 = sfm_building
+    root = synth0.parent / "floors"
+    cli = str(venv_bin / "camera-pose")
+    subprocess.run([cli, "-q", "synth", "--out", str(root), "--seed", "1", "--frames", "110",
+                    "--query-frames", "8", "--width", "320", "--height", "240", "--scale",
+                    "0.7", "--loops", "1.3", "--distortion", *LENS_DISTORTION, "--floors", "2"],
+                   check=True, timeout=600)
+    floor1 = root / "floor_1"
+    data1 = root / "data_1"
+    proc = subprocess.run(
+        [cli, "-q", "dataset", "--bag", str(floor1 / "mapping"), "--control-points",
+         str(floor1 / "control_points.csv"), "--out", str(data1), "--floorplan",
+         str(floor1 / "floorplan.yaml"), "--ground-truth", str(floor1 / "gt_mapping.csv")],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, [data0, data1]
+
+
 def small_refinement_map(*, distortion: tuple[float, ...] = (), alignment_rms_m: float = 0.01
                          ) -> RefinementMap:
     """Three mapped frames, five points: enough to save and load, not to refine against."""

@@ -180,7 +180,8 @@ def test_a_bad_latched_map_does_not_kill_a_starting_node(ros_context, spinner, c
 
 # -- Part A.3: configure failures -----------------------------------------------------------------
 @pytest.mark.parametrize("what", ["text_model", "short_extrinsic", "nan_extrinsic",
-                                  "unexpected"])
+                                  "unexpected", "missing_floors", "floor_without_model",
+                                  "floor_recognition_without_refine"])
 def test_configure_failures_are_logged(ros_context, spinner, checkpoint, tmp_path,  # noqa: F811
                                        monkeypatch, what):
     if what == "unexpected":  # an exception type configure does not expect
@@ -195,7 +196,12 @@ def test_configure_failures_are_logged(ros_context, spinner, checkpoint, tmp_pat
     log = Rosout(helper, name)
     text = tmp_path / "model.pt"
     text.write_text("not a checkpoint\n" * 10)
+    floors = tmp_path / "floors.yaml"
+    floors.write_text(f"floors:\n  - id: '0'\n    model_path: {checkpoint}\n  - id: '1'\n")
     extra = {"text_model": {"model_path": str(text)},
+             "missing_floors": {"floors_file": str(tmp_path / "none.yaml")},
+             "floor_without_model": {"floors_file": str(floors), "floor": "0"},
+             "floor_recognition_without_refine": {"floors_file": str(floors)},
              "short_extrinsic": {"base_to_camera": [0.0, 0.0, 1.0]},
              "nan_extrinsic": {"base_to_camera": [0.0, 0.0, float("nan"), 0.0, 0.0, 0.0, 1.0]},
              "unexpected": {}}[what]
@@ -212,7 +218,11 @@ def test_configure_failures_are_logged(ros_context, spinner, checkpoint, tmp_pat
     words = {"text_model": ("configure failed", str(text)),
              "short_extrinsic": ("configure failed", "base_to_camera"),
              "nan_extrinsic": ("configure failed", "base_to_camera"),
-             "unexpected": ("configure failed", "IndexError", "list index out of range")}[what]
+             "unexpected": ("configure failed", "IndexError", "list index out of range"),
+             "missing_floors": ("configure failed", "cannot read floors file"),
+             "floor_without_model": ("configure failed", "floor 1", "has no model_path"),
+             "floor_recognition_without_refine": ("configure failed",
+                                                  "floor recognition needs mode refine")}[what]
     assert wait_for(lambda: log.has(*words), 10), log.lines
     assert node._state_machine.current_state[1] == "unconfigured"
     assert node.localizer is None
