@@ -91,3 +91,10 @@ def test_to_dict_round_trips_through_from_dict():
     plain = to_dict(cfg)
     assert plain["out"] == "x/y" and plain["inner"]["names"] == ["a"]
     assert from_dict(Outer, plain) == cfg
+
+
+def test_the_shipped_refinement_settings_are_the_defaults():
+    from camera_pose_ros.runtime.refine import RefineConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "config" / "refine.yaml"
+    assert RefineConfig.from_dict(load_yaml(shipped)) == RefineConfig()

@@ -60,6 +60,8 @@ class RefineConfig:
         k_retrieval: mapped frames most similar by global descriptor.
         retrieval_rounds: when no pose is found, try the next ``k_retrieval`` most similar
             frames, up to this many rounds in all.
+        blind_retrieval_rounds: the same without a prior (floor recognition, a non-finite
+            regressed pose), where retrieval alone must find the frames.
         max_view_angle_deg: a frame chosen by pose must look within this angle of the prior.
         max_features: SIFT features extracted from the query image.
         first_octave: SIFT's first octave (-1 upsamples the image: slower, more features).
@@ -105,6 +107,7 @@ class RefineConfig:
     k_pose: int = 4
     k_retrieval: int = 6
     retrieval_rounds: int = 2
+    blind_retrieval_rounds: int = 8
     max_view_angle_deg: float = 60.0
     max_features: int = 2048
     first_octave: int = 0
@@ -149,8 +152,9 @@ class RefineConfig:
             raise ConfigError("refine unrefined_rotation_sigma_deg must be in [0, 180]")
         if self.max_image_size != 0 and self.max_image_size < 64:
             raise ConfigError("refine max_image_size must be 0 (full size) or at least 64")
-        if self.retrieval_rounds < 1:
-            raise ConfigError("refine retrieval_rounds must be at least 1")
+        if self.retrieval_rounds < 1 or self.blind_retrieval_rounds < 1:
+            raise ConfigError("refine retrieval_rounds and blind_retrieval_rounds must be at "
+                              "least 1")
         if self.verify and self.k_verify < 1:
             raise ConfigError("refine k_verify must be at least 1 when verify is on")
         if not self.lookalike_radius_m > 0 or not 0.0 < self.lookalike_ratio <= 1.0:
@@ -503,7 +507,8 @@ class Refiner:
                                      params=params)
         sol = self._solve(keypoints, desc_q, frames, colmap_cam)
         tried = set(frames.tolist())
-        for _ in range(cfg.retrieval_rounds - 1):  # the next most similar frames
+        rounds = cfg.blind_retrieval_rounds if blind else cfg.retrieval_rounds
+        for _ in range(rounds - 1):  # the next most similar frames
             if not isinstance(sol, str):
                 break
             more = self.select_frames(prior.position, rot, gdesc,
