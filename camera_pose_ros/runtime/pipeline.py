@@ -368,11 +368,14 @@ class RelocalizationPipeline:
         """Make ``floor`` current (None or "": unknown, recognise it from the next frames).
 
         Raises:
-            ConfigError: no floors were given, or ``floor`` is not one of them.
+            ConfigError: no floors were given, ``floor`` is not one of them, or it is None
+                and nothing could recognise it (not in refine mode).
         """
         floors = self.floors
         if floors is None:
             raise ConfigError("this node has one map: give floors_file to use floors")
+        if not floor and not self.refining:
+            raise ConfigError("recognising the floor needs mode refine: name the floor")
         if not floors.select(floor):
             return
         self.localizer = floors.localizer

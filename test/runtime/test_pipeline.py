@@ -80,6 +80,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.poses: list[dict] = []
         self.initial: list = []
+        self.floors: list = []
         self.lines: list[tuple[str, str]] = []
 
     def publish_pose(self, stamp, est, *, verified, map_from_odom, refined=False) -> None:
@@ -93,6 +94,10 @@ class Recorder:
     def publish_initial_pose(self, stamp, est) -> None:
         with self.lock:
             self.initial.append((stamp, est))
+
+    def floor_changed(self, floor) -> None:
+        with self.lock:
+            self.floors.append(floor)
 
     def info(self, msg: str) -> None:
         self.lines.append(("info", msg))
@@ -134,9 +139,12 @@ def make():
     """Builds a pipeline (stopped at the end); returns it and its recorder."""
     made: list[RelocalizationPipeline] = []
 
-    def build(localizer=None, clock=None, **settings) -> tuple[RelocalizationPipeline, Recorder]:
+    def build(localizer=None, clock=None, floors=None, **settings
+              ) -> tuple[RelocalizationPipeline, Recorder]:
         rec = Recorder()
         kwargs = {"clock": clock} if clock is not None else {}
+        if floors is not None:
+            kwargs["floors"] = floors
         pipe = RelocalizationPipeline(localizer or StubLocalizer(), PipelineSettings(**settings),
                                       rec, logger=rec, now_ns=lambda: NOW_NS, **kwargs)
         pipe.start()
@@ -454,3 +462,31 @@ def test_load_localizer_loads_the_mapped_views_in_regress_mode(tmp_path):
     assert where == "" and localizer.refiner is None  # regress mode: no refiner
     assert localizer.views is not None and np.allclose(localizer.views.positions_N3,
                                                        rmap.centres)
+
+
+def test_with_floors_each_estimate_names_its_floor_and_set_floor_switches_the_network(make):
+    from camera_pose_ros.io.floors import FloorSpec
+    from camera_pose_ros.runtime.floors import FloorSet
+
+    low, high = StubLocalizer(), StubLocalizer(sigma=0.5)
+    floors = FloorSet([(FloorSpec("0", 0.0, "map_0"), low), (FloorSpec("1", 3.2, "map_1"), high)],
+                      current="0")
+    pipe, rec = make(floors=floors)
+    seen: list[str] = []
+    rec.publish_pose = (lambda stamp, est, **kw: seen.append((est.floor, est.covariance[0, 0])))
+    pipe.submit(frame(3))
+    assert wait_for(lambda: len(seen) == 1 and pipe.idle(), 10)
+    pipe.set_floor("1", "from the lift")
+    assert pipe.localizer is high and rec.floors == ["1"]
+    assert rec.logged("info", "floor from the lift: 1") == 1
+    pipe.submit(frame(4))
+    assert wait_for(lambda: len(seen) == 2, 10)
+    assert seen == [("0", pytest.approx(0.01)), ("1", pytest.approx(0.25))]
+    pipe.set_floor("1")  # no change: nothing said
+    assert rec.floors == ["1"] and pipe.diagnostics().values["floor"] == "1"
+    # nothing could recognise the floor in regress mode; an unknown floor is refused
+    with pytest.raises(ConfigError, match="needs mode refine"):
+        pipe.set_floor(None)
+    with pytest.raises(ConfigError, match="unknown floor 'attic'"):
+        pipe.set_floor("attic")
+    assert floors.current == "1" and pipe.localizer is high
