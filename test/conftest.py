@@ -163,6 +163,26 @@ def venv_bin() -> Path:
 LENS_DISTORTION = ["-0.25", "0.07", "0.001", "-0.001"]
 
 
+def _synth(venv_bin: Path, out: Path, *extra: str) -> None:
+    """``camera-pose synth`` of the session building (small, lens distortion) into ``out``."""
+    subprocess.run([str(venv_bin / "camera-pose"), "-q", "synth", "--out", str(out), "--seed",
+                    "1", "--frames", "110", "--query-frames", "8", "--width", "320", "--height",
+                    "240", "--scale", "0.7", "--loops", "1.3", "--distortion",
+                    *LENS_DISTORTION, *extra], check=True, timeout=600)
+
+
+def _dataset(venv_bin: Path, synth: Path, data: Path) -> None:
+    """``camera-pose dataset`` of ``synth``'s mapping walk (control points, plan, truth)."""
+    proc = subprocess.run(
+        [str(venv_bin / "camera-pose"), "-q", "dataset", "--bag", str(synth / "mapping"),
+         "--control-points", str(synth / "control_points.csv"), "--out", str(data),
+         "--floorplan", str(synth / "floorplan.yaml"), "--ground-truth",
+         str(synth / "gt_mapping.csv")],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     """A small synthetic building and its dataset built with the CLI (SfM included), once.
@@ -173,20 +193,9 @@ def sfm_building(tmp_path_factory, venv_bin) -> tuple[Path, Path]:
     Returns ``(synth, data)``: the synthetic folder (bags, ground truth) and the dataset.
     """
     root = tmp_path_factory.mktemp("e2e")
-    synth = root / "synth"
-    cli = str(venv_bin / "camera-pose")
-    subprocess.run([cli, "-q", "synth", "--out", str(synth), "--seed", "1", "--frames", "110",
-                    "--query-frames", "8", "--width", "320", "--height", "240", "--scale",
-                    "0.7", "--loops", "1.3", "--distortion", *LENS_DISTORTION],
-                   check=True, timeout=600)
-    data = root / "data"
-    proc = subprocess.run(
-        [cli, "-q", "dataset", "--bag", str(synth / "mapping"), "--control-points",
-         str(synth / "control_points.csv"), "--out", str(data), "--floorplan",
-         str(synth / "floorplan.yaml"), "--ground-truth", str(synth / "gt_mapping.csv")],
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    synth, data = root / "synth", root / "data"
+    _synth(venv_bin, synth)
+    _dataset(venv_bin, synth, data)
     return synth, data
 
 
@@ -200,20 +209,9 @@ def floors_building(sfm_building, venv_bin) -> tuple[Path, list[Path]]:
     """
     synth0, data0 = sfm_building
     root = synth0.parent / "floors"
-    cli = str(venv_bin / "camera-pose")
-    subprocess.run([cli, "-q", "synth", "--out", str(root), "--seed", "1", "--frames", "110",
-                    "--query-frames", "8", "--width", "320", "--height", "240", "--scale",
-                    "0.7", "--loops", "1.3", "--distortion", *LENS_DISTORTION, "--floors", "2"],
-                   check=True, timeout=600)
-    floor1 = root / "floor_1"
+    _synth(venv_bin, root, "--floors", "2")
     data1 = root / "data_1"
-    proc = subprocess.run(
-        [cli, "-q", "dataset", "--bag", str(floor1 / "mapping"), "--control-points",
-         str(floor1 / "control_points.csv"), "--out", str(data1), "--floorplan",
-         str(floor1 / "floorplan.yaml"), "--ground-truth", str(floor1 / "gt_mapping.csv")],
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _dataset(venv_bin, root / "floor_1", data1)
     return root, [data0, data1]
 
 
