@@ -120,6 +120,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         distortion=tuple(args.distortion or ()), scenario=args.scenario,
         progress=not args.quiet, depth_topic=DEPTH_TOPIC if args.depth else None,
         rooms=args.rooms, room_designs=args.room_designs, floors=args.floors,
+        alike_floors=args.alike_floors,
     )
 
 
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="F >= 2: F floors, each in OUT/floor_<f>/ with its own look, layout "
                         "and walks, and OUT/floors.yaml listing them (map one dataset per "
                         "floor; the node's floors_file)")
+    p.add_argument("--alike-floors", action="store_true",
+                   help="with --rooms and --floors: every floor has the same rooms (doors, "
+                        "walls) behind different corridors, as office floors do")
     p.add_argument("--depth", action="store_true",
                    help=f"also write each mapping frame's exact depth, registered to the "
                         f"colour camera, on {DEPTH_TOPIC} (16UC1 mm; dense labels for "

@@ -71,6 +71,10 @@ class BuildingSpec:
         room_designs: with ``rooms``: 0 gives every room its own walls; K > 0 repeats K
             designs along each side of the corridor (room slot ``j`` has the walls and the
             door of slot ``j % K``), so that rooms look alike inside as real floors do.
+        design_seed: with ``rooms``: -1 draws the rooms' doors and walls from ``seed``;
+            >= 0 draws each room design's door, walls and brightness from this seed alone,
+            so that buildings (floors) sharing it have rooms that look alike, while their
+            corridors differ.
     """
 
     scale: float = 1.0
@@ -81,6 +85,7 @@ class BuildingSpec:
     twin_corridors: bool = False
     rooms: int = 0
     room_designs: int = 0
+    design_seed: int = -1
 
 
 @dataclass
@@ -163,8 +168,8 @@ class Building:
         self.corridor = (rd, rd + cw)
         self.blocks, self.no_walk = [], []
         h = _HALF_WALL
-        door_of = {d: float(self._rng.uniform(0.7 * s, rw - door_w - 0.7 * s))
-                   for d in range(slots)}
+        door_of = {d: float((self._design_rng(d) or self._rng).uniform(
+            0.7 * s, rw - door_w - 0.7 * s)) for d in range(slots)}
         faces: list[tuple[int, float, float, float, tuple | None, bool]] = []
         for j in range(slots):
             x0, x1 = j * rw, (j + 1) * rw
@@ -196,6 +201,23 @@ class Building:
         self.walls = [_Wall(a, c, lo, hi, 0.0, 0.0, float(self._rng.uniform(0.8, 1.1)),
                             design, partition)
                       for a, c, lo, hi, design, partition in faces]
+        for wall in self.walls:  # a shared design's brightness is the design's
+            rng = self._design_rng(*wall.design) if wall.design is not None else None
+            if rng is not None:
+                wall.brightness = float(rng.uniform(0.8, 1.1))
+
+    #: faces of a room design (their order keys the design's random draws)
+    _FACES = ("back", "west", "east", "front-left", "front-right")
+
+    def _design_rng(self, design: int, side: int = 0, face: str = ""
+                    ) -> np.random.Generator | None:
+        """The generator of one room design's face (``design_seed``), or None without one."""
+        if self.spec.design_seed < 0:
+            return None
+        key = [self.spec.design_seed, design, side + 1]
+        if face:
+            key.append(1 + self._FACES.index(face))
+        return np.random.default_rng(key)
 
     def _build_walls(self) -> None:
         if self.spec.rooms:
@@ -310,7 +332,10 @@ class Building:
         self.posters: list[tuple[int, int, int, int, int]] = []
         for wall, (ax, ay, w_px) in zip(self.walls, placements, strict=True):
             self._drawn_posters: list[tuple[int, int, int, int, int]] = []
+            shared = self._design_rng(*wall.design) if wall.design is not None else None
+            own, self._rng = self._rng, shared or self._rng  # a shared design's own draws
             tex = self._texture(w_px, h_wall, "wall")
+            self._rng = own
             self.posters += [(ax + x0, ay + y0, ax + x1, ay + y1, d)
                              for x0, y0, x1, y1, d in self._drawn_posters]
             atlas[ay:ay + h_wall, ax:ax + w_px] = (tex * wall.brightness).clip(0, 255)
@@ -736,7 +761,7 @@ def write_synthetic_building(
     distortion: tuple[float, ...] = (), scenario: str = "standard", progress: bool = True,
     robot: RobotSpec | None = RobotSpec(),
     depth_topic: str | None = None, rooms: int = 0, room_designs: int = 0, floors: int = 1,
-    start_s: float = 0.0,
+    start_s: float = 0.0, alike_floors: bool = False, design_seed: int = -1,
 ) -> Path:
     """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
@@ -761,8 +786,10 @@ def write_synthetic_building(
     look and layout (seed ``seed + 101 f``: other textures, other doors) and its own walks,
     stamped one after the other, plus :data:`~camera_pose_ros.io.floors.FLOORS_FILE` (ids,
     elevations 3.2 m apart, floor plans). The floors are not joined: no stairs or lift are
-    rendered (a lift ride is a cut between the floors' walks). ``start_s`` delays every
-    stamp.
+    rendered (a lift ride is a cut between the floors' walks). ``alike_floors`` gives every
+    floor the same rooms (doors, walls: ``BuildingSpec.design_seed`` = ``seed``) behind
+    different corridors, as office floors are. ``start_s`` delays every stamp;
+    ``design_seed`` is :class:`BuildingSpec`'s.
     Returns ``out``.
     """
     if floors > 1:
@@ -773,7 +800,8 @@ def write_synthetic_building(
                              bad_control_points=bad_control_points, noise_sigma=noise_sigma,
                              storage=storage, image_topic=image_topic, distortion=distortion,
                              scenario=scenario, progress=progress, robot=robot,
-                             depth_topic=depth_topic, rooms=rooms, room_designs=room_designs)
+                             depth_topic=depth_topic, rooms=rooms, room_designs=room_designs,
+                             design_seed=seed if alike_floors else -1)
     if floors < 1 or floors > 16:
         raise ConfigError(f"floors must be in [1, 16], got {floors}")
     if scenario not in SCENARIOS:
@@ -787,7 +815,8 @@ def write_synthetic_building(
         raise ConfigError(f"control_points must be in [3, frames], got {control_points}")
     rng = np.random.default_rng(seed)
     building = Building(BuildingSpec(scale=scale, seed=seed, rooms=rooms,
-                                     room_designs=room_designs, **scene["building"]))
+                                     room_designs=room_designs, design_seed=design_seed,
+                                     **scene["building"]))
     f = 0.82 * width
     try:
         camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5,

@@ -293,3 +293,29 @@ def test_culling_walls_beside_the_image_changes_no_pixel():
     every = Renderer(b, camera, cull=False)
     for pose in poses:
         assert np.array_equal(culled.render_with_depth(pose)[1], every.render_with_depth(pose)[1])
+
+
+def test_floors_sharing_a_design_seed_have_the_same_rooms_behind_other_corridors():
+    def patches(b: Building) -> tuple[dict, list]:
+        rooms, corridor = {}, []
+        h = int(np.ceil(b.height * b.spec.texels_per_metre))
+        for w in b.walls:
+            u, v = int(w.atlas_u0), int(w.atlas_v0)
+            patch = b.atlas[v:v + h, u:u + int((w.hi - w.lo) * b.spec.texels_per_metre)]
+            if w.design is not None:
+                rooms[(w.design, round(w.lo, 3), round(w.hi, 3))] = patch
+            elif w.hi - w.lo > 1.0:
+                corridor.append(patch)
+        return rooms, corridor
+
+    first, second, own = (Building(BuildingSpec(rooms=3, seed=s, design_seed=d, scale=0.5))
+                          for s, d in ((0, 7), (1, 7), (1, -1)))
+    assert [r.door for r in first.rooms] == [r.door for r in second.rooms]
+    assert [r.door for r in own.rooms] != [r.door for r in first.rooms]
+    rooms1, corr1 = patches(first)
+    rooms2, corr2 = patches(second)
+    rooms3, _ = patches(own)
+    assert rooms1.keys() == rooms2.keys() and len(rooms1) >= 10
+    assert all(np.array_equal(rooms1[k], rooms2[k]) for k in rooms1)
+    assert not any(np.array_equal(rooms1[k], rooms3[k]) for k in rooms1 if k in rooms3)
+    assert corr1 and not any(np.array_equal(a, b) for a, b in zip(corr1, corr2, strict=True))
