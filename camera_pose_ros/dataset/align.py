@@ -271,7 +271,9 @@ def _folded_stretches(data: Path, names: list[str], stamps_ns: np.ndarray, inlie
     """Time ranges (s) of rejected references where the reconstruction, not the robot's
     localization, is wrong: there the aligned SfM motion from the last agreeing frame departs
     from the odometry's (``DATA/odometry.csv``) by more than ``tolerance`` + 5% of the
-    distance travelled. A localization jump leaves SfM and odometry in agreement. Without
+    distance travelled. A localization jump leaves SfM and odometry in agreement. Each frame
+    is judged on its own: one frame registered in a look-alike place during a localization
+    jump is a fold too (the jump hides it from the references). Without
     odometry an empty list (the caller then looks for stretches metres off instead:
     :func:`camera_pose_ros.dataset.consistency.find_disagreements`)."""
     if (~inlier).sum() == 0 or not (data / "odometry.csv").is_file():
@@ -292,7 +294,6 @@ def _folded_stretches(data: Path, names: list[str], stamps_ns: np.ndarray, inlie
         anchor = k - 1 if k > 0 else (end + 1 if end + 1 < len(names) else None)
         if anchor is not None and names[anchor] in row:
             a = row[names[anchor]]
-            bad = []
             for i in range(k, end + 1):
                 if names[i] not in row:
                     continue
@@ -302,9 +303,7 @@ def _folded_stretches(data: Path, names: list[str], stamps_ns: np.ndarray, inlie
                     map_from_cam_N44[i, :3, 3] - map_from_cam_N44[anchor, :3, 3])
                 lo, hi = sorted((a, b))
                 path = float(np.linalg.norm(np.diff(odo_pos[lo:hi + 1], axis=0), axis=1).sum())
-                bad.append(np.linalg.norm(d_sfm - d_odo) > tolerance + 0.05 * path)
-            if bad and np.mean(bad) >= 0.5:
-                folded[k:end + 1] = True
+                folded[i] = np.linalg.norm(d_sfm - d_odo) > tolerance + 0.05 * path
         k = end + 1
     return time_ranges(stamps_ns, folded)
 

@@ -239,12 +239,20 @@ def test_a_localization_jump_is_rejected_but_a_folded_stretch_stops_the_dataset(
     align_dataset(tmp_path)
     refs = json.loads((tmp_path / "alignment.json").read_text())["robot_references"]
     assert refs["rejected"] == 8 and refs["folded_time_ranges_from_start_s"] == []
+    # 1b. during that jump SfM put one frame in a look-alike place 3 m away: hidden from the
+    # references (rejected with the jump), not from the odometry
+    one_off = map_from_cam.copy()
+    one_off[23, :3, 3] += [0.0, 3.0, 0.0]
+    use_model(one_off)
+    (tmp_path / "poses.csv").unlink()
+    with pytest.raises(AlignmentError, match=r"contradicts the robot's odometry at 2\.3-2\.3 s"):
+        align_dataset(tmp_path)
+    assert not (tmp_path / "poses.csv").exists()
     # 2. SfM joined look-alike places: frames 35-44 sit 3 m off; the localization is right
     folded = map_from_cam.copy()
     folded[35:45, :3, 3] += [0.0, 3.0, 0.0]
     use_model(folded)
     _write_priors(tmp_path, map_from_cam, stamps)
-    (tmp_path / "poses.csv").unlink()
     with pytest.raises(AlignmentError, match=r"contradicts the robot's odometry at 3\.5-4\.4 s"):
         align_dataset(tmp_path)
     assert not (tmp_path / "poses.csv").exists()
