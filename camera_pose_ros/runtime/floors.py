@@ -4,10 +4,12 @@ A building is mapped floor by floor (:mod:`camera_pose_ros.io.floors`): each flo
 dataset, model, refinement map and map frame. :func:`recognise_floor` describes the image once
 (SIFT) and lets every floor's refiner solve it from retrieval alone (no regressed prior: the
 regressor of the wrong floor knows nothing); the floor whose verified solution has the most
-inliers wins, unless another floor fits nearly as well (``ambiguity_ratio``): then no floor is
-claimed. :class:`FloorSet` keeps the current floor for the node: set by hand (parameter or
-topic), recognised when unknown, and recognised again after ``recheck_after`` refinements in
-a row failed on the current floor (a lift ride, stairs).
+inliers wins, unless another floor's map also verifies a pose (with at least
+``ambiguity_ratio`` times its inliers; default 0: any): then no floor is claimed. Inlier counts
+do not tell look-alike floors apart: the better-mapped twin has more. :class:`FloorSet`
+keeps the current floor for the node: set by hand (parameter or topic), recognised when
+unknown, and recognised again after ``recheck_after`` refinements in a row failed on the
+current floor (a lift ride, stairs).
 """
 
 from __future__ import annotations
@@ -52,14 +54,15 @@ class FloorVerdict:
 
 
 def recognise_floor(refiners: Mapping[str, Refiner], image_rgb: np.ndarray,
-                    camera: PinholeCamera | None = None, *, ambiguity_ratio: float = 0.6
+                    camera: PinholeCamera | None = None, *, ambiguity_ratio: float = 0.0
                     ) -> FloorVerdict:
     """The floor (of ``refiners``, by id) an image was taken on, and its pose there.
 
     The image's SIFT features are extracted once (again for a refiner whose
     :attr:`~Refiner.feature_settings` differ); each floor refines from retrieval alone, with
     its own verification and look-alike check. The floor with the most inliers wins when
-    every other floor's inliers are below ``ambiguity_ratio`` times its own.
+    every other floor's verified inliers are below ``ambiguity_ratio`` times its own (0,
+    the default: when no other floor verifies a pose at all).
     """
     t0 = time.perf_counter()
     features: dict[tuple[int, int, int], QueryFeatures] = {}
@@ -108,7 +111,7 @@ class FloorSet:
 
     def __init__(self, floors: list[tuple[FloorSpec, Localizer]], *,
                  current: str | None = None, recheck_after: int = 5,
-                 ambiguity_ratio: float = 0.6) -> None:
+                 ambiguity_ratio: float = 0.0) -> None:
         if not floors:
             raise ConfigError("a floor set needs at least one floor")
         self.specs = {spec.id: spec for spec, _ in floors}
