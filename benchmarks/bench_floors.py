@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,21 +78,18 @@ def evaluate(root: Path, floors: int) -> dict:
     refiners = {str(f): Refiner(load_refinement_map(root / f"data_{f}" / REFINEMENT_MAP))
                 for f in range(floors)}
     rows: list[dict] = []
-    nan3, ident, wide = np.full(3, np.nan), np.array([1.0, 0, 0, 0]), np.eye(6) * 1e6
     for fid, refiner in refiners.items():
         synth = root / "synth" / f"floor_{fid}"
         gt = read_poses(synth / "gt_query.csv")
         frames = list(iter_bag_images(synth / "query"))
         ig, _ = match_by_stamp(gt.stamps, np.array([f.stamp for f in frames]), max_dt=1e-6)
         for frame, i in zip(frames, ig, strict=True):
-            t0 = time.perf_counter()
-            alone = refiner.refine(frame.image_rgb, nan3, ident, wide)  # told the floor
-            t_alone = time.perf_counter() - t0
+            told = recognise_floor({fid: refiner}, frame.image_rgb)  # its floor alone
             v = recognise_floor(refiners, frame.image_rgb)
             row = {"floor": fid, "recognised": v.floor, "inliers": v.inliers,
-                   "recognise_s": v.seconds, "alone_s": t_alone, "alone_ok": alone.success}
-            for key, out in (("alone", alone if alone.success else None),
-                             ("pose", v.estimate)):
+                   "recognise_s": v.seconds, "alone_s": told.seconds,
+                   "alone_ok": told.floor is not None}
+            for key, out in (("alone", told.estimate), ("pose", v.estimate)):
                 if out is None:
                     continue
                 q = out.quat_wxyz

@@ -792,6 +792,8 @@ def write_synthetic_building(
     ``design_seed`` is :class:`BuildingSpec`'s.
     Returns ``out``.
     """
+    if floors < 1 or floors > 16:
+        raise ConfigError(f"floors must be in [1, 16], got {floors}")
     if floors > 1:
         return _write_floors(out, floors, seed=seed, frames=frames, query_frames=query_frames,
                              width=width, height=height, rate_hz=rate_hz, scale=scale,
@@ -802,8 +804,6 @@ def write_synthetic_building(
                              scenario=scenario, progress=progress, robot=robot,
                              depth_topic=depth_topic, rooms=rooms, room_designs=room_designs,
                              design_seed=seed if alike_floors else -1)
-    if floors < 1 or floors > 16:
-        raise ConfigError(f"floors must be in [1, 16], got {floors}")
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     scene = SCENARIOS[scenario]
@@ -906,8 +906,6 @@ def _write_floors(out: str | os.PathLike, floors: int, *, seed: int, frames: int
     """``write_synthetic_building`` for each of ``floors`` floors, and the floors file."""
     from camera_pose_ros.io.floors import FLOORS_FILE, FloorSpec, write_floors
 
-    if floors > 16:
-        raise ConfigError(f"floors must be in [1, 16], got {floors}")
     out = Path(out)
     specs = []
     for f in range(floors):

@@ -113,7 +113,8 @@ class RelocalizationNode(LifecycleNode):
                 ("initial", PoseWithCovarianceStamped, "/initialpose"),
                 ("refined", PoseWithCovarianceStamped, "~/pose_refined"),
                 ("verified", PoseWithCovarianceStamped, "~/pose_verified"),
-                ("floor", String, "~/floor"), ("tf_static", TFMessage, "/tf_static")):
+                *((("floor", String, "~/floor"), ("tf_static", TFMessage, "/tf_static"))
+                  if floors is not None else ())):
             self._pubs[key] = self.create_lifecycle_publisher(typ, topic, {
                 "tf": TF_QOS, "floor": LATCHED, "tf_static": LATCHED}.get(key, RELIABLE_10))
         self._service = self.create_service(Trigger, "~/relocalize", self._on_relocalize,
