@@ -72,6 +72,10 @@ RELOCALIZATION_PARAMS: tuple[ParamSpec, ...] = (
               "config/refine.yaml)"),
     ParamSpec("refine_every_n", 5, "refine one frame in N (when the refiner is free)",
               min_value=1, max_value=10000),
+    ParamSpec("refine_prior", "network", "refine mode: network: refinement starts from the "
+              "regressed pose (map frames near it, gated by its covariance); none: from image "
+              "retrieval alone, every map frame a candidate (slower: for a regressor that has "
+              "not learned the building, or no trained regressor)", ("network", "none")),
     ParamSpec("refine_on_request_only", False,
               "refine only while a relocalization request (~/relocalize, tracking_lost) is "
               "open"),

@@ -49,6 +49,13 @@ class PoseEstimate:
     floor: str = ""
 
 
+def blind_estimate(floor: str = "") -> PoseEstimate:
+    """A pose that says nothing (position NaN, rotation unknown, covariance huge): refined
+    from it, the map's frames are picked by retrieval alone and nothing gates on it."""
+    return PoseEstimate(np.full(3, np.nan), np.array([1.0, 0.0, 0.0, 0.0]),
+                        np.diag([1e6] * 3 + [np.pi**2] * 3), floor=floor)
+
+
 class FloorSnapper:
     """Moves (x, y) points off non-walkable cells onto the nearest walkable cell.
 

@@ -25,7 +25,7 @@ import numpy as np
 from camera_pose_ros.camera import PinholeCamera
 from camera_pose_ros.errors import ConfigError
 from camera_pose_ros.io.floors import FloorSpec
-from camera_pose_ros.runtime.estimate import PoseEstimate
+from camera_pose_ros.runtime.estimate import PoseEstimate, blind_estimate
 from camera_pose_ros.runtime.refine import QueryFeatures, Refiner
 
 if TYPE_CHECKING:
@@ -66,15 +66,15 @@ def recognise_floor(refiners: Mapping[str, Refiner], image_rgb: np.ndarray,
     """
     t0 = time.perf_counter()
     features: dict[tuple[int, int, int], QueryFeatures] = {}
-    nan3, unknown = np.full(3, np.nan), np.array([1.0, 0.0, 0.0, 0.0])  # no prior: nan
-    cov = np.diag([1e6] * 3 + [np.pi**2] * 3)
+    blind = blind_estimate()
     results: dict[str, PoseEstimate] = {}
     notes: list[str] = []
     for fid, refiner in refiners.items():
         key = refiner.feature_settings
         if key not in features:
             features[key] = refiner.extract(image_rgb)
-        out = refiner.refine(image_rgb, nan3, unknown, cov, camera, features=features[key])
+        out = refiner.refine(image_rgb, blind.position, blind.quat_wxyz, blind.covariance,
+                             camera, features=features[key])
         if out.success:
             results[fid] = PoseEstimate(out.position, out.quat_wxyz, out.covariance,
                                         refined=True, inliers=out.inliers, floor=fid)

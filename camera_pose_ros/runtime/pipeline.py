@@ -38,7 +38,12 @@ from camera_pose_ros.runtime.diagnostics import (
     NodeStats,
     diagnostics_snapshot,
 )
-from camera_pose_ros.runtime.estimate import JumpGate, PoseEstimate, RegressorCheck
+from camera_pose_ros.runtime.estimate import (
+    JumpGate,
+    PoseEstimate,
+    RegressorCheck,
+    blind_estimate,
+)
 from camera_pose_ros.runtime.odometry import OdometryBuffer, base_from_camera, map_from_odom
 from camera_pose_ros.runtime.relocalize import (
     RelocalizationRequest,
@@ -83,6 +88,7 @@ class PipelineSettings:
     max_jump: float = 1.0
     refine_every_n: int = 5
     refine_on_request_only: bool = False
+    refine_from_network: bool = True  # False: refinement from retrieval alone
     relocalize_timeout: float = 5.0
     thresholds: VerifyThresholds = VerifyThresholds()
 
@@ -98,6 +104,9 @@ class PipelineSettings:
         except ValueError as exc:
             raise ConfigError(f"mode must be regress, refine or scr-pnp, got "
                               f"{params['mode']!r}") from exc
+        prior = str(params.get("refine_prior", "network"))
+        if prior not in ("network", "none"):
+            raise ConfigError(f"refine_prior must be network or none, got {prior!r}")
         return cls(mode=mode, max_image_age=float(params["max_image_age"]),
                    max_future_stamp=float(params["max_future_stamp"]),
                    max_odom_age=float(params["max_odom_age"]),
@@ -106,6 +115,7 @@ class PipelineSettings:
                    jump_gate=bool(params["jump_gate"]), max_jump=float(params["max_jump"]),
                    refine_every_n=int(params["refine_every_n"]),
                    refine_on_request_only=bool(params["refine_on_request_only"]),
+                   refine_from_network=prior == "network",
                    relocalize_timeout=float(params["relocalize_timeout"]),
                    thresholds=VerifyThresholds(
                        float(params["verify_max_position_sigma"]),
@@ -494,6 +504,8 @@ class RelocalizationPipeline:
             return self._recognise(job, floors)
         if est is None:
             return None
+        if not self.settings.refine_from_network:  # the map alone: retrieval, no gate
+            est = replace(blind_estimate(est.floor), latency_s=est.latency_s)
         t0 = time.perf_counter()
         self.localizer.refine(job.rgb, est, self.camera)
         self.stats.refinement_took(time.perf_counter() - t0)

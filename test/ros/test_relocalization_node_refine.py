@@ -1,7 +1,8 @@
 """relocalization_node in refine mode over real DDS: refined poses with their covariance.
 
 The network is random (its regressed poses are anywhere); the refined poses must still land
-on the query walk's ground truth, go out on ``~/pose_refined`` and the main pose topic with
+on the query walk's ground truth (refined from the regressed pose or, ``refine_prior: none``,
+from retrieval alone), go out on ``~/pose_refined`` and the main pose topic with
 the image's stamp, and answer relocalization requests on ``/initialpose``.
 """
 
@@ -85,6 +86,8 @@ def _image(helper, rgb: np.ndarray) -> Image:
     return msg
 
 
+@pytest.mark.parametrize("refining_node", [{}, {"refine_prior": "none"}], indirect=True,
+                         ids=["network-prior", "no-prior"])
 def test_node_publishes_refined_poses_with_covariance(refining_node):
     node, helper, pub, info_pub, info, got, lock, truth = refining_node
     info_pub.publish(info)

@@ -55,6 +55,7 @@ class StubLocalizer:
         self.refine_ok = True
         self.refine_shift = 1.0  # metres the refined pose lies from the regressed one (y)
         self.cameras: list = []
+        self.priors: list[np.ndarray] = []  # the positions refinement started from
 
     def localize(self, rgb: np.ndarray) -> PoseEstimate | None:
         if self.nan:
@@ -65,8 +66,10 @@ class StubLocalizer:
 
     def refine(self, rgb: np.ndarray, est: PoseEstimate, camera=None) -> PoseEstimate:
         self.cameras.append(camera)
+        self.priors.append(est.position.copy())
         if self.refine_ok:
-            est.position = est.position + [0.0, self.refine_shift, 0.0]
+            # (a prior without a position is refined to the origin)
+            est.position = np.nan_to_num(est.position) + [0.0, self.refine_shift, 0.0]
             est.refined, est.inliers = True, 120
         else:
             est.refine_note = "8 inliers (< 30)"
@@ -323,6 +326,22 @@ def test_refine_mode_refines_every_nth_frame_and_only_refined_poses_verify(make)
     assert len(pipe.stats.refine_latency) == 2
 
 
+def test_refinement_without_the_networks_prior_starts_from_nothing(make):
+    stub = StubLocalizer(refiner=MAP)
+    stub.refine_shift = 0.0
+    pipe, rec = make(stub, mode=Mode.REFINE, refine_every_n=1, refine_from_network=False)
+    for v in (3, 7):
+        assert send(pipe, rec, frame(v))
+    assert len(stub.priors) == 2 and all(np.isnan(p).all() for p in stub.priors)
+    with rec.lock:
+        refined = [p for p in rec.poses if p["refined"]]
+    assert [p["stamp"] for p in refined] == ["stamp-3", "stamp-7"]
+    assert all(list(p["x"]) == [0.0, 0.0, 0.0] for p in refined)
+    pipe2, rec2 = make(StubLocalizer(refiner=MAP), mode=Mode.REFINE, refine_every_n=1)
+    assert send(pipe2, rec2, frame(3))
+    assert [list(p) for p in pipe2.localizer.priors] == [[3.0, 0.0, 0.0]]
+
+
 def test_each_refinement_is_the_maps_verdict_on_the_regressed_poses_that_follow(make):
     stub = StubLocalizer(refiner=MAP)
     stub.refine_ok = False
@@ -426,6 +445,11 @@ def test_settings_from_the_node_parameters():
     assert PipelineSettings.from_params({**DEFAULTS, "mode": "scr-pnp"}).mode is Mode.SCR_PNP
     with pytest.raises(ConfigError, match="mode must be regress, refine or scr-pnp"):
         PipelineSettings.from_params({**DEFAULTS, "mode": "both"})
+    assert s.refine_from_network
+    assert not PipelineSettings.from_params({**DEFAULTS, "refine_prior": "none"}
+                                            ).refine_from_network
+    with pytest.raises(ConfigError, match="refine_prior must be network or none"):
+        PipelineSettings.from_params({**DEFAULTS, "refine_prior": "imu"})
     with pytest.raises(ConfigError, match="base_to_camera"):
         PipelineSettings.from_params({**DEFAULTS, "base_to_camera": [0.0, 0.0, 1.0]})
 
