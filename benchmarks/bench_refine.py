@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
     gt = read_poses(gt_csv) if gt_csv else None
     rng = np.random.default_rng(0)
     t_fwd, t_ref, ok, stages = [], [], [], {}
+    reasons: dict[str, int] = {}
     stamps, reg, ref, covs = [], [], [], []
     for n, fr in enumerate(iter_bag_images(bag, topic)):
         if frames is not None and n >= frames:
@@ -87,6 +89,9 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
                                  camera)
         t_ref.append(out.latency_s)
         ok.append(out.success)
+        if not out.success:  # the reason with its numbers taken out, counted
+            why = re.sub(r"-?\d+(\.\d+)?", "N", out.reason)
+            reasons[why] = reasons.get(why, 0) + 1
         for k, v in out.stages_s.items():
             stages.setdefault(k, []).append(v)
         stamps.append(fr.stamp)
@@ -101,6 +106,7 @@ def run(data: Path, bag: Path, gt_csv: Path | None = None, checkpoint: Path | No
         "refine_stages_ms_p50": {k: ms(v, 50) for k, v in stages.items()},
         "ratio_refine_over_forward": float(np.median(t_ref) / np.median(t_fwd)),
         "refined_share": float(np.mean(ok)),
+        "refine_fail_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "config": config.__dict__,
     }
     if gt is not None:

@@ -74,8 +74,9 @@ class RefineConfig:
         min_inlier_ratio: inliers / matches below this is a failure.
         min_spread: share of the cells of a 4x4 grid over the image that must hold an
             inlier (a pose carried by one poster or one corner is not accepted).
-        verify: match again against the ``k_verify`` mapped frames nearest the solution and
-            solve again; the two solutions must agree within ``verify_max_m`` and
+        verify: match again against the ``k_verify`` mapped frames that see most of what a
+            camera at the solution would see (:meth:`Refiner.verification_frames`) and solve
+            again; the two solutions must agree within ``verify_max_m`` and
             ``verify_max_deg``.
         lookalike_check: after the checks above, look for the inliers' twins: map points over
             ``lookalike_radius_m`` away whose descriptors are nearly the same (repeated
@@ -233,6 +234,8 @@ _TWIN_CHUNK = 32768
 _TWIN_SAMPLE = 60
 #: a map point whose descriptor is this close (cosine) to an inlier's is its twin
 _TWIN_COSINE = 0.9
+#: verification frames are picked among this many mapped frames nearest the solution
+_VERIFY_CANDIDATES = 32
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,44 @@ class Refiner:
             chosen += [int(i) for i in np.argsort(-score)[:k_retrieval]
                        if np.isfinite(score[i]) and i not in chosen]
         return np.array(chosen, dtype=np.int64)
+
+    def verification_frames(self, sol: _Solution, colmap_cam: pycolmap.Camera,
+                            exclude: frozenset[int] = frozenset()) -> np.ndarray:
+        """The ``k_verify`` mapped frames that see most of what a camera at the solution sees.
+
+        Among the frames nearest the solution (any way they look, but not facing it: those
+        see the other faces of its walls), each frame's points are projected into the
+        solution's image; the frames with the most points inside it, in front of the camera
+        and no deeper than the inliers' far end (points further are likely behind a wall),
+        win. The choice rests on the solution's pose and the map alone, never on which
+        points were matched: frames around a wrong pose see another place, which the image
+        then fails to match.
+        """
+        m, k = self.map, self.config.k_verify
+        allowed = np.ones(len(m), bool)
+        allowed[list(exclude)] = False
+        axis = sol.rot_map_cam[:, 2]
+        allowed &= m.optical_axes @ axis > 0.0
+        dist = np.where(allowed, np.linalg.norm(m.centres - sol.centre, axis=1), np.inf)
+        cand = [int(i) for i in np.argsort(dist)[:_VERIFY_CANDIDATES] if np.isfinite(dist[i])]
+        if not cand:
+            return np.zeros(0, np.int64)
+        depth = (sol.points3d - sol.centre) @ axis
+        far = 1.25 * float(np.percentile(depth, 95)) + 0.5
+        counts = np.diff(m.offsets[np.array(cand)[:, None] + [0, 1]], axis=1)[:, 0]
+        pts = np.asarray(m.points[np.concatenate(
+            [m.frame_points[m.offsets[i]:m.offsets[i + 1]] for i in cand])], float)
+        owner = np.repeat(np.arange(len(cand)), counts)
+        in_cam = (pts - sol.centre) @ sol.rot_map_cam  # rows: R^T (X - c)
+        front = (in_cam[:, 2] > 0.1) & (in_cam[:, 2] < far)
+        seen = np.zeros(len(pts), bool)
+        if front.any():
+            uv = colmap_cam.img_from_cam(in_cam[front])
+            seen[front] = ((uv[:, 0] >= 0) & (uv[:, 0] < colmap_cam.width) & (uv[:, 1] >= 0)
+                           & (uv[:, 1] < colmap_cam.height))
+        score = np.bincount(owner[seen], minlength=len(cand))
+        order = np.lexsort((dist[cand], -score))  # most points seen, then nearest
+        return np.array([cand[j] for j in order[:k] if score[j] > 0], np.int64)
 
     def _match(self, desc_q: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query index, 3D point index) pairs passing the ratio test and mutual check.
@@ -526,8 +567,7 @@ class Refiner:
         prior.frames = [self._names[i] for i in frames]
         prior.matches, prior.inliers = sol.matches, sol.inliers
         if cfg.verify:  # the map around the solution must tell the same story
-            vframes = self.select_frames(sol.centre, sol.rot_map_cam, None, excluded,
-                                         k_pose=cfg.k_verify, k_retrieval=0)
+            vframes = self.verification_frames(sol, colmap_cam, excluded)
             check = self._solve(keypoints, desc_q, vframes, colmap_cam)
             prior.stages_s["verify"] = time.perf_counter() - t2
             if isinstance(check, str):

@@ -323,3 +323,52 @@ def test_cli_localize_refine_and_evaluate_both_modes(sfm_building, map_checkpoin
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "refinement map" in proc.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_verification_frames_are_those_that_see_what_the_solution_sees():
+    """Frames are picked by what they observe inside the solution's view, not by distance:
+    a frame facing the camera, one behind the wall it looks at and one looking away are
+    not verification frames, however near."""
+    from camera_pose_ros.camera import PinholeCamera
+    from camera_pose_ros.io.refmap import RefinementMap, compact_descriptors
+    from camera_pose_ros.runtime.refine import _Solution
+
+    g = np.linspace(-1.0, 1.0, 5)
+    wall = np.array([(x, y, 4.0) for x in g for y in g])  # seen by a camera at 0 looking +z
+    beyond = wall + [0.0, 0.0, 4.0]  # the next room, behind the wall
+    aside = np.array([(5.0, y, z) for y in g for z in g])  # off to the side (+x)
+    points = np.concatenate([wall, beyond, aside]).astype(np.float32)
+    looks = {"+z": np.eye(3), "-z": np.diag([-1.0, 1.0, -1.0]),
+             "+x": np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])}
+    frames = [  # (centre, looks, points observed)
+        ((0.0, 0.0, 0.2), "+x", np.arange(50, 75)),  # nearest, looking away
+        ((0.0, 0.0, 6.0), "-z", np.arange(0, 25)),  # facing the camera: the wall's far side
+        ((0.0, 0.0, 5.0), "+z", np.arange(25, 50)),  # behind the wall
+        ((0.0, 0.0, -1.0), "+z", np.arange(0, 25)),  # sees all of the wall
+        ((0.5, 0.0, 0.5), "+z", np.arange(0, 25, 4)),  # sees some of it
+    ]
+    poses = np.tile(np.eye(4), (len(frames), 1, 1))
+    for i, (c, way, _) in enumerate(frames):
+        poses[i, :3, :3], poses[i, :3, 3] = looks[way], c
+    rng = np.random.default_rng(0)
+    codes, mean, basis, scale = compact_descriptors(
+        np.arange(len(points)), rng.integers(0, 255, (len(points), 128)).astype(np.uint8),
+        len(points))
+    obs = [f[2] for f in frames]
+    rmap = RefinementMap(
+        names=np.array([f"{i}.png" for i in range(len(frames))]), map_from_cam=poses,
+        camera=PinholeCamera(320, 240, 260.0, 260.0, 159.5, 119.5), points=points,
+        offsets=np.concatenate([[0], np.cumsum([len(o) for o in obs])]),
+        frame_points=np.concatenate(obs).astype(np.int32), desc_codes=codes, desc_mean=mean,
+        desc_basis=basis, desc_scale=scale,
+        vocabulary=rng.normal(size=(4, 128)).astype(np.float32), idf=np.ones(4, np.float32),
+        global_desc=np.eye(len(frames), 4, dtype=np.float32))
+    cam = pycolmap.Camera(model="PINHOLE", width=320, height=240,
+                          params=[260.0, 260.0, 159.5, 119.5])
+    sol = _Solution(np.eye(3), np.zeros(3), np.zeros((25, 2)), wall, 25, np.arange(25))
+    pick = Refiner(rmap, RefineConfig(k_verify=4)).verification_frames
+    assert pick(sol, cam).tolist() == [3, 4]  # most of the view first; none seeing nothing
+    assert pick(sol, cam, frozenset({3})).tolist() == [4]
+    assert Refiner(rmap, RefineConfig(k_verify=1)).verification_frames(sol, cam).tolist() == [3]
+    turned = _Solution(looks["+x"], np.zeros(3), np.zeros((25, 2)), aside, 25, np.arange(25))
+    assert pick(turned, cam).tolist() == [0]  # looking at the side wall: the frame that does
