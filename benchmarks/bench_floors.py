@@ -2,7 +2,8 @@
 
 A building of ``--floors`` floors, each a corridor with ``--rooms`` rooms
 (``camera-pose synth --rooms N --floors F``, ``--room-designs K`` for rooms that look alike
-within a floor, ``--alike-floors`` for the same rooms on every floor; about 86 mapping
+within a floor, ``--alike-floors`` for the same rooms on every floor, ``--lift`` for a lift
+cabin, the same on every floor, where every walk starts and ends; about 86 mapping
 frames per room, as ``bench_scale``), a dataset per floor (``camera-pose dataset``, its wall
 time and peak memory), then every floor's query walk (other
 paths, backwards, the scenario's head motion and light) with no floor given and no regressed
@@ -15,7 +16,8 @@ refined on its true floor alone from retrieval (what a node told the floor does)
 over the floors' refinement latency is the ratio reported, and the refined share it gives up.
 
     python -m benchmarks.bench_floors [--rooms 4] [--floors 2] [--room-designs 0]
-                                      [--alike-floors] [--query-frames 60] [--work DIR]
+                                      [--alike-floors] [--lift] [--query-frames 60]
+                                      [--work DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from benchmarks.common import write_results
 
 
 def build(root: Path, *, rooms: int, floors: int, designs: int, query_frames: int,
-          seed: int, scenario: str, alike_floors: bool = False) -> dict:
+          seed: int, scenario: str, alike_floors: bool = False, lift: bool = False) -> dict:
     """Synthesize the building and a dataset per floor (cached in ``root``)."""
     cached = root / "build.json"
     if cached.is_file():
@@ -42,12 +44,13 @@ def build(root: Path, *, rooms: int, floors: int, designs: int, query_frames: in
     frames = round(FRAMES_PER_ROOM * rooms)
     out: dict = {"rooms": rooms, "floors": floors, "room_designs": designs, "frames": frames,
                  "query_frames": query_frames, "seed": seed, "scenario": scenario,
-                 "alike_floors": alike_floors}
+                 "alike_floors": alike_floors, "lift": lift}
     out["synth_s"], _ = run_child(_cli(
         "synth", "--out", str(root / "synth"), "--rooms", str(rooms), "--floors", str(floors),
         "--room-designs", str(designs), "--frames", str(frames), "--query-frames",
         str(query_frames), "--seed", str(seed), "--scenario", scenario,
-        *(["--alike-floors"] if alike_floors else [])), root / "synth.log")
+        *(["--alike-floors"] if alike_floors else []), *(["--lift"] if lift else [])),
+        root / "synth.log")
     out["datasets"] = []
     for f in range(floors):
         synth = root / "synth" / f"floor_{f}"
@@ -206,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", default="offpath")
     ap.add_argument("--alike-floors", action="store_true",
                     help="every floor the same rooms behind other corridors")
+    ap.add_argument("--lift", action="store_true",
+                    help="a lift cabin (the same on every floor) where every walk starts and "
+                         "ends: the node's walk rides it from floor to floor")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="cache folder (default: a temp)")
     ap.add_argument("--quick", action="store_true", help="2 rooms, 2 floors, 10 query frames")
@@ -215,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-floors-"))
     built = build(work, rooms=args.rooms, floors=args.floors, designs=args.room_designs,
                   query_frames=args.query_frames, seed=args.seed, scenario=args.scenario,
-                  alike_floors=args.alike_floors)
+                  alike_floors=args.alike_floors, lift=args.lift)
     res = evaluate(work, args.floors)
     table = markdown(res)
     print(table)
     name = (f"floors-{args.scenario}-{args.floors}x{args.rooms}"
             + (f"x{args.room_designs}" if args.room_designs else "")
-            + ("-alike" if args.alike_floors else ""))
+            + ("-alike" if args.alike_floors else "") + ("-lift" if args.lift else ""))
     path = write_results(name, {"build": built, **{k: v for k, v in res.items()
                                                      if k != "per_frame"}}, table)
     (work / "per_frame.json").write_text(json.dumps(res["per_frame"]))

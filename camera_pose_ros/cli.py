@@ -120,7 +120,7 @@ def _cmd_synth(args: argparse.Namespace) -> Path:
         distortion=tuple(args.distortion or ()), scenario=args.scenario,
         progress=not args.quiet, depth_topic=DEPTH_TOPIC if args.depth else None,
         rooms=args.rooms, room_designs=args.room_designs, floors=args.floors,
-        alike_floors=args.alike_floors,
+        alike_floors=args.alike_floors, lift=args.lift,
     )
 
 
@@ -342,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alike-floors", action="store_true",
                    help="with --rooms and --floors: every floor has the same rooms (doors, "
                         "walls) behind different corridors, as office floors do")
+    p.add_argument("--lift", action="store_true",
+                   help="with --rooms: a lift cabin at the corridor's west end, the same on "
+                        "every floor; every walk starts and ends in it (with --floors, one "
+                        "floor's walk and the next make a lift ride)")
     p.add_argument("--depth", action="store_true",
                    help=f"also write each mapping frame's exact depth, registered to the "
                         f"colour camera, on {DEPTH_TOPIC} (16UC1 mm; dense labels for "

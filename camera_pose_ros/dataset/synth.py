@@ -75,6 +75,10 @@ class BuildingSpec:
             >= 0 draws each room design's door, walls and brightness from this seed alone,
             so that buildings (floors) sharing it have rooms that look alike, while their
             corridors differ.
+        lift: with ``rooms``: the corridor's west end is a lift cabin (``LIFT_DEPTH_M``
+            deep at scale 1, the corridor's width, entered through a ``LIFT_DOOR_M`` door
+            in its cross wall); its walls, floor and ceiling are drawn from the lift's own
+            seed, so the cabin looks the same on every floor, as a lift does.
     """
 
     scale: float = 1.0
@@ -86,6 +90,11 @@ class BuildingSpec:
     rooms: int = 0
     room_designs: int = 0
     design_seed: int = -1
+    lift: bool = False
+
+
+#: the lift cabin of ``BuildingSpec.lift`` (metres at scale 1) and the seed of its look
+LIFT_DEPTH_M, LIFT_DOOR_M, LIFT_SEED = 1.8, 1.1, 20_171
 
 
 @dataclass
@@ -137,6 +146,8 @@ class Building:
         self.height = spec.wall_height
         #: the rooms of the ``rooms`` layout (none in the corridor loop)
         self.rooms: list[Room] = []
+        #: the lift cabin (x0, y0, x1, y1) inside its walls, or None (``BuildingSpec.lift``)
+        self.lift: tuple[float, float, float, float] | None = None
         self._rng = np.random.default_rng(spec.seed)
         if spec.rooms:
             self._layout_rooms()
@@ -168,8 +179,11 @@ class Building:
         self.corridor = (rd, rd + cw)
         self.blocks, self.no_walk = [], []
         h = _HALF_WALL
+        lift = LIFT_DEPTH_M * s if spec.lift else 0.0
+        self.lift = (0.0, rd + h, lift - h, rd + cw - h) if spec.lift else None
         door_of = {d: float((self._design_rng(d) or self._rng).uniform(
-            0.7 * s, rw - door_w - 0.7 * s)) for d in range(slots)}
+            max(0.7 * s, lift + 0.4 * s) if d == 0 else 0.7 * s, rw - door_w - 0.7 * s))
+            for d in range(slots)}
         faces: list[tuple[int, float, float, float, tuple | None, bool]] = []
         for j in range(slots):
             x0, x1 = j * rw, (j + 1) * rw
@@ -192,22 +206,45 @@ class Building:
                 self.rooms.append(Room(x0, ylo, x1, yhi, (dx0, dx0 + door_w), side))
                 faces += [(1, y_in, x0, dx0, (*key, "front-left"), True),
                           (1, y_in, dx0 + door_w, x1, (*key, "front-right"), True),
-                          (1, y_out, x0, dx0, None, True),
+                          (1, y_out, x0 + (lift if j == 0 else 0.0), dx0, None, True),
                           (1, y_out, dx0 + door_w, x1, None, True),
                           (0, dx0, jlo, jhi, None, True),  # the door's jambs
                           (0, dx0 + door_w, jlo, jhi, None, True)]
-        faces += [(0, 0.0, rd - h, rd + cw + h, None, False),  # the corridor's ends
-                  (0, self.width, rd - h, rd + cw + h, None, False)]
+        faces += [(0, 0.0, rd - h, rd + cw + h, ("lift", "back") if lift else None, False),
+                  (0, self.width, rd - h, rd + cw + h, None, False)]  # the corridor's ends
+        if lift:  # the cabin's sides, and its cross wall with the door (both faces)
+            yc, half = rd + cw / 2, LIFT_DOOR_M * s / 2
+            faces += [(1, rd + h, 0.0, lift - h, ("lift", "south"), True),
+                      (1, rd + cw - h, 0.0, lift - h, ("lift", "north"), True),
+                      (0, lift - h, rd + h, yc - half, ("lift", "front-south"), True),
+                      (0, lift - h, yc + half, rd + cw - h, ("lift", "front-north"), True),
+                      (0, lift + h, rd + h, yc - half, None, True),
+                      (0, lift + h, yc + half, rd + cw - h, None, True),
+                      (1, yc - half, lift - h, lift + h, None, True),  # the door's jambs
+                      (1, yc + half, lift - h, lift + h, None, True)]
         self.walls = [_Wall(a, c, lo, hi, 0.0, 0.0, float(self._rng.uniform(0.8, 1.1)),
                             design, partition)
                       for a, c, lo, hi, design, partition in faces]
         for wall in self.walls:  # a shared design's brightness is the design's
-            rng = self._design_rng(*wall.design) if wall.design is not None else None
+            rng = self._shared_rng(wall.design) if wall.design is not None else None
             if rng is not None:
                 wall.brightness = float(rng.uniform(0.8, 1.1))
 
     #: faces of a room design (their order keys the design's random draws)
     _FACES = ("back", "west", "east", "front-left", "front-right")
+
+    _LIFT_FACES = ("back", "south", "north", "front-south", "front-north", "floor",
+                   "ceiling")
+
+    def _lift_rng(self, face: str) -> np.random.Generator:
+        """The generator of one face of the lift cabin (the same in every building)."""
+        return np.random.default_rng([LIFT_SEED, self._LIFT_FACES.index(face)])
+
+    def _shared_rng(self, design: tuple) -> np.random.Generator | None:
+        """The generator of a wall whose look is shared (``_Wall.design``), or None."""
+        if design[0] == "lift":
+            return self._lift_rng(design[1])
+        return self._design_rng(*design)
 
     def _design_rng(self, design: int, side: int = 0, face: str = ""
                     ) -> np.random.Generator | None:
@@ -332,7 +369,7 @@ class Building:
         self.posters: list[tuple[int, int, int, int, int]] = []
         for wall, (ax, ay, w_px) in zip(self.walls, placements, strict=True):
             self._drawn_posters: list[tuple[int, int, int, int, int]] = []
-            shared = self._design_rng(*wall.design) if wall.design is not None else None
+            shared = self._shared_rng(wall.design) if wall.design is not None else None
             own, self._rng = self._rng, shared or self._rng  # a shared design's own draws
             tex = self._texture(w_px, h_wall, "wall")
             self._rng = own
@@ -346,6 +383,14 @@ class Building:
         self.floor_origin = (0.0, float(floor_y))
         self.ceiling_origin = (float(fw + 2), float(floor_y))
         self.floor_ppm = float(floor_ppm)
+        if self.lift is not None:  # the cabin's floor and ceiling: the lift's own
+            x0, y0, x1, y1 = (int(round(v * floor_ppm)) + 1 for v in self.lift)
+            for kind, (u, v), gain in (("floor", self.floor_origin, 1.0),
+                                       ("ceiling", self.ceiling_origin, 1.15)):
+                own, self._rng = self._rng, self._lift_rng(kind)
+                tex = self._texture(x1 - x0, y1 - y0, kind)
+                self._rng = own
+                atlas[int(v) + y0:int(v) + y1, int(u) + x0:int(u) + x1] = (tex * gain).clip(0, 255)
         if self.spec.twin_corridors:
             self._twin_corridor_walls(atlas, h_wall)
         self._alike_room_walls(atlas, h_wall)
@@ -392,7 +437,8 @@ class Building:
         Along the corridor (``lane`` metres north of its centre line), through each room's
         door, once round the room ``inset`` metres from its walls, out again; at the far
         end the walk turns on a half circle and comes back along the corridor on the other
-        side of the centre line. ``reverse`` walks it backwards. Corners are rounded (Chaikin).
+        side of the centre line. With a lift it starts and ends in the cabin. ``reverse`` walks
+        it backwards. Corners are rounded (Chaikin).
 
         Raises:
             ConfigError: the building has no rooms.
@@ -401,7 +447,10 @@ class Building:
             raise ConfigError("room_tour needs a building with rooms (BuildingSpec.rooms)")
         s = self.spec.scale
         yc = sum(self.corridor) / 2
-        pts = [(0.9 * s, yc + lane)]
+        x_start = 0.9 * s if self.lift is None else self.lift[2] + 0.9 * s
+        # with a lift the walk leaves the cabin first and ends in it (a ride to another floor)
+        cabin = [] if self.lift is None else [(self.lift[2] / 2, yc)]
+        pts = [*cabin, (x_start, yc + lane)]
         for room in sorted(self.rooms, key=lambda r: (r.x0, r.side)):
             xd = sum(room.door) / 2
             y_wall = self.corridor[0] if room.side < 0 else self.corridor[1]
@@ -421,7 +470,7 @@ class Building:
         xe = self.width - 0.9 * s - r
         turn = np.linspace(np.pi / 2, -np.pi / 2, 9)
         pts += [*zip(xe + r * np.cos(turn), yc + r * np.sin(turn), strict=True),
-                (0.9 * s, yc - r)]
+                (x_start, yc - r), *cabin]
         path = np.array(pts, float)
         if reverse:
             path = path[::-1]
@@ -762,6 +811,7 @@ def write_synthetic_building(
     robot: RobotSpec | None = RobotSpec(),
     depth_topic: str | None = None, rooms: int = 0, room_designs: int = 0, floors: int = 1,
     start_s: float = 0.0, alike_floors: bool = False, design_seed: int = -1,
+    lift: bool = False,
 ) -> Path:
     """Render a synthetic building and write it as docs/ARCHITECTURE.md's ``synth`` layout.
 
@@ -785,11 +835,14 @@ def write_synthetic_building(
     ``floors`` (F >= 2) writes F such floors instead, each in ``floor_<f>/`` with its own
     look and layout (seed ``seed + 101 f``: other textures, other doors) and its own walks,
     stamped one after the other, plus :data:`~camera_pose_ros.io.floors.FLOORS_FILE` (ids,
-    elevations 3.2 m apart, floor plans). The floors are not joined: no stairs or lift are
-    rendered (a lift ride is a cut between the floors' walks). ``alike_floors`` gives every
-    floor the same rooms (doors, walls: ``BuildingSpec.design_seed`` = ``seed``) behind
-    different corridors, as office floors are. ``start_s`` delays every stamp;
-    ``design_seed`` is :class:`BuildingSpec`'s.
+    elevations 3.2 m apart, floor plans). The floors are joined only by ``lift``: then every
+    floor's corridor starts at a lift cabin that looks the same on every floor
+    (:class:`BuildingSpec`), where each walk starts and ends, so that one floor's walk
+    followed by the next is a ride in the lift (``lift`` needs ``rooms``; with one floor it
+    adds the cabin alone). No stairs are rendered. ``alike_floors`` gives every floor the
+    same rooms (doors, walls: ``BuildingSpec.design_seed`` = ``seed``) behind different
+    corridors, as office floors are. ``start_s`` delays every stamp; ``design_seed`` is
+    :class:`BuildingSpec`'s.
     Returns ``out``.
     """
     if floors < 1 or floors > 16:
@@ -803,7 +856,7 @@ def write_synthetic_building(
                              storage=storage, image_topic=image_topic, distortion=distortion,
                              scenario=scenario, progress=progress, robot=robot,
                              depth_topic=depth_topic, rooms=rooms, room_designs=room_designs,
-                             design_seed=seed if alike_floors else -1)
+                             design_seed=seed if alike_floors else -1, lift=lift)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     scene = SCENARIOS[scenario]
@@ -814,9 +867,11 @@ def write_synthetic_building(
     if control_points < 3 or control_points > frames:
         raise ConfigError(f"control_points must be in [3, frames], got {control_points}")
     rng = np.random.default_rng(seed)
+    if lift and not rooms:
+        raise ConfigError("a lift needs the rooms layout (rooms >= 2)")
     building = Building(BuildingSpec(scale=scale, seed=seed, rooms=rooms,
                                      room_designs=room_designs, design_seed=design_seed,
-                                     **scene["building"]))
+                                     lift=lift, **scene["building"]))
     f = 0.82 * width
     try:
         camera = PinholeCamera(width, height, f, f, width / 2 - 0.5, height / 2 - 0.5,

@@ -319,3 +319,38 @@ def test_floors_sharing_a_design_seed_have_the_same_rooms_behind_other_corridors
     assert all(np.array_equal(rooms1[k], rooms2[k]) for k in rooms1)
     assert not any(np.array_equal(rooms1[k], rooms3[k]) for k in rooms1 if k in rooms3)
     assert corr1 and not any(np.array_equal(a, b) for a, b in zip(corr1, corr2, strict=True))
+
+
+def test_a_lift_cabin_looks_the_same_on_every_floor_and_every_walk_rides_it():
+    """The cabin at the corridor's west end: seen from inside it, two floors (other seeds,
+    other corridors) give the same image; the walks start and end in it; the floor plan
+    has its cross wall and door; rooms keep their doors clear of it."""
+    camera = PinholeCamera(160, 120, 131.0, 131.0, 79.5, 59.5)
+    floors = [Building(BuildingSpec(seed=s, rooms=4, lift=True)) for s in (0, 101)]
+    x0, y0, x1, y1 = floors[0].lift
+    assert floors[1].lift == (x0, y0, x1, y1) and x0 == 0.0 and x1 == pytest.approx(1.74)
+    yc = (y0 + y1) / 2
+
+    def differ(x: float, y: float, yaw: float) -> float:
+        a, b = (_view(f, camera, x, y, yaw) for f in floors)
+        return float(np.abs(a - b).mean())
+
+    assert differ(1.2, yc, np.pi) < 1.0  # the cabin's back wall, floor and ceiling
+    assert differ(0.9, yc - 0.3, np.pi / 2) < 1.0  # its side wall
+    assert differ(8.0, yc, 0.0) > 30.0  # the corridors differ
+    plan = floors[0].floor_plan()
+    assert plan.is_walkable(np.array([[x1 / 2, yc], [x1 + 0.06, yc]])).all()  # cabin, door
+    assert not plan.is_walkable(np.array([[x1 + 0.06, y0 + 0.2], [x1 + 0.06, y1 - 0.2]])).any()
+    for b in floors:
+        assert min(r.door[0] for r in b.rooms) > x1 + 0.3
+        for tour in (b.room_tour(), b.room_tour(inset=1.7, lane=0.4, reverse=True)):
+            assert b.floor_plan().is_walkable(tour).all()
+            assert tour[0][0] < x1 and tour[-1][0] < x1  # starts and ends in the cabin
+            cabin = (tour[:, 0] < x1) & (tour[:, 1] > y0) & (tour[:, 1] < y1)
+            assert 0 < cabin.mean() < 0.05
+    # without a lift, nothing changes: the same walls and doors as before the option
+    plain, lifted = (Building(BuildingSpec(seed=2, rooms=3, lift=v)) for v in (False, True))
+    assert plain.lift is None and len(lifted.walls) == len(plain.walls) + 8
+    assert plain.room_tour()[0][0] == pytest.approx(0.9)
+    with pytest.raises(ConfigError, match="a lift needs the rooms layout"):
+        write_synthetic_building("unused", lift=True, progress=False)
