@@ -38,6 +38,9 @@ def _source_args(p: argparse.ArgumentParser, *, required: bool = True,
     src.add_argument("--images", type=Path, help="folder of images, sorted by name")
     p.add_argument("--topic", default="/camera/image_raw",
                    help="image topic in the bag (Image or CompressedImage)")
+    p.add_argument("--between", type=float, nargs=2, metavar=("START", "END"),
+                   help="only the frames START to END seconds after the source's first frame "
+                        "(one floor of a walk that rides a lift: a dataset per floor)")
     cam = p.add_mutually_exclusive_group()
     cam.add_argument("--camera-info", type=Path, metavar="YAML",
                      help="camera calibration (camera_calibration's ost.yaml); wins over the "
@@ -53,7 +56,8 @@ def _source(args: argparse.Namespace):  # -> FrameSource, imported lazily (fast 
     values = getattr(args, "intrinsics", None)
     return FrameSource(bag=args.bag, topic=args.topic, video=args.video, images=args.images,
                        calibration=args.camera_info,
-                       intrinsics=tuple(values) if values is not None else None)
+                       intrinsics=tuple(values) if values is not None else None,
+                       between=tuple(args.between) if args.between is not None else None)
 
 
 def _dataset_configs(args: argparse.Namespace) -> dict:

@@ -646,3 +646,11 @@ def test_evaluate_out_is_a_folder_holding_every_output(capsys, tmp_path, tiny_da
     assert "metrics.json" in names and "predictions_test.csv" in names
     assert "error_cdf_test.png" in names and "trajectory_test.png" in names
     assert "predictions_test_refined.csv" not in names
+
+
+def test_an_empty_or_reversed_window_is_a_one_line_error(capsys, tmp_path):
+    (tmp_path / "images").mkdir()
+    rc, err = run_cli(capsys, "frames", "--images", tmp_path / "images", "--between", "5",
+                      "1", "--out", tmp_path / "data")
+    assert_user_error(rc, err, "frames", "--between takes START END")
+    assert not (tmp_path / "data").exists()

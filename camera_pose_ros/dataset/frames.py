@@ -117,7 +117,9 @@ class FrameSource:
     The intrinsics come from the bag's CameraInfo, or (any source, and they win) from a
     ``calibration`` file (camera_calibration's YAML) or ``intrinsics`` ``fx fy cx cy`` in
     the frames' pixels; without any, a folder of photos gives its EXIF focal length as a
-    prior, else COLMAP estimates them.
+    prior, else COLMAP estimates them. ``between`` (start, end) keeps only the frames that
+    many seconds after the source's first frame (start included, end not): one floor of a
+    walk that rides a lift, say.
     """
 
     bag: Path | None = None
@@ -127,15 +129,37 @@ class FrameSource:
     camera_info_topic: str | None = None
     calibration: Path | None = None
     intrinsics: tuple[float, ...] | None = None
+    between: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.bag, self.video, self.images)) != 1:
             raise ConfigError("give exactly one frame source: a bag, a video or an image folder")
+        if self.between is not None and not (
+                len(self.between) == 2 and 0.0 <= self.between[0] < self.between[1]):
+            raise ConfigError(f"--between takes START END seconds with 0 <= START < END, got "
+                              f"{' '.join(f'{v:g}' for v in self.between)}")
         if self.calibration is not None and self.intrinsics is not None:
             raise ConfigError("give the intrinsics once: a calibration file or fx fy cx cy")
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """``(stamp_ns, rgb)`` pairs in source order."""
+        """``(stamp_ns, rgb)`` pairs in source order (within ``between``)."""
+        frames = self._all_frames()
+        if self.between is None:
+            return frames
+        start, end = (seconds_to_ns(v) for v in self.between)
+
+        def window() -> Iterator[tuple[int, np.ndarray]]:
+            first = None
+            for stamp_ns, rgb in frames:
+                first = stamp_ns if first is None else first
+                if stamp_ns - first >= end:
+                    return
+                if stamp_ns - first >= start:
+                    yield stamp_ns, rgb
+
+        return window()
+
+    def _all_frames(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.bag is not None:
             return ((f.stamp_ns, f.image_rgb) for f in iter_bag_images(self.bag, self.topic))
         if self.video is not None:
@@ -158,12 +182,14 @@ class FrameSource:
 
     def record(self) -> dict[str, str]:
         """What the frames come from, as ``DATA/source.json`` keeps it."""
+        window = {} if self.between is None else {"between": f"{self.between[0]:g}-"
+                                                               f"{self.between[1]:g} s"}
         if self.bag is not None:
-            return {"bag": str(Path(self.bag).resolve()), "topic": self.topic}
+            return {"bag": str(Path(self.bag).resolve()), "topic": self.topic, **window}
         if self.video is not None:
-            return {"video": str(Path(self.video).resolve())}
+            return {"video": str(Path(self.video).resolve()), **window}
         assert self.images is not None  # exactly one source (__post_init__)
-        return {"images": str(Path(self.images).resolve())}
+        return {"images": str(Path(self.images).resolve()), **window}
 
     def camera(self) -> PinholeCamera | None:
         """Intrinsics of the calibration file, else those the source carries (CameraInfo in

@@ -101,6 +101,26 @@ def test_extract_frames_from_bag(tmp_path):
     assert (out / "frames.csv").stat().st_mtime_ns == mtime
 
 
+def test_between_keeps_one_stretch_of_the_walk_and_is_part_of_the_source(tmp_path):
+    """``between`` keeps the frames START to END s after the first (one floor of a ride);
+    frames made without it are not reused for a window, and a bad window is refused."""
+    for i in range(10):  # 0.5 s apart
+        cv2.imwrite(str(tmp_path / f"{100 + 0.5 * i:.2f}.png"), textured(i)[:, :, ::-1])
+    window = FrameSource(images=tmp_path, between=(1.0, 3.0))
+    assert [s / 1e9 for s, _ in window.frames()] == [101.0, 101.5, 102.0, 102.5]
+    cfg = KeyframeConfig(min_time_step=0.0, min_change=0.0, jpeg_quality=100)
+    out = tmp_path / "data"
+    extract_frames(window, out, cfg, progress=False)
+    assert read_frames_csv(out / "frames.csv")[1].tolist() == [
+        int(101e9), int(101.5e9), int(102e9), int(102.5e9)]
+    with pytest.raises(InputDataError, match=r"another source .*between 1-3 s"):
+        extract_frames(FrameSource(images=tmp_path, between=(3.0, 5.0)), out, cfg,
+                       progress=False)
+    for bad in ((2.0, 2.0), (-1.0, 3.0)):
+        with pytest.raises(ConfigError, match="--between takes START END"):
+            FrameSource(images=tmp_path, between=bad)
+
+
 def test_frame_source_needs_exactly_one_input(tmp_path):
     with pytest.raises(ConfigError):
         FrameSource()
