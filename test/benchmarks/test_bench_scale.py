@@ -39,6 +39,7 @@ def test_table_and_curves_from_figures(tmp_path):
     table = markdown(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| 2 | 170 |")
     assert "| 1.2 |" in table[2] and table[3].endswith("| - |")
+    assert table[2].startswith("| 2 | 170 | 15300 | incremental | 136 |")
     rows[1]["mappers"] = {m: {"mapping_s": s, "peak_mb": 800.0, "registered": 330,
                               "frames": 340, "path_median_m": 0.011, "path_p90_m": 0.03}
                           for m, s in (("incremental", 200.0), ("global", 50.0))}
