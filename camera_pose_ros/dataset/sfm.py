@@ -767,7 +767,11 @@ def run_sfm(data: str | os.PathLike, config: SfMConfig = SfMConfig(), *,
             "textureless images" + (
                 f"; {dropped} image pairs that contradict the robot's localization "
                 f"({PRIORS_CSV}) were left out, so look-alike places could not hold the walk "
-                "together" if dropped else "")
+                "together" if dropped else "") + (
+                "; the incremental mapper stops at the first weak link of a long walk (a "
+                "sharp turn through a door): `--mapper global` maps from every pair at once, "
+                "from the matches already made" if summary.get("mapper") == "incremental"
+                and summary["registered"] < 0.5 * summary["frames"] else "")
         )
     log.info("sfm: registered %d/%d frames, reprojection error %.2f px",
              summary["registered"], summary["frames"], summary["mean_reprojection_error_px"])

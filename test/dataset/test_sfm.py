@@ -281,3 +281,27 @@ def test_the_global_mapper_maps_the_same_walk_from_the_same_matches(sfm_building
     registered, err = path_error_m(data)
     assert registered >= 0.95 * registered_inc
     assert err < 0.05 and err_inc < 0.05, (err, err_inc)
+
+
+@pytest.mark.parametrize(("mapper", "frames", "registered", "hint"), [
+    ("incremental", 2919, 418, True), ("incremental", 100, 70, False),
+    ("global", 2919, 418, False)])
+def test_a_stalled_incremental_mapping_is_refused_with_the_global_mapper_as_the_way_out(
+        tmp_path, mapper, frames, registered, hint):
+    """Too few frames registered stops the dataset; when the incremental mapper left most of
+    a walk out (it stops at the first weak link), the reason names the global mapper."""
+    from camera_pose_ros.errors import SfMError
+
+    data = tmp_path / "data"
+    (data / "sfm").mkdir(parents=True)
+    (data / "frames.csv").write_text("image,stamp\n" + "".join(
+        f"{i:06d}.jpg,{100 + i}.0\n" for i in range(frames)))
+    for step, info in (("features", {}), ("matches", {"priors": None}),
+                       ("mapping", {"mapper": mapper})):
+        (data / "sfm" / f".{step}.done").write_text(json.dumps(info))
+    (data / "sfm" / "summary.json").write_text(json.dumps({
+        "mapper": mapper, "frames": frames, "registered": registered,
+        "registered_ratio": registered / frames}))
+    with pytest.raises(SfMError, match=f"registered only {registered} of {frames}") as err:
+        run_sfm(data, SfMConfig(mapper=mapper, use_priors=False))
+    assert ("`--mapper global`" in str(err.value)) == hint
