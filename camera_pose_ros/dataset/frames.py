@@ -84,6 +84,9 @@ class KeyframeConfig:
         blur_ratio: a frame whose sharpness (variance of the Laplacian) is below this share
             of the median of the last ``blur_window`` frames is blurred.
         blur_window: frames in that running median.
+        max_blur_gap: seconds; a blurred frame is kept all the same when the last kept frame
+            is this old (0: never): a fast turn blurs every frame of it, and dropping them
+            all leaves two stretches of the walk that share nothing for SfM to join.
         max_frames: stop after this many kept frames (0: no limit).
         max_width: downscale wider frames to this width (0: keep the size).
         jpeg_quality: frames are stored as JPEG of this quality (100: PNG, lossless).
@@ -93,12 +96,14 @@ class KeyframeConfig:
     min_change: float = 1.5
     blur_ratio: float = 0.5
     blur_window: int = 15
+    max_blur_gap: float = 0.25
     max_frames: int = 0
     max_width: int = 0
     jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
-        if self.min_time_step < 0 or self.min_change < 0 or not 0 <= self.blur_ratio < 1:
+        if (self.min_time_step < 0 or self.min_change < 0 or not 0 <= self.blur_ratio < 1
+                or not self.max_blur_gap >= 0):
             raise ConfigError("keyframe settings must be >= 0 (blur_ratio in [0, 1))")
         if not 50 <= self.jpeg_quality <= 100:
             raise ConfigError("jpeg_quality must be in [50, 100]")
@@ -371,8 +376,11 @@ class KeyframeSelector:
         sharp = sharpness(gray)
         self._recent.append(sharp)
         if len(self._recent) >= 3 and sharp < cfg.blur_ratio * float(np.median(self._recent)):
-            self.skipped["blurred"] += 1
-            return False
+            gap = None if self._last_stamp is None else stamp - self._last_stamp
+            if not (cfg.max_blur_gap > 0 and gap is not None and gap >= cfg.max_blur_gap):
+                self.skipped["blurred"] += 1
+                return False
+            self.skipped["blurred_kept_for_the_gap"] += 1  # counted, kept (if not a duplicate)
         if self._last_stamp is not None and stamp - self._last_stamp < cfg.min_time_step:
             self.skipped["time_step"] += 1
             return False

@@ -67,9 +67,18 @@ def test_keyframes_skip_blur_duplicates_and_time_step():
     assert not sel.accept(0.4, big[3])  # the last keyframe's picture again: duplicate
     assert sel.skipped["duplicate"] == 1
     blurred = cv2.GaussianBlur(big[5], (0, 0), 4)
-    assert not sel.accept(0.6, blurred)
+    assert not sel.accept(0.5, blurred)  # 0.2 s after the last keyframe
     assert sel.skipped["blurred"] == 1
-    assert sel.accept(0.7, big[6])
+    # a fast turn blurs every frame: once the last keyframe is max_blur_gap old, one is kept
+    # (else the walk falls into stretches that share nothing)
+    assert sel.accept(0.6, cv2.GaussianBlur(big[6], (0, 0), 4))
+    assert sel.skipped["blurred"] == 1 and sel.skipped["blurred_kept_for_the_gap"] == 1
+    assert sel.accept(0.7, big[7])
+    never = KeyframeSelector(KeyframeConfig(max_blur_gap=0.0))
+    assert all(never.accept(0.1 * i, img) for i, img in enumerate(big[:4]))
+    assert not any(never.accept(0.4 + 0.1 * i, cv2.GaussianBlur(big[4 + i], (0, 0), 4))
+                   for i in range(4))
+    assert never.skipped["blurred"] == 4
 
 
 def test_keyframe_config_validation():
