@@ -74,10 +74,10 @@ class RefineConfig:
         min_inlier_ratio: inliers / matches below this is a failure.
         min_spread: share of the cells of a 4x4 grid over the image that must hold an
             inlier (a pose carried by one poster or one corner is not accepted).
-        verify: match again against the ``k_verify`` mapped frames that see most of what a
-            camera at the solution would see (:meth:`Refiner.verification_frames`) and solve
-            again; the two solutions must agree within ``verify_max_m`` and
-            ``verify_max_deg``.
+        verify: match again against the ``k_verify`` mapped frames nearest the solution that
+            look its way, and the ``k_verify`` that see most of what a camera at the solution
+            would see (:meth:`Refiner.verification_frames`), and solve again; the two
+            solutions must agree within ``verify_max_m`` and ``verify_max_deg``.
         lookalike_check: after the checks above, look for the inliers' twins: map points over
             ``lookalike_radius_m`` away whose descriptors are nearly the same (repeated
             rooms, posters). When at least ``lookalike_ratio`` of the inliers have one and
@@ -567,7 +567,11 @@ class Refiner:
         prior.frames = [self._names[i] for i in frames]
         prior.matches, prior.inliers = sol.matches, sol.inliers
         if cfg.verify:  # the map around the solution must tell the same story
-            vframes = self.verification_frames(sol, colmap_cam, excluded)
+            near = self.select_frames(sol.centre, sol.rot_map_cam, None, excluded,
+                                      k_pose=cfg.k_verify, k_retrieval=0)
+            seeing = self.verification_frames(sol, colmap_cam, excluded)
+            vframes = np.array(list(dict.fromkeys([*near.tolist(), *seeing.tolist()])),
+                               np.int64)
             check = self._solve(keypoints, desc_q, vframes, colmap_cam)
             prior.stages_s["verify"] = time.perf_counter() - t2
             if isinstance(check, str):
