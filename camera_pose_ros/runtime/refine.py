@@ -9,7 +9,8 @@ Given an RGB image, its regressed pose and the camera intrinsics:
    points those frames observe (one per point: mutual nearest neighbour, Lowe's ratio test);
 3. solve the absolute pose with LO-RANSAC and refine it (pycolmap);
 4. verify it on the map's own evidence, not on the regressor: match again against the
-   mapped frames nearest the *solution* and solve again; accept when both solutions agree,
+   mapped frames nearest the *solution* and those that see most of its view, and solve
+   again; accept when both solutions agree,
    enough inliers support it and they spread over the image. Its covariance comes
    from the inliers' reprojection residuals (Gauss-Newton, REP 103 order, map frame).
 
