@@ -13,7 +13,16 @@ are compared with the ground truth:
   ``/tf_static``;
 - ``tf + control points``: both, weighed by their accuracy.
 
+Beside them, the **floor** that no alignment from the robot's localization alone can beat:
+the ground-truth walk fitted (z vertical, jumps rejected) to the camera poses that the
+synthetic robot's ``/tf`` gives at the same stamps, i.e. an alignment with a perfect SfM.
+What is left there is the localization's own error averaged over the walk. It is computed
+for the scene's own noise draw (the ``tf`` row should sit on it) and, with ``--draws N``, for
+N other draws of the same noise model on the same walk (no rendering, no SfM), so one
+scene's luck can be told from the method's.
+
     python -m benchmarks.bench_alignment [--seeds 0 1 2] [--frames 300] [--width 640] [--rate 10]
+        [--draws 50]
 """
 
 from __future__ import annotations
@@ -22,15 +31,21 @@ import argparse
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import timed, write_results
 from camera_pose_ros.dataset.align import AlignConfig, align_dataset
 from camera_pose_ros.dataset.frames import FrameSource
 from camera_pose_ros.dataset.pipeline import build_dataset
 from camera_pose_ros.dataset.references import ReferenceConfig, extract_priors
-from camera_pose_ros.dataset.synth import write_synthetic_building
-from camera_pose_ros.io.posecsv import read_poses
+from camera_pose_ros.dataset.synth import ROBOT_SEED_OFFSET, write_synthetic_building
+from camera_pose_ros.dataset.synth_robot import RobotSpec, robot_messages
+from camera_pose_ros.geometry import fit_sim3_samples, rotmat_from_quat_wxyz
+from camera_pose_ros.io.posecsv import PoseTable, read_poses
+from camera_pose_ros.io.tf import TfTree
 from camera_pose_ros.metrics import error_summary, match_by_stamp
 
 VARIANTS = {
@@ -42,8 +57,43 @@ VARIANTS = {
 }
 
 
+def localization_floor(gt: PoseTable, noise_seeds: Iterable[int],
+                       spec: RobotSpec = RobotSpec()) -> list[float]:
+    """Per noise draw, the median position error (m) of the truth fitted to the robot's TF.
+
+    The synthetic robot's ``/tf`` is drawn anew for each seed of ``noise_seeds`` along the
+    walk ``gt``; ``map -> camera`` is looked up at the walk's stamps as the dataset builder
+    does, and the truth is aligned to it (z vertical, samples over 25 cm rejected as jumps).
+    """
+    stamps = [int(s) for s in gt.stamps_ns]
+    poses = []
+    for p, q in zip(gt.positions_N3, gt.quats_wxyz_N4, strict=True):
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = rotmat_from_quat_wxyz(q), p
+        poses.append(m)
+    out = []
+    for seed in noise_seeds:
+        tree = TfTree()
+        for topic, _, _, msg, _ in robot_messages(stamps, poses, np.random.default_rng(seed),
+                                                  spec):
+            if topic not in ("/tf", "/tf_static"):
+                continue
+            for t in msg.transforms:
+                tr, q = t.transform.translation, t.transform.rotation
+                tree.add(t.header.frame_id, t.child_frame_id,
+                         t.header.stamp.sec * 10**9 + t.header.stamp.nanosec,
+                         (tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w),
+                         static=topic == "/tf_static")
+        tf, ok = tree.lookup(spec.map_frame, spec.camera_frame, gt.stamps_ns)
+        truth = gt.positions_N3[ok]
+        sim, _ = fit_sim3_samples(truth, tf[ok, :3, 3], inlier_threshold=0.25,
+                                  up_src=[0.0, 0.0, 1.0])
+        out.append(float(np.median(np.linalg.norm(sim.apply(truth) - truth, axis=1))))
+    return out
+
+
 def run_scene(root: Path, seed: int, frames: int, width: int, height: int,
-              rate_hz: float = 10.0) -> dict:
+              rate_hz: float = 10.0, draws: int = 0) -> dict:
     """One building: SfM once, then every alignment variant; errors against the truth.
 
     ``rate_hz`` sets the walk's pace: the same 300 frames over 30 s at 10 Hz (2.4 m/s, a
@@ -56,7 +106,14 @@ def run_scene(root: Path, seed: int, frames: int, width: int, height: int,
         FrameSource(bag=synth / "mapping"), root / "data",
         control_points=synth / "control_points.csv", progress=False))
     gt = read_poses(synth / "gt_mapping.csv")
-    out: dict = {"seed": seed, "rate_hz": rate_hz, "dataset_s": t_build, "variants": {}}
+    out: dict = {"seed": seed, "rate_hz": rate_hz, "dataset_s": t_build, "variants": {},
+                 "floor_m": localization_floor(gt, [seed + ROBOT_SEED_OFFSET])[0]}
+    if draws:
+        floors = np.array(localization_floor(gt, range(1000, 1000 + draws)))
+        out["floor_draws"] = {"draws": draws, "median_m": float(np.median(floors)),
+                              "p90_m": float(np.percentile(floors, 90)),
+                              "max_m": float(floors.max()),
+                              "share_within_3cm": float(np.mean(floors <= 0.03))}
     for name, (source, with_cp, z) in VARIANTS.items():
         extract_priors(root / "data", ReferenceConfig(source=source))
         t_align, _ = timed(lambda: align_dataset(  # noqa: B023 -- called at once
@@ -95,6 +152,15 @@ def markdown(results: dict) -> str:
             cells.append(f"{v['median_position_m'] * 100:.1f} cm, "
                          f"{v['median_rotation_deg']:.2f} deg{rej}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows.append("| floor: the truth fitted to the robot's `/tf` (a perfect SfM) | " + " | ".join(
+        f"{s['floor_m'] * 100:.1f} cm" for s in results["scenes"]) + " |")
+    if all("floor_draws" in s for s in results["scenes"]):
+        rows.append("| the floor over other noise draws: median (90th percentile, max; share "
+                    "within 3 cm) | " + " | ".join(
+                        "{:.1f} cm ({:.1f}, {:.1f}; {:.0%})".format(
+                            d["median_m"] * 100, d["p90_m"] * 100, d["max_m"] * 100,
+                            d["share_within_3cm"])
+                        for d in (s["floor_draws"] for s in results["scenes"])) + " |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -108,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rate", type=float, default=10.0,
                    help="frames per second of the walk (10: 2.4 m/s; 2: a robot's 0.5 m/s)")
     p.add_argument("--workdir", type=Path, help="keep the scenes here")
+    p.add_argument("--draws", type=int, default=0,
+                   help="also the floor over this many other draws of the robot's noise")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     scenes = []
@@ -115,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             root = (args.workdir / f"seed{seed}") if args.workdir else Path(tmp)
             scenes.append(run_scene(root, seed, args.frames, args.width, args.height,
-                                    args.rate))
+                                    args.rate, args.draws))
             print(json.dumps(scenes[-1]["variants"], indent=1), flush=True)
     res = {"size": {"frames": args.frames, "width": args.width, "height": args.height},
            "rate_hz": args.rate, "scenes": scenes}

@@ -49,6 +49,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: the mapping walk's robot localization (``/tf``, ``/amcl_pose``) is drawn with seed
+#: ``seed + ROBOT_SEED_OFFSET``
+ROBOT_SEED_OFFSET = 7
+
 
 @dataclass(frozen=True)
 class BuildingSpec:
@@ -902,7 +906,8 @@ def write_synthetic_building(
     ):
         stamps = [start_ns + i * period_ns + int(rng.integers(-2_000_000, 2_000_000))
                   for i in range(len(poses))]
-        extra = (list(robot_messages(stamps, poses, np.random.default_rng(seed + 7), robot))
+        extra = (list(robot_messages(stamps, poses,
+                                     np.random.default_rng(seed + ROBOT_SEED_OFFSET), robot))
                  if robot is not None and name == "mapping" else [])
         with atomic_dir(out / name) as tmp:
             bag_dir = tmp / "bag"
