@@ -90,6 +90,7 @@ def evaluate(root: Path, floors: int) -> dict:
             told = recognise_floor({fid: refiner}, frame.image_rgb)  # its floor alone
             v = recognise_floor(refiners, frame.image_rgb)
             row = {"floor": fid, "recognised": v.floor, "inliers": v.inliers,
+                   "refused": v.refused, "reason": v.reason,
                    "recognise_s": v.seconds, "alone_s": told.seconds,
                    "alone_ok": told.floor is not None}
             for key, out in (("alone", told.estimate), ("pose", v.estimate)):

@@ -42,6 +42,8 @@ class FloorVerdict:
         floor: the recognised floor's id, or None (no floor fits, or two fit alike).
         estimate: the pose refined on that floor (``floor`` set), or None.
         inliers: per floor, the inliers of its verified solution (0: it found none).
+        refused: per floor whose map found a pose and then refused it (its verification,
+            the inliers' spread or the look-alike check), that pose's inliers.
         reason: why no floor was recognised ("" when one was).
         seconds: what recognising took.
     """
@@ -49,6 +51,7 @@ class FloorVerdict:
     floor: str | None
     estimate: PoseEstimate | None
     inliers: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
     reason: str = ""
     seconds: float = 0.0
 
@@ -68,6 +71,7 @@ def recognise_floor(refiners: Mapping[str, Refiner], image_rgb: np.ndarray,
     features: dict[tuple[int, int, int], QueryFeatures] = {}
     blind = blind_estimate()
     results: dict[str, PoseEstimate] = {}
+    refused: dict[str, int] = {}
     notes: list[str] = []
     for fid, refiner in refiners.items():
         key = refiner.feature_settings
@@ -80,8 +84,10 @@ def recognise_floor(refiners: Mapping[str, Refiner], image_rgb: np.ndarray,
                                         refined=True, inliers=out.inliers, floor=fid)
         else:
             notes.append(f"{fid}: {out.reason}")
+            if out.inliers:
+                refused[fid] = out.inliers
     inliers = {fid: (results[fid].inliers if fid in results else 0) for fid in refiners}
-    verdict = FloorVerdict(None, None, inliers)
+    verdict = FloorVerdict(None, None, inliers, refused)
     ranked = sorted(results, key=lambda f: -results[f].inliers)
     if not ranked:
         verdict.reason = "no floor's map fits the image (" + "; ".join(notes) + ")"

@@ -488,6 +488,44 @@ class Refiner:
         desc_q = np.asarray(descs.data, dtype=np.float32) / 512.0  # COLMAP's uint8 scale
         return QueryFeatures(keypoints, desc_q, time.perf_counter() - t0)
 
+    def _check(self, sol: _Solution, frames: np.ndarray, keypoints: np.ndarray,
+               desc_q: np.ndarray, colmap_cam: pycolmap.Camera, excluded: frozenset[int],
+               stages_s: dict[str, float]) -> tuple[_Solution, np.ndarray] | tuple[str, None]:
+        """The map's checks of a first solution (verification, the inliers' spread, the
+        look-alike check): the pose to keep and the frames it came from, or why not."""
+        cfg = self.config
+        if cfg.verify:  # the map around the solution must tell the same story
+            t0 = time.perf_counter()
+            near = self.select_frames(sol.centre, sol.rot_map_cam, None, excluded,
+                                      k_pose=cfg.k_verify, k_retrieval=0)
+            seeing = self.verification_frames(sol, colmap_cam, excluded)
+            vframes = np.array(list(dict.fromkeys([*near.tolist(), *seeing.tolist()])),
+                               np.int64)
+            check = self._solve(keypoints, desc_q, vframes, colmap_cam)
+            stages_s["verify"] = stages_s.get("verify", 0.0) + time.perf_counter() - t0
+            if isinstance(check, str):
+                return f"verification against the frames around the solution: {check}", None
+            d_m = float(np.linalg.norm(check.centre - sol.centre))
+            d_deg = float(np.degrees(Rotation.from_matrix(
+                check.rot_map_cam @ sol.rot_map_cam.T).magnitude()))
+            if d_m > cfg.verify_max_m or d_deg > cfg.verify_max_deg:
+                return (f"the frames around the solution give another pose ({d_m:.2f} m, "
+                        f"{d_deg:.1f} deg away)"), None
+            if check.inliers >= sol.inliers:
+                sol, frames = check, vframes
+        w, h = colmap_cam.width, colmap_cam.height
+        cells = np.unique(np.minimum((sol.points2d / [w, h] * 4).astype(int), 3), axis=0)
+        spread = len(cells) / 16.0
+        if spread < cfg.min_spread:
+            return f"inliers cover {spread:.0%} of the image (< {cfg.min_spread:.0%})", None
+        if cfg.lookalike_check:
+            t0 = time.perf_counter()
+            elsewhere = self._lookalike(sol, colmap_cam)
+            stages_s["lookalike"] = stages_s.get("lookalike", 0.0) + time.perf_counter() - t0
+            if elsewhere:
+                return elsewhere, None
+        return sol, frames
+
     def refine(self, image_rgb: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray,
                covariance: np.ndarray, camera: PinholeCamera | None = None,
                exclude: tuple[str, ...] = (), features: QueryFeatures | None = None
@@ -547,56 +585,41 @@ class Refiner:
         params = np.array(camera.colmap_params())
         colmap_cam = pycolmap.Camera(model=camera.colmap_model(), width=w, height=h,
                                      params=params)
-        sol = self._solve(keypoints, desc_q, frames, colmap_cam)
         tried = set(frames.tolist())
         rounds = cfg.blind_retrieval_rounds if blind else cfg.retrieval_rounds
-        for _ in range(rounds - 1):  # the next most similar frames
-            if not isinstance(sol, str):
+        sol: _Solution | str = ""
+        refused: tuple[_Solution, list[str], str] | None = None
+        for round_ in range(rounds):  # the next most similar frames after a failure
+            if round_:
+                frames = self.select_frames(prior.position, rot, gdesc,
+                                            excluded | frozenset(tried), k_pose=0)
+                if len(frames) == 0:
+                    break
+                tried |= set(frames.tolist())
+            found = self._solve(keypoints, desc_q, frames, colmap_cam)
+            if isinstance(found, str):
+                sol = sol or found
+                continue
+            checked = self._check(found, frames, keypoints, desc_q, colmap_cam, excluded,
+                                  prior.stages_s)
+            if not isinstance(checked[0], str):
+                sol, frames = checked
                 break
-            more = self.select_frames(prior.position, rot, gdesc,
-                                      excluded | frozenset(tried), k_pose=0)
-            if len(more) == 0:
-                break
-            tried |= set(more.tolist())
-            again = self._solve(keypoints, desc_q, more, colmap_cam)
-            sol = again if not isinstance(again, str) else sol
-            frames = more if not isinstance(again, str) else frames
-        t2 = time.perf_counter()
-        prior.stages_s["pose"] = t2 - t1
+            # a pose from these frames that the map refuses does not end the search: the
+            # right frames may come in a later round (kept: the strongest refused pose)
+            if refused is None or found.inliers > refused[0].inliers:
+                refused = (found, [self._names[i] for i in frames], checked[0])
+            sol = ""
+        prior.stages_s["pose"] = time.perf_counter() - t1 - sum(
+            prior.stages_s.get(k, 0.0) for k in ("verify", "lookalike"))
         if isinstance(sol, str):
-            return fail(sol)
+            if refused is not None:
+                prior.matches, prior.inliers, prior.frames = (refused[0].matches,
+                                                              refused[0].inliers, refused[1])
+                return fail(refused[2])
+            return fail(sol or "no mapped frame to match against")
         prior.frames = [self._names[i] for i in frames]
         prior.matches, prior.inliers = sol.matches, sol.inliers
-        if cfg.verify:  # the map around the solution must tell the same story
-            near = self.select_frames(sol.centre, sol.rot_map_cam, None, excluded,
-                                      k_pose=cfg.k_verify, k_retrieval=0)
-            seeing = self.verification_frames(sol, colmap_cam, excluded)
-            vframes = np.array(list(dict.fromkeys([*near.tolist(), *seeing.tolist()])),
-                               np.int64)
-            check = self._solve(keypoints, desc_q, vframes, colmap_cam)
-            prior.stages_s["verify"] = time.perf_counter() - t2
-            if isinstance(check, str):
-                return fail(f"verification against the frames around the solution: {check}")
-            d_m = float(np.linalg.norm(check.centre - sol.centre))
-            d_deg = float(np.degrees(Rotation.from_matrix(
-                check.rot_map_cam @ sol.rot_map_cam.T).magnitude()))
-            if d_m > cfg.verify_max_m or d_deg > cfg.verify_max_deg:
-                return fail(f"the frames around the solution give another pose ({d_m:.2f} m, "
-                            f"{d_deg:.1f} deg away)")
-            if check.inliers >= sol.inliers:
-                sol, frames = check, vframes
-                prior.frames = [self._names[i] for i in frames]
-            prior.matches, prior.inliers = sol.matches, sol.inliers
-        cells = np.unique(np.minimum((sol.points2d / [w, h] * 4).astype(int), 3), axis=0)
-        spread = len(cells) / 16.0
-        if spread < cfg.min_spread:
-            return fail(f"inliers cover {spread:.0%} of the image (< {cfg.min_spread:.0%})")
-        if cfg.lookalike_check:
-            t3 = time.perf_counter()
-            elsewhere = self._lookalike(sol, colmap_cam)
-            prior.stages_s["lookalike"] = time.perf_counter() - t3
-            if elsewhere:
-                return fail(elsewhere)
         if cfg.gate_sigma > 0 and not blind:
             pos_sd = np.sqrt(max(np.linalg.eigvalsh(prior.covariance[:3, :3]).max(), 0.0))
             gate = max(cfg.gate_min_m, cfg.gate_sigma * pos_sd)
