@@ -97,6 +97,12 @@ class RefineConfig:
             the map's alignment RMS, which measures it).
         cov_floor_deg: rotation standard deviation added likewise.
         cov_scale: multiplies the inlier covariance (calibration).
+        disagreement_cov: add the verification's disagreement (the distance and angle
+            between the solution and the one from the frames around it, two estimates from
+            different parts of the map) to the covariance, as a standard deviation per axis.
+            The inlier covariance alone knows only the image noise; where the map is locally
+            off (off the mapped path, its points seen from few views), the two solutions
+            differ by about as much as the pose is off.
         unrefined_rotation_sigma_deg: when refinement fails, the prior goes back with a
             rotation standard deviation of at least this (180, the default: heading unknown;
             0 keeps the prior's covariance). The frames the map cannot confirm are those off
@@ -131,6 +137,7 @@ class RefineConfig:
     cov_floor_m: float = 0.01
     cov_floor_deg: float = 0.1
     cov_scale: float = 1.0
+    disagreement_cov: bool = True
     unrefined_rotation_sigma_deg: float = 180.0
     num_threads: int = 2
 
@@ -183,6 +190,8 @@ class RefineOutcome:
         frames: names of the mapped frames matched against.
         latency_s: time spent refining.
         stages_s: seconds per stage (features, matching, pose).
+        disagreement: metres and degrees between the accepted solution and the
+            verification's own (see ``RefineConfig.disagreement_cov``).
     """
 
     success: bool
@@ -195,6 +204,7 @@ class RefineOutcome:
     frames: list[str] = field(default_factory=list)
     latency_s: float = 0.0
     stages_s: dict[str, float] = field(default_factory=dict)
+    disagreement: tuple[float, float] = (0.0, 0.0)
 
 
 def find_refinement_map(checkpoint: str | os.PathLike, provenance: dict | None = None,
@@ -264,6 +274,8 @@ class _Solution:
     points3d: np.ndarray
     matches: int
     point_ids: np.ndarray  # the inliers' indices into the map's points
+    #: how far the verification's own solution lay from this one (metres, degrees)
+    disagreement: tuple[float, float] = (0.0, 0.0)
 
     @property
     def inliers(self) -> int:
@@ -513,6 +525,7 @@ class Refiner:
                         f"{d_deg:.1f} deg away)"), None
             if check.inliers >= sol.inliers:
                 sol, frames = check, vframes
+            sol.disagreement = (d_m, d_deg)
         w, h = colmap_cam.width, colmap_cam.height
         cells = np.unique(np.minimum((sol.points2d / [w, h] * 4).astype(int), 3), axis=0)
         spread = len(cells) / 16.0
@@ -634,8 +647,12 @@ class Refiner:
             inl2d, sol.points3d, sol.rot_map_cam, sol.centre, params[:4])
         cov[:3, :3] += np.eye(3) * max(cfg.cov_floor_m, self.map.alignment_rms_m) ** 2
         cov[3:, 3:] += np.eye(3) * np.radians(cfg.cov_floor_deg) ** 2
+        if cfg.disagreement_cov:  # two solutions from other frames: a measured error scale
+            cov[:3, :3] += np.eye(3) * sol.disagreement[0] ** 2
+            cov[3:, 3:] += np.eye(3) * np.radians(sol.disagreement[1]) ** 2
         if not np.all(np.isfinite(cov)):
             return fail("refined covariance is not finite")
         return replace(prior, success=True, position=sol.centre,
                        quat_wxyz=quat_wxyz_from_rotmat(sol.rot_map_cam), covariance=cov,
+                       disagreement=sol.disagreement,
                        latency_s=time.perf_counter() - t0)

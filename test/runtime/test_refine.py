@@ -102,6 +102,16 @@ def test_refinement_recovers_query_poses_from_a_metre_off(refinement_map, query)
         assert out.covariance[0, 0] >= refinement_map.alignment_rms_m ** 2
     assert np.median(t_err) < 0.05, t_err
     assert np.median(r_err) < 1.0, r_err
+    # the verification's disagreement is in the covariance, and only there
+    rgb, pos, q = rows[0]
+    args = (rgb, pos, q, np.diag([1.0, 1.0, 0.1, 0.05, 0.05, 0.05]), camera)
+    with_d = refiner.refine(*args)
+    without = Refiner(refinement_map, RefineConfig(disagreement_cov=False)).refine(*args)
+    d_m, d_deg = with_d.disagreement
+    assert with_d.success and 0 < d_m < 0.15 and 0 < d_deg < 2.0
+    np.testing.assert_allclose(with_d.position, without.position)
+    np.testing.assert_allclose(with_d.covariance - without.covariance,
+                               np.diag([d_m**2] * 3 + [np.radians(d_deg) ** 2] * 3), atol=1e-12)
 
 
 def _with_a_copy(m, shift: np.ndarray):
