@@ -12,9 +12,13 @@ Given an RGB image, its regressed pose and the camera intrinsics:
    mapped frames nearest the *solution* and those that see most of its view, and solve
    again; accept when both solutions agree,
    enough inliers support it and they spread over the image. Its covariance comes
-   from the inliers' reprojection residuals (Gauss-Newton, REP 103 order, map frame).
+   from the inliers' reprojection residuals (Gauss-Newton, REP 103 order, map frame), plus
+   the map's own error and the two solutions' disagreement.
 
-When a check fails the regressed pose comes back unchanged with the reason.
+A pose that the map refuses does not end the search: the next ``k_retrieval`` most similar
+frames are tried, up to ``retrieval_rounds`` (``blind_retrieval_rounds`` without a prior).
+When no pose passes, the regressed pose comes back with the reason (the strongest refused
+pose's, when there was one).
 """
 
 from __future__ import annotations
