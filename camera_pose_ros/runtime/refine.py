@@ -16,7 +16,8 @@ Given an RGB image, its regressed pose and the camera intrinsics:
    the map's own error and the two solutions' disagreement.
 
 A pose that the map refuses does not end the search: the next ``k_retrieval`` most similar
-frames are tried, up to ``retrieval_rounds`` (``blind_retrieval_rounds`` without a prior).
+frames are tried, up to ``retrieval_rounds`` (``blind_retrieval_rounds`` without a prior),
+unless the image fits a look-alike place (searching on would pick one of the twins).
 When no pose passes, the regressed pose comes back with the reason (the strongest refused
 pose's, when there was one).
 """
@@ -268,6 +269,9 @@ class QueryFeatures:
     seconds: float
 
 
+_AMBIGUOUS = "ambiguous"  # the start of the look-alike check's reason
+
+
 @dataclass
 class _Solution:
     """One absolute-pose solution and its inliers."""
@@ -473,7 +477,7 @@ class Refiner:
         _, centre, mask = alt
         away = float(np.linalg.norm(centre - sol.centre))
         if away > cfg.lookalike_radius_m and mask.sum() >= cfg.lookalike_ratio * len(pick):
-            return (f"ambiguous: a look-alike place {away:.1f} m away fits too "
+            return (f"{_AMBIGUOUS}: a look-alike place {away:.1f} m away fits too "
                     f"({int(mask.sum())} of {len(pick)} sampled inliers' twins)")
         return ""
 
@@ -623,7 +627,12 @@ class Refiner:
                 sol, frames = checked
                 break
             # a pose from these frames that the map refuses does not end the search: the
-            # right frames may come in a later round (kept: the strongest refused pose)
+            # right frames may come in a later round (kept: the strongest refused pose);
+            # an image that fits a look-alike place does (searching on picks a twin)
+            if checked[0].startswith(_AMBIGUOUS):
+                refused = (found, [self._names[i] for i in frames], checked[0])
+                sol = ""
+                break
             if refused is None or found.inliers > refused[0].inliers:
                 refused = (found, [self._names[i] for i in frames], checked[0])
             sol = ""

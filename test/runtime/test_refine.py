@@ -382,3 +382,38 @@ def test_verification_frames_are_those_that_see_what_the_solution_sees():
     assert Refiner(rmap, RefineConfig(k_verify=1)).verification_frames(sol, cam).tolist() == [3]
     turned = _Solution(looks["+x"], np.zeros(3), np.zeros((25, 2)), aside, 25, np.arange(25))
     assert pick(turned, cam).tolist() == [0]  # looking at the side wall: the frame that does
+
+
+def test_a_refused_pose_sends_the_search_on_unless_the_image_is_ambiguous(refinement_map,
+                                                                          query):
+    """The first frames' pose refused by the map's checks: the next retrieved frames are
+    tried (and the strongest refused pose is reported when none passes); a look-alike
+    refusal ends the search."""
+    rows, camera = query
+    rgb, pos, q = rows[len(rows) // 3]
+    cov = np.diag([1.0, 1.0, 0.1, 0.05, 0.05, 0.05])
+
+    class RefusesFirst(Refiner):
+        """The real checks, after refusing the first pose that reaches them."""
+
+        def __init__(self, *args, reason: str = "refused for the test", **kwargs):
+            super().__init__(*args, **kwargs)
+            self.reason, self.checked = reason, []
+
+        def _check(self, sol, frames, *args):
+            self.checked.append(frames.tolist())
+            if len(self.checked) == 1:
+                return self.reason, None
+            return super()._check(sol, frames, *args)
+
+    on = RefusesFirst(refinement_map, RefineConfig(retrieval_rounds=2))
+    out = on.refine(rgb, pos, q, cov, camera)
+    assert out.success and len(on.checked) == 2 and on.checked[0] != on.checked[1]
+    assert position_errors(out.position[None], pos[None])[0] < 0.1
+    one_round = RefusesFirst(refinement_map, RefineConfig(retrieval_rounds=1))
+    out = one_round.refine(rgb, pos, q, cov, camera)
+    assert not out.success and out.reason == "refused for the test" and out.inliers >= 30
+    twins = RefusesFirst(refinement_map, RefineConfig(retrieval_rounds=2),
+                         reason="ambiguous: a look-alike place 6.0 m away fits too")
+    out = twins.refine(rgb, pos, q, cov, camera)
+    assert not out.success and out.reason.startswith("ambiguous") and len(twins.checked) == 1
