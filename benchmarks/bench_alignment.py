@@ -43,7 +43,7 @@ from camera_pose_ros.dataset.pipeline import build_dataset
 from camera_pose_ros.dataset.references import ReferenceConfig, extract_priors
 from camera_pose_ros.dataset.synth import ROBOT_SEED_OFFSET, write_synthetic_building
 from camera_pose_ros.dataset.synth_robot import RobotSpec, robot_messages
-from camera_pose_ros.geometry import fit_sim3_samples, rotmat_from_quat_wxyz
+from camera_pose_ros.geometry import fit_sim3_samples, pose_matrix, rotmat_from_quat_wxyz
 from camera_pose_ros.io.posecsv import PoseTable, read_poses
 from camera_pose_ros.io.tf import TfTree
 from camera_pose_ros.metrics import error_summary, match_by_stamp
@@ -66,24 +66,15 @@ def localization_floor(gt: PoseTable, noise_seeds: Iterable[int],
     does, and the truth is aligned to it (z vertical, samples over 25 cm rejected as jumps).
     """
     stamps = [int(s) for s in gt.stamps_ns]
-    poses = []
-    for p, q in zip(gt.positions_N3, gt.quats_wxyz_N4, strict=True):
-        m = np.eye(4)
-        m[:3, :3], m[:3, 3] = rotmat_from_quat_wxyz(q), p
-        poses.append(m)
+    poses = [pose_matrix(rotmat_from_quat_wxyz(q), p)
+             for p, q in zip(gt.positions_N3, gt.quats_wxyz_N4, strict=True)]
     out = []
     for seed in noise_seeds:
         tree = TfTree()
         for topic, _, _, msg, _ in robot_messages(stamps, poses, np.random.default_rng(seed),
                                                   spec):
-            if topic not in ("/tf", "/tf_static"):
-                continue
-            for t in msg.transforms:
-                tr, q = t.transform.translation, t.transform.rotation
-                tree.add(t.header.frame_id, t.child_frame_id,
-                         t.header.stamp.sec * 10**9 + t.header.stamp.nanosec,
-                         (tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w),
-                         static=topic == "/tf_static")
+            if topic in ("/tf", "/tf_static"):
+                tree.add_message(msg.transforms, static=topic == "/tf_static")
         tf, ok = tree.lookup(spec.map_frame, spec.camera_frame, gt.stamps_ns)
         truth = gt.positions_N3[ok]
         sim, _ = fit_sim3_samples(truth, tf[ok, :3, 3], inlier_threshold=0.25,

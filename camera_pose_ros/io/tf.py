@@ -150,6 +150,17 @@ class TfTree:
         self._cache.pop(child, None)
         return True
 
+    def add_message(self, transforms: Any, *, static: bool = False, log_ns: int = 0) -> None:
+        """Add a ``tf2_msgs/TFMessage``'s transforms; an unusable one is skipped and counted.
+        A transform stamped 0 takes ``log_ns`` (the bag's log time)."""
+        for t in transforms:
+            try:
+                tr, q = t.transform.translation, t.transform.rotation
+                self.add(t.header.frame_id, t.child_frame_id, _stamp_ns(t.header, log_ns),
+                         (tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w), static=static)
+            except (AttributeError, TypeError, ValueError):
+                self.skipped += 1
+
     @property
     def frames(self) -> set[str]:
         """Every frame named by some transform."""
@@ -274,14 +285,8 @@ def read_tf(path: str | os.PathLike, *, topics: tuple[str, ...] = ("/tf", "/tf_s
             except Exception:  # noqa: BLE001 -- corrupt CDR: count and go on
                 undecodable += 1
                 continue
-            static = conn.topic.endswith("tf_static")
-            for t in transforms:
-                try:
-                    tr, q = t.transform.translation, t.transform.rotation
-                    tree.add(t.header.frame_id, t.child_frame_id, _stamp_ns(t.header, log_ns),
-                             (tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w), static=static)
-                except (AttributeError, TypeError, ValueError):
-                    tree.skipped += 1
+            tree.add_message(transforms, static=conn.topic.endswith("tf_static"),
+                             log_ns=log_ns)
         if undecodable or tree.skipped:
             log.warning("TF in %s: skipped %d undecodable message(s) and %d unusable "
                         "transform(s)", path, undecodable, tree.skipped)

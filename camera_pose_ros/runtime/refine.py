@@ -629,13 +629,12 @@ class Refiner:
             # a pose from these frames that the map refuses does not end the search: the
             # right frames may come in a later round (kept: the strongest refused pose);
             # an image that fits a look-alike place does (searching on picks a twin)
-            if checked[0].startswith(_AMBIGUOUS):
-                refused = (found, [self._names[i] for i in frames], checked[0])
-                sol = ""
-                break
-            if refused is None or found.inliers > refused[0].inliers:
-                refused = (found, [self._names[i] for i in frames], checked[0])
             sol = ""
+            ambiguous = checked[0].startswith(_AMBIGUOUS)
+            if ambiguous or refused is None or found.inliers > refused[0].inliers:
+                refused = (found, [self._names[i] for i in frames], checked[0])
+            if ambiguous:
+                break
         prior.stages_s["pose"] = time.perf_counter() - t1 - sum(
             prior.stages_s.get(k, 0.0) for k in ("verify", "lookalike"))
         if isinstance(sol, str):
